@@ -1,0 +1,3 @@
+//! Adapters: backends behind the ports of the `actors` crate, one module per backend.
+
+pub mod systemd;

@@ -1,0 +1,778 @@
+//! Configuration: environment variables (DESIGN §13, the seed's appendix A.1 names) and an
+//! optional TOML file whose keys are the same names (case-insensitive). The environment wins
+//! over the file; anything unset takes its default. No store or broker settings at all
+//! means embedded mode.
+//!
+//! Parsing works on a plain key → value map, so it is tested without touching the
+//! process environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every key primed reads, with whether it is a secret, its default and what it means.
+pub const KEYS: &[Key] = &[
+    key("PRIMED_HTTP_ADDR", false, Some("127.0.0.1:8080"), "HTTP listen address (host:port)"),
+    key("PRIMED_DATA_DIR", false, Some("./data"), "data directory (embedded store, mail files, admin token)"),
+    key("PRIMED_SHUTDOWN_TIMEOUT_SECONDS", false, Some("30"), "deadline for a graceful shutdown"),
+    key("PRIMED_HEARTBEAT_INTERVAL_SECONDS", false, Some("5"), "seconds between heartbeats"),
+    key("DATABASE_URL", true, None, "store URL (mysql://user:pass@host:port/db); selects production mode"),
+    key("MYSQL_HOST", false, None, "MySQL/MariaDB host; selects production mode"),
+    key("MYSQL_PORT", false, Some("3306"), "MySQL/MariaDB port"),
+    key("MYSQL_DATABASE", false, Some("prime_check_db"), "database name"),
+    key("MYSQL_USER", false, Some("root"), "database user"),
+    key("MYSQL_PASSWORD", true, None, "database password"),
+    key("NATS_URL", false, None, "NATS URL (nats://host:port); selects JetStream"),
+    key("NATS_HOST", false, None, "NATS host; selects JetStream"),
+    key("NATS_PORT", false, Some("4222"), "NATS port"),
+    key("NATS_STREAM", false, Some("PRIME"), "main JetStream stream name"),
+    key("REDIS_HOST", false, None, "Redis host for rate limiting"),
+    key("REDIS_PORT", false, Some("6379"), "Redis port"),
+    key("REDIS_PASSWORD", true, None, "Redis password"),
+    key("RATE_LIMIT_REDIS_HOST", false, None, "Redis for rate limiting as host:port (alternative to REDIS_HOST)"),
+    key("RATE_LIMIT_DEFAULT_LIMIT", false, Some("100"), "requests allowed per window"),
+    key("RATE_LIMIT_WINDOW_SECONDS", false, Some("60"), "rate-limit window in seconds"),
+    key("SMTP_HOST", false, None, "SMTP server; unset writes .eml files to the data directory"),
+    key("SMTP_PORT", false, Some("25"), "SMTP port"),
+    key("SMTP_USERNAME", false, None, "SMTP user"),
+    key("SMTP_PASSWORD", true, None, "SMTP password"),
+    key("SMTP_TLS", false, Some("starttls"), "none, starttls or tls"),
+    key("SMTP_FROM", false, Some("primed@localhost"), "sender address"),
+    key("OTEL_EXPORTER_OTLP_ENDPOINT", false, None, "OTLP trace endpoint (http://host:4317)"),
+    key("JAEGER_HOST", false, None, "Jaeger OTLP host (alternative to OTEL_EXPORTER_OTLP_ENDPOINT)"),
+    key("JAEGER_PORT", false, Some("4317"), "Jaeger OTLP port"),
+    key("ADMIN_API_KEYS", true, None, "comma-separated admin tokens; unset generates one in the data directory"),
+    key("JWT_SECRET", true, None, "HS256 secret for user tokens"),
+];
+
+/// One configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// The environment variable name.
+    pub name: &'static str,
+    /// Whether its value is never printed.
+    pub secret: bool,
+    /// Its default, if any.
+    pub default: Option<&'static str>,
+    /// What it means.
+    pub help: &'static str,
+}
+
+const fn key(name: &'static str, secret: bool, default: Option<&'static str>, help: &'static str) -> Key {
+    Key {
+        name,
+        secret,
+        default,
+        help,
+    }
+}
+
+fn lookup(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// Bad configuration. Each variant names the key and the expected form.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value does not have the expected form.
+    #[error("{key} must be {expected}, got {value}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// The value as given (quoted), or `<redacted>` for secrets.
+        value: String,
+        /// The expected form.
+        expected: &'static str,
+    },
+    /// Two keys that exclude each other are both set.
+    #[error("{a} and {b} are both set; set only one of them")]
+    Conflict {
+        /// One key.
+        a: &'static str,
+        /// The other.
+        b: &'static str,
+    },
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// The config file has a key primed does not know.
+    #[error(
+        "config file {path}: unknown key {key:?}; keys are the environment variable names, e.g. primed_http_addr = \"127.0.0.1:8080\" (see `primed config check`)"
+    )]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+    },
+    /// The config file has a value of a type that cannot be a setting.
+    #[error("config file {path}: {key} must be a string, number, boolean or (for ADMIN_API_KEYS) a list of strings")]
+    BadFileValue {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+    },
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// An environment variable.
+    Env,
+    /// The config file.
+    File,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Origin::Default => "default",
+            Origin::Env => "environment",
+            Origin::File => "config file",
+        })
+    }
+}
+
+/// A value that is never printed or logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where requests, results and the outbox are stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    /// SQLite in the data directory.
+    Embedded,
+    /// MySQL or MariaDB.
+    Mysql {
+        /// A complete URL (DATABASE_URL).
+        url: Secret,
+    },
+}
+
+/// The message broker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BrokerConfig {
+    /// A durable queue table in the embedded store.
+    Embedded,
+    /// NATS JetStream.
+    Nats {
+        /// nats://host:port
+        url: String,
+        /// Main stream name.
+        stream: String,
+    },
+}
+
+/// Redis for rate limiting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// host
+    pub host: String,
+    /// port
+    pub port: u16,
+    /// password
+    pub password: Option<Secret>,
+}
+
+/// How to talk TLS to the SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain text (a local relay or Mailpit).
+    None,
+    /// Upgrade with STARTTLS.
+    StartTls,
+    /// TLS from the first byte.
+    Tls,
+}
+
+/// SMTP delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmtpConfig {
+    /// host
+    pub host: String,
+    /// port
+    pub port: u16,
+    /// user
+    pub username: Option<String>,
+    /// password
+    pub password: Option<Secret>,
+    /// TLS mode
+    pub tls: SmtpTls,
+    /// sender address
+    pub from: String,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Graceful shutdown deadline.
+    pub shutdown_timeout: Duration,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Store.
+    pub store: StoreConfig,
+    /// Broker.
+    pub broker: BrokerConfig,
+    /// Rate-limit store; None = in-process.
+    pub redis: Option<RedisConfig>,
+    /// Requests per window.
+    pub rate_limit_default_limit: u32,
+    /// Window.
+    pub rate_limit_window: Duration,
+    /// SMTP; None = .eml files.
+    pub smtp: Option<SmtpConfig>,
+    /// OTLP endpoint; None = tracing export off.
+    pub otlp_endpoint: Option<String>,
+    /// Admin tokens; empty = generate one in the data directory.
+    pub admin_api_keys: Vec<Secret>,
+    /// JWT secret.
+    pub jwt_secret: Option<Secret>,
+    /// Every key's effective value (secrets already redacted) and origin, for
+    /// `primed config check`.
+    pub effective: Vec<(&'static Key, Option<String>, Origin)>,
+}
+
+/// The raw values and their origins.
+struct Raw {
+    values: BTreeMap<&'static str, (String, Origin)>,
+}
+
+impl Raw {
+    fn get(&self, name: &'static str) -> Option<&str> {
+        self.values
+            .get(name)
+            .map(|(v, _)| v.as_str())
+            .or_else(|| lookup(name).and_then(|k| k.default))
+    }
+
+    fn is_set(&self, name: &'static str) -> bool {
+        self.values.contains_key(name)
+    }
+
+    fn invalid(&self, name: &'static str, expected: &'static str) -> ConfigError {
+        let secret = lookup(name).is_some_and(|k| k.secret);
+        let value = match self.get(name) {
+            Some(_) if secret => "<redacted>".to_string(),
+            Some(v) => format!("{v:?}"),
+            None => "nothing".to_string(),
+        };
+        ConfigError::Invalid {
+            key: name,
+            value,
+            expected,
+        }
+    }
+
+    fn required(&self, name: &'static str) -> Result<&str, ConfigError> {
+        self.get(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| self.invalid(name, "set (it has no default)"))
+    }
+
+    fn port(&self, name: &'static str) -> Result<u16, ConfigError> {
+        let expected = "a number between 1 and 65535";
+        let v = self.required(name)?;
+        match v.trim().parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(self.invalid(name, expected)),
+        }
+    }
+
+    fn positive(&self, name: &'static str, expected: &'static str) -> Result<u32, ConfigError> {
+        let v = self.required(name)?;
+        match v.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(self.invalid(name, expected)),
+        }
+    }
+
+    fn host(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) if v.trim().is_empty() || v.contains(char::is_whitespace) || v.contains('/') => {
+                Err(self.invalid(name, "a host name or IP address"))
+            }
+            Some(v) => Ok(Some(v.trim().to_string())),
+        }
+    }
+
+    fn secret(&self, name: &'static str) -> Option<Secret> {
+        self.get(name).filter(|v| !v.is_empty()).map(|v| Secret(v.to_string()))
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment and an optional file.
+    pub fn from_env(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load(std::env::vars(), file)
+    }
+
+    /// Reads the configuration from `env` (name, value pairs) and an optional TOML file.
+    pub fn load(
+        env: impl IntoIterator<Item = (String, String)>,
+        file: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let mut values = BTreeMap::new();
+        if let Some(path) = file {
+            for (name, value) in read_file(path)? {
+                values.insert(name, (value, Origin::File));
+            }
+        }
+        for (name, value) in env {
+            if let Some(key) = lookup(&name) {
+                values.insert(key.name, (value, Origin::Env));
+            }
+        }
+        Self::parse(Raw { values })
+    }
+
+    fn parse(raw: Raw) -> Result<Self, ConfigError> {
+        let http_addr = raw
+            .required("PRIMED_HTTP_ADDR")?
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| raw.invalid("PRIMED_HTTP_ADDR", "an IP address and port, e.g. 127.0.0.1:8080 or [::1]:8080"))?;
+        let data_dir = PathBuf::from(raw.required("PRIMED_DATA_DIR")?);
+        let shutdown_timeout = Duration::from_secs(
+            raw.positive("PRIMED_SHUTDOWN_TIMEOUT_SECONDS", "a whole number of seconds, at least 1")?
+                .into(),
+        );
+        let heartbeat_interval = Duration::from_secs(
+            raw.positive("PRIMED_HEARTBEAT_INTERVAL_SECONDS", "a whole number of seconds, at least 1")?
+                .into(),
+        );
+
+        let store = Self::store(&raw)?;
+        let broker = Self::broker(&raw)?;
+
+        if raw.is_set("REDIS_HOST") && raw.is_set("RATE_LIMIT_REDIS_HOST") {
+            return Err(ConfigError::Conflict {
+                a: "REDIS_HOST",
+                b: "RATE_LIMIT_REDIS_HOST",
+            });
+        }
+        let redis = if let Some(hostport) = raw.get("RATE_LIMIT_REDIS_HOST") {
+            let (host, port) = split_host_port(hostport)
+                .ok_or_else(|| raw.invalid("RATE_LIMIT_REDIS_HOST", "host:port, e.g. redis:6379"))?;
+            Some(RedisConfig {
+                host,
+                port,
+                password: raw.secret("REDIS_PASSWORD"),
+            })
+        } else if let Some(host) = raw.host("REDIS_HOST")? {
+            Some(RedisConfig {
+                host,
+                port: raw.port("REDIS_PORT")?,
+                password: raw.secret("REDIS_PASSWORD"),
+            })
+        } else {
+            None
+        };
+        let rate_limit_default_limit =
+            raw.positive("RATE_LIMIT_DEFAULT_LIMIT", "a whole number of requests, at least 1")?;
+        let rate_limit_window = Duration::from_secs(
+            raw.positive("RATE_LIMIT_WINDOW_SECONDS", "a whole number of seconds, at least 1")?
+                .into(),
+        );
+
+        let smtp = match raw.host("SMTP_HOST")? {
+            None => None,
+            Some(host) => {
+                let tls = match raw.required("SMTP_TLS")?.trim().to_ascii_lowercase().as_str() {
+                    "none" | "off" | "false" => SmtpTls::None,
+                    "starttls" => SmtpTls::StartTls,
+                    "tls" | "true" | "on" => SmtpTls::Tls,
+                    _ => return Err(raw.invalid("SMTP_TLS", "one of none, starttls, tls")),
+                };
+                let from = raw.required("SMTP_FROM")?.trim().to_string();
+                if !looks_like_email(&from) {
+                    return Err(raw.invalid("SMTP_FROM", "an email address, e.g. primed@example.com"));
+                }
+                Some(SmtpConfig {
+                    host,
+                    port: raw.port("SMTP_PORT")?,
+                    username: raw.get("SMTP_USERNAME").filter(|v| !v.is_empty()).map(String::from),
+                    password: raw.secret("SMTP_PASSWORD"),
+                    tls,
+                    from,
+                })
+            }
+        };
+
+        if raw.is_set("OTEL_EXPORTER_OTLP_ENDPOINT") && raw.is_set("JAEGER_HOST") {
+            return Err(ConfigError::Conflict {
+                a: "OTEL_EXPORTER_OTLP_ENDPOINT",
+                b: "JAEGER_HOST",
+            });
+        }
+        let otlp_endpoint = if let Some(url) = raw.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(raw.invalid(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "an http:// or https:// URL, e.g. http://jaeger:4317",
+                ));
+            }
+            Some(url.to_string())
+        } else if let Some(host) = raw.host("JAEGER_HOST")? {
+            Some(format!("http://{host}:{}", raw.port("JAEGER_PORT")?))
+        } else {
+            None
+        };
+
+        let admin_api_keys: Vec<Secret> = raw
+            .get("ADMIN_API_KEYS")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| Secret(k.to_string()))
+            .collect();
+        if admin_api_keys.iter().any(|k| k.0.len() < 16) {
+            return Err(raw.invalid("ADMIN_API_KEYS", "comma-separated tokens of at least 16 characters each"));
+        }
+        let jwt_secret = raw.secret("JWT_SECRET");
+
+        let effective = KEYS
+            .iter()
+            .map(|k| {
+                let (value, origin) = match raw.values.get(k.name) {
+                    Some((_, o)) if k.secret => (Some("<redacted>".to_string()), o.clone()),
+                    Some((v, o)) => (Some(v.clone()), o.clone()),
+                    None => (k.default.map(String::from), Origin::Default),
+                };
+                (k, value, origin)
+            })
+            .collect();
+
+        Ok(Config {
+            http_addr,
+            data_dir,
+            shutdown_timeout,
+            heartbeat_interval,
+            store,
+            broker,
+            redis,
+            rate_limit_default_limit,
+            rate_limit_window,
+            smtp,
+            otlp_endpoint,
+            admin_api_keys,
+            jwt_secret,
+            effective,
+        })
+    }
+
+    fn store(raw: &Raw) -> Result<StoreConfig, ConfigError> {
+        let parts = ["MYSQL_HOST", "MYSQL_PORT", "MYSQL_DATABASE", "MYSQL_USER", "MYSQL_PASSWORD"];
+        if let Some(url) = raw.get("DATABASE_URL") {
+            if let Some(part) = parts.iter().find(|p| raw.is_set(p)) {
+                return Err(ConfigError::Conflict { a: "DATABASE_URL", b: part });
+            }
+            if !(url.starts_with("mysql://") || url.starts_with("mariadb://")) {
+                return Err(raw.invalid("DATABASE_URL", "a mysql:// URL, e.g. mysql://user:password@127.0.0.1:3306/prime_check_db"));
+            }
+            return Ok(StoreConfig::Mysql {
+                url: Secret(url.replacen("mariadb://", "mysql://", 1)),
+            });
+        }
+        let Some(host) = raw.host("MYSQL_HOST")? else {
+            if let Some(part) = parts.iter().find(|p| raw.is_set(p)) {
+                return Err(ConfigError::Invalid {
+                    key: "MYSQL_HOST",
+                    value: "nothing".into(),
+                    expected: if *part == "MYSQL_HOST" { "a host name" } else { "set when any other MYSQL_* key is set" },
+                });
+            }
+            return Ok(StoreConfig::Embedded);
+        };
+        let port = raw.port("MYSQL_PORT")?;
+        let database = raw.required("MYSQL_DATABASE")?;
+        if !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
+            return Err(raw.invalid("MYSQL_DATABASE", "a database name of letters, digits and underscores"));
+        }
+        let user = raw.required("MYSQL_USER")?;
+        let auth = match raw.secret("MYSQL_PASSWORD") {
+            Some(p) => format!("{}:{}", percent_encode(user), percent_encode(p.expose())),
+            None => percent_encode(user),
+        };
+        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        Ok(StoreConfig::Mysql {
+            url: Secret(format!("mysql://{auth}@{host}:{port}/{database}")),
+        })
+    }
+
+    fn broker(raw: &Raw) -> Result<BrokerConfig, ConfigError> {
+        let stream = raw.required("NATS_STREAM")?.trim().to_string();
+        if stream.is_empty() || !stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(raw.invalid("NATS_STREAM", "a stream name of letters, digits, '-' and '_'"));
+        }
+        if let Some(url) = raw.get("NATS_URL") {
+            if raw.is_set("NATS_HOST") {
+                return Err(ConfigError::Conflict { a: "NATS_URL", b: "NATS_HOST" });
+            }
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) || url.len() <= "nats://".len() {
+                return Err(raw.invalid("NATS_URL", "a nats:// URL, e.g. nats://127.0.0.1:4222"));
+            }
+            return Ok(BrokerConfig::Nats { url: url.to_string(), stream });
+        }
+        match raw.host("NATS_HOST")? {
+            Some(host) => Ok(BrokerConfig::Nats {
+                url: format!("nats://{host}:{}", raw.port("NATS_PORT")?),
+                stream,
+            }),
+            None => Ok(BrokerConfig::Embedded),
+        }
+    }
+
+    /// The effective configuration as `KEY = value  # origin` lines, secrets redacted.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mode = match (&self.store, &self.broker) {
+            (StoreConfig::Embedded, BrokerConfig::Embedded) => "embedded (SQLite store and queue in the data directory)",
+            (StoreConfig::Mysql { .. }, BrokerConfig::Nats { .. }) => "production (MySQL store, NATS JetStream broker)",
+            (StoreConfig::Mysql { .. }, BrokerConfig::Embedded) => "mixed (MySQL store, embedded queue)",
+            (StoreConfig::Embedded, BrokerConfig::Nats { .. }) => "mixed (SQLite store, NATS JetStream broker)",
+        };
+        out.push_str(&format!("# mode: {mode}\n"));
+        let width = KEYS.iter().map(|k| k.name.len()).max().unwrap_or(0);
+        for (key, value, origin) in &self.effective {
+            let shown = match value {
+                None => "(unset)".to_string(),
+                Some(_) if key.secret => "<redacted>".to_string(),
+                Some(v) => format!("{v:?}"),
+            };
+            out.push_str(&format!("{:width$} = {shown:<24} # {origin}: {}\n", key.name, key.help));
+        }
+        out
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::ParseFile {
+        path: path.to_path_buf(),
+        message: e.message().to_string(),
+    })?;
+    let mut out = Vec::new();
+    for (name, value) in table {
+        let key = lookup(&name.to_ascii_uppercase()).ok_or_else(|| ConfigError::UnknownKey {
+            path: path.to_path_buf(),
+            key: name.clone(),
+        })?;
+        let bad = || ConfigError::BadFileValue {
+            path: path.to_path_buf(),
+            key: key.name.to_string(),
+        };
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) if key.name == "ADMIN_API_KEYS" => items
+                .into_iter()
+                .map(|i| i.as_str().map(String::from).ok_or_else(bad))
+                .collect::<Result<Vec<_>, _>>()?
+                .join(","),
+            _ => return Err(bad()),
+        };
+        out.push((key.name, value));
+    }
+    Ok(out)
+}
+
+fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.trim().rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
+fn looks_like_email(s: &str) -> bool {
+    matches!(s.split_once('@'), Some((local, domain)) if !local.is_empty() && !domain.is_empty() && !s.contains(char::is_whitespace))
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())), None)
+    }
+
+    #[test]
+    fn nothing_set_means_embedded_mode_with_defaults() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.store, StoreConfig::Embedded);
+        assert_eq!(c.broker, BrokerConfig::Embedded);
+        assert_eq!(c.redis, None);
+        assert_eq!(c.smtp, None);
+        assert_eq!(c.rate_limit_default_limit, 100);
+        assert_eq!(c.rate_limit_window, Duration::from_secs(60));
+        assert!(c.admin_api_keys.is_empty());
+        assert!(c.render().contains("# mode: embedded"));
+    }
+
+    #[test]
+    fn the_seeds_production_variables_select_production_mode() {
+        let c = load(&[
+            ("MYSQL_HOST", "mysql"),
+            ("MYSQL_PORT", "3307"),
+            ("MYSQL_DATABASE", "prime_check_db"),
+            ("MYSQL_USER", "prime_check_user"),
+            ("MYSQL_PASSWORD", "p@ss word"),
+            ("NATS_HOST", "nats"),
+            ("RATE_LIMIT_REDIS_HOST", "redis:6380"),
+            ("REDIS_PASSWORD", "r"),
+            ("JAEGER_HOST", "jaeger"),
+            ("SMTP_HOST", "mailpit"),
+            ("SMTP_PORT", "1025"),
+            ("SMTP_TLS", "none"),
+            ("ADMIN_API_KEYS", "0123456789abcdef, fedcba9876543210"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.store,
+            StoreConfig::Mysql {
+                url: Secret("mysql://prime_check_user:p%40ss%20word@mysql:3307/prime_check_db".into())
+            }
+        );
+        assert_eq!(
+            c.broker,
+            BrokerConfig::Nats {
+                url: "nats://nats:4222".into(),
+                stream: "PRIME".into()
+            }
+        );
+        assert_eq!(c.redis.as_ref().map(|r| (r.host.as_str(), r.port)), Some(("redis", 6380)));
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://jaeger:4317"));
+        assert_eq!(c.smtp.as_ref().map(|s| (s.port, s.tls)), Some((1025, SmtpTls::None)));
+        assert_eq!(c.admin_api_keys.len(), 2);
+        let rendered = c.render();
+        assert!(rendered.contains("# mode: production"));
+        assert!(!rendered.contains("p@ss"), "{rendered}");
+        assert!(!rendered.contains("0123456789abcdef"), "{rendered}");
+        assert!(rendered.contains("MYSQL_PASSWORD"));
+        assert!(rendered.contains("<redacted>"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_expected_form() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("MYSQL_HOST", "db"), ("MYSQL_PORT", "abc")], r#"MYSQL_PORT must be a number between 1 and 65535, got "abc""#),
+            (&[("MYSQL_HOST", "db"), ("MYSQL_PORT", "0")], r#"MYSQL_PORT must be a number between 1 and 65535, got "0""#),
+            (&[("PRIMED_HTTP_ADDR", "localhost")], r#"PRIMED_HTTP_ADDR must be an IP address and port"#),
+            (&[("RATE_LIMIT_DEFAULT_LIMIT", "-5")], r#"RATE_LIMIT_DEFAULT_LIMIT must be a whole number of requests, at least 1, got "-5""#),
+            (&[("RATE_LIMIT_WINDOW_SECONDS", "0")], "RATE_LIMIT_WINDOW_SECONDS must be"),
+            (&[("MYSQL_USER", "u")], "MYSQL_HOST must be set when any other MYSQL_* key is set"),
+            (&[("DATABASE_URL", "postgres://x"), ], "DATABASE_URL must be a mysql:// URL"),
+            (&[("DATABASE_URL", "mysql://x"), ("MYSQL_HOST", "db")], "DATABASE_URL and MYSQL_HOST are both set"),
+            (&[("NATS_URL", "http://x")], "NATS_URL must be a nats:// URL"),
+            (&[("SMTP_HOST", "mail"), ("SMTP_TLS", "maybe")], "SMTP_TLS must be one of none, starttls, tls"),
+            (&[("SMTP_HOST", "mail"), ("SMTP_FROM", "nobody")], "SMTP_FROM must be an email address"),
+            (&[("RATE_LIMIT_REDIS_HOST", "redis")], "RATE_LIMIT_REDIS_HOST must be host:port"),
+            (&[("ADMIN_API_KEYS", "short")], "ADMIN_API_KEYS must be comma-separated tokens of at least 16 characters each, got <redacted>"),
+            (&[("OTEL_EXPORTER_OTLP_ENDPOINT", "jaeger:4317")], "OTEL_EXPORTER_OTLP_ENDPOINT must be an http://"),
+            (&[("PRIMED_SHUTDOWN_TIMEOUT_SECONDS", "soon")], "PRIMED_SHUTDOWN_TIMEOUT_SECONDS must be"),
+        ];
+        for (pairs, want) in cases {
+            let err = load(pairs).err().unwrap_or_else(|| panic!("{pairs:?} must fail"));
+            assert!(err.to_string().contains(want), "{pairs:?}: got {err}, want {want}");
+        }
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("primed.toml");
+        std::fs::write(
+            &path,
+            "primed_http_addr = \"127.0.0.1:9000\"\nMYSQL_HOST = \"db\"\nmysql_port = 3310\nadmin_api_keys = [\"aaaaaaaaaaaaaaaa\", \"bbbbbbbbbbbbbbbb\"]\n",
+        )
+        .unwrap();
+        let env = vec![("MYSQL_PORT".to_string(), "3311".to_string())];
+        let c = Config::load(env, Some(&path)).unwrap();
+        assert_eq!(c.http_addr.port(), 9000);
+        assert_eq!(c.admin_api_keys.len(), 2);
+        assert!(matches!(&c.store, StoreConfig::Mysql { url } if url.expose().contains("@db:3311/")));
+        let origins: BTreeMap<_, _> = c.effective.iter().map(|(k, _, o)| (k.name, o.clone())).collect();
+        assert_eq!(origins["PRIMED_HTTP_ADDR"], Origin::File);
+        assert_eq!(origins["MYSQL_PORT"], Origin::Env);
+        assert_eq!(origins["NATS_STREAM"], Origin::Default);
+
+        std::fs::write(&path, "primed_http_adress = \"x\"\n").unwrap();
+        let err = Config::load(Vec::new(), Some(&path)).err().unwrap();
+        assert!(err.to_string().contains("unknown key \"primed_http_adress\""), "{err}");
+
+        std::fs::write(&path, "primed_http_addr = [\n").unwrap();
+        let err = Config::load(Vec::new(), Some(&path)).err().unwrap();
+        assert!(err.to_string().contains("is not valid TOML"), "{err}");
+
+        let err = Config::load(Vec::new(), Some(&dir.path().join("missing.toml"))).err().unwrap();
+        assert!(err.to_string().contains("cannot read config file"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let c = load(&[("JWT_SECRET", "topsecret"), ("DATABASE_URL", "mysql://u:pw@h/db")]).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("topsecret"));
+        assert!(!debug.contains(":pw@"));
+    }
+}

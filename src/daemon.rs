@@ -1,0 +1,165 @@
+//! Start-up and the shutdown procedure of `primed run`.
+//!
+//! Start-up: data directory → admin token → bind the HTTP socket → start the tree → ready
+//! (READY=1). Shutdown on SIGTERM/SIGINT, with one deadline for the whole procedure:
+//! not ready (`/ready` answers 503, STOPPING=1) → stop the tree in reverse start order
+//! (HTTP intake first; each child within its own shutdown timeout, killed past it) → exit 0.
+//! Past the deadline what is left is killed and the exit code is 1. If the root supervisor
+//! gives up on its own, the process exits 1 so that systemd restarts it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::HealthSink;
+use supervision::Supervisor;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::adapters::systemd;
+use crate::config::Config;
+use crate::http::{AppState, admin};
+use crate::tree::{self, TreeDeps};
+
+/// Why the daemon could not start or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {path}: {source}; set PRIMED_DATA_DIR to a writable directory")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin token file cannot be read or written.
+    #[error("cannot read or create the admin token {path}: {source}; set ADMIN_API_KEYS or fix the file's permissions")]
+    AdminToken {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP address cannot be bound.
+    #[error("cannot listen on {addr}: {source}; is another process using it? Set PRIMED_HTTP_ADDR to a free address")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Signal handlers cannot be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The tree did not start.
+    #[error("the supervision tree did not start: {0}")]
+    TreeStart(String),
+    /// The root supervisor gave up (restart intensity exceeded).
+    #[error("the supervision tree gave up after too many restarts; see the log for the failing actor")]
+    TreeGaveUp,
+    /// The shutdown did not finish within its deadline.
+    #[error("shutdown did not finish within {0:?}; what was left was killed")]
+    ShutdownOverran(Duration),
+}
+
+impl DaemonError {
+    /// The process exit code for this error (sysexits.h where one fits).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::DataDir { .. } | DaemonError::AdminToken { .. } => 73, // EX_CANTCREAT
+            DaemonError::Bind { .. } => 69,                                      // EX_UNAVAILABLE
+            DaemonError::Signals(_) => 71,                                       // EX_OSERR
+            DaemonError::TreeStart(_) | DaemonError::TreeGaveUp | DaemonError::ShutdownOverran(_) => 1,
+        }
+    }
+}
+
+/// Runs the daemon until a signal or a fatal failure of the tree.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let admin_keys = if config.admin_api_keys.is_empty() {
+        let (token, path) = admin::load_or_create_token(&config.data_dir).map_err(|source| {
+            DaemonError::AdminToken {
+                path: config.data_dir.join("admin-token"),
+                source,
+            }
+        })?;
+        tracing::info!(path = %path.display(), "ADMIN_API_KEYS is not set: the admin API accepts the token in this file");
+        vec![token]
+    } else {
+        config.admin_api_keys.clone()
+    };
+
+    let listener = std::net::TcpListener::bind(config.http_addr).map_err(|source| DaemonError::Bind {
+        addr: config.http_addr,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Bind {
+        addr: config.http_addr,
+        source,
+    })?;
+
+    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+
+    let app = AppState::new(tree::ROOT, admin_keys);
+    let mut heartbeat_interval = config.heartbeat_interval;
+    let mut health_sinks: Vec<Arc<dyn HealthSink>> = Vec::new();
+    if let Some(period) = systemd::watchdog_period() {
+        // Pet the watchdog at least twice per period.
+        heartbeat_interval = heartbeat_interval.min(period / 2);
+        health_sinks.push(Arc::new(systemd::WatchdogSink));
+        tracing::info!(watchdog_ms = period.as_millis() as u64, "systemd watchdog enabled");
+    }
+    let deps = TreeDeps {
+        listener: Arc::new(listener),
+        app: app.clone(),
+        heartbeat_interval,
+        health_sinks,
+    };
+    let (root, mut root_done) = Supervisor::start(tree::root(&deps))
+        .await
+        .map_err(|e| DaemonError::TreeStart(e.to_string()))?;
+
+    app.set_ready(true);
+    tracing::info!(addr = %addr, version = env!("CARGO_PKG_VERSION"), mode = mode(&config), "primed is listening");
+    systemd::notify_ready(&format!("serving on {addr}"));
+
+    // Each branch only waits; none holds state that cancellation could lose.
+    let signal_name = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+        _ = &mut root_done => {
+            app.set_ready(false);
+            return Err(DaemonError::TreeGaveUp);
+        }
+    };
+
+    tracing::info!(signal = signal_name, deadline_ms = config.shutdown_timeout.as_millis() as u64, "shutting down");
+    app.set_ready(false);
+    systemd::notify_stopping();
+    match root
+        .stop_and_wait(Some("shutdown".into()), Some(config.shutdown_timeout))
+        .await
+    {
+        Ok(()) => {
+            tracing::info!("primed stopped");
+            Ok(())
+        }
+        Err(_) => {
+            root.kill();
+            Err(DaemonError::ShutdownOverran(config.shutdown_timeout))
+        }
+    }
+}
+
+fn mode(config: &Config) -> &'static str {
+    use crate::config::{BrokerConfig, StoreConfig};
+    match (&config.store, &config.broker) {
+        (StoreConfig::Embedded, BrokerConfig::Embedded) => "embedded",
+        (StoreConfig::Mysql { .. }, BrokerConfig::Nats { .. }) => "production",
+        _ => "mixed",
+    }
+}

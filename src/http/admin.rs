@@ -1,0 +1,162 @@
+//! The admin API: `GET /admin/actors` (the live supervision tree) and
+//! `POST /admin/actors/{name}/restart`, behind a bearer token from `ADMIN_API_KEYS`.
+//!
+//! Tokens are compared in constant time. With no `ADMIN_API_KEYS`, the daemon generates a
+//! token once and keeps it in `<data dir>/admin-token` (mode 0600), so a fresh install has a
+//! working but still private admin API.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use ractor::rpc::CallResult;
+use subtle::ConstantTimeEq;
+use supervision::{ChildKind, ChildStatus, SupervisorMsg, status};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::config::Secret;
+
+/// Rejects requests without a valid `Authorization: Bearer <token>`.
+pub async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send an admin token as 'Authorization: Bearer <token>' (ADMIN_API_KEYS, or the admin-token file in the data directory)",
+        ));
+    };
+    // Check every key without stopping early, so timing does not tell which one matched.
+    let mut matched = subtle::Choice::from(0);
+    for key in state.admin_keys.iter() {
+        matched |= key.expose().as_bytes().ct_eq(presented.as_bytes());
+    }
+    if bool::from(matched) {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin token is not valid",
+        ))
+    }
+}
+
+async fn tree(state: &AppState) -> Result<ChildStatus, ApiError> {
+    let root = ractor::registry::where_is(&*state.root).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tree_unavailable",
+            "the supervision tree is not running (the daemon is starting or stopping)",
+        )
+    })?;
+    status(&root.into(), state.status_timeout)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "tree_unavailable", e.to_string()))
+}
+
+/// The live supervision tree.
+pub async fn actors(State(state): State<AppState>) -> Result<Json<ChildStatus>, ApiError> {
+    tree(&state).await.map(Json)
+}
+
+/// Restarts one actor (and, per its supervisor's strategy, the actors that depend on it).
+pub async fn restart(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let tree = tree(&state).await?;
+    let Some(parent) = parent_of(&tree, &name) else {
+        let (code, message) = if tree.name == name {
+            ("cannot_restart_root", "the root supervisor cannot be restarted; restart the service instead".to_string())
+        } else {
+            ("unknown_actor", format!("no actor named {name:?}; GET /admin/actors lists them"))
+        };
+        return Err(ApiError::new(StatusCode::NOT_FOUND, code, message));
+    };
+    let supervisor = ractor::registry::where_is(parent.as_str()).ok_or_else(|| {
+        ApiError::new(StatusCode::CONFLICT, "supervisor_unavailable", format!("supervisor {parent} is restarting; try again"))
+    })?;
+    let supervisor: supervision::SupervisorRef = supervisor.into();
+    match supervisor
+        .call(|reply| SupervisorMsg::RestartChild(name.clone(), reply), Some(state.status_timeout * 15))
+        .await
+    {
+        Ok(CallResult::Success(Ok(()))) => {
+            tracing::info!(actor = %name, supervisor = %parent, "actor restarted by an operator");
+            Ok(Json(serde_json::json!({"restarted": name, "supervisor": parent})))
+        }
+        Ok(CallResult::Success(Err(err))) => Err(ApiError::new(StatusCode::CONFLICT, "restart_failed", err.to_string())),
+        _ => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "restart_unconfirmed",
+            format!("supervisor {parent} did not confirm the restart in time; check GET /admin/actors"),
+        )),
+    }
+}
+
+/// The name of the supervisor that has a child called `name`.
+fn parent_of(node: &ChildStatus, name: &str) -> Option<String> {
+    let children = node.children.as_ref()?;
+    if children.iter().any(|c| c.name == name) {
+        return Some(node.name.clone());
+    }
+    children
+        .iter()
+        .filter(|c| c.kind == ChildKind::Supervisor)
+        .find_map(|c| parent_of(c, name))
+}
+
+/// Reads the admin token kept in `data_dir`, creating it (mode 0600) if there is none.
+pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<(Secret, PathBuf)> {
+    let path = data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(token) if token.trim().len() >= 16 => return Ok((Secret::new(token.trim()), path)),
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?
+    };
+    writeln!(file, "{token}")?;
+    Ok((Secret::new(token), path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_created_once_private_and_then_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (first, path) = load_or_create_token(dir.path()).unwrap();
+        assert_eq!(first.expose().len(), 64);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (second, _) = load_or_create_token(dir.path()).unwrap();
+        assert_eq!(first, second);
+    }
+}

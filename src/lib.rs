@@ -1,0 +1,15 @@
+//! `primed`: the daemon that runs the prime-checking pipeline as supervised actors.
+//!
+//! The binary (`main.rs`) only parses the command line; everything it runs lives here so
+//! that integration tests can drive the same code: [`config`] (environment and TOML),
+//! [`tree`] (the one place the running supervision tree is declared), [`daemon`] (start-up
+//! and the written shutdown procedure), [`http`] (health, readiness, admin) and
+//! [`adapters`] (backends behind the ports of the `actors` crate).
+
+pub mod adapters;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod logging;
+pub mod tree;
