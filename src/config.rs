@@ -14,36 +14,121 @@ use std::time::Duration;
 
 /// Every key primed reads, with whether it is a secret, its default and what it means.
 pub const KEYS: &[Key] = &[
-    key("PRIMED_HTTP_ADDR", false, Some("127.0.0.1:8080"), "HTTP listen address (host:port)"),
-    key("PRIMED_DATA_DIR", false, Some("./data"), "data directory (embedded store, mail files, admin token)"),
-    key("PRIMED_SHUTDOWN_TIMEOUT_SECONDS", false, Some("30"), "deadline for a graceful shutdown"),
-    key("PRIMED_HEARTBEAT_INTERVAL_SECONDS", false, Some("5"), "seconds between heartbeats"),
-    key("DATABASE_URL", true, None, "store URL (mysql://user:pass@host:port/db); selects production mode"),
-    key("MYSQL_HOST", false, None, "MySQL/MariaDB host; selects production mode"),
+    key(
+        "PRIMED_HTTP_ADDR",
+        false,
+        Some("127.0.0.1:8080"),
+        "HTTP listen address (host:port)",
+    ),
+    key(
+        "PRIMED_DATA_DIR",
+        false,
+        Some("./data"),
+        "data directory (embedded store, mail files, admin token)",
+    ),
+    key(
+        "PRIMED_SHUTDOWN_TIMEOUT_SECONDS",
+        false,
+        Some("30"),
+        "deadline for a graceful shutdown",
+    ),
+    key(
+        "PRIMED_HEARTBEAT_INTERVAL_SECONDS",
+        false,
+        Some("5"),
+        "seconds between heartbeats",
+    ),
+    key(
+        "DATABASE_URL",
+        true,
+        None,
+        "store URL (mysql://user:pass@host:port/db); selects production mode",
+    ),
+    key(
+        "MYSQL_HOST",
+        false,
+        None,
+        "MySQL/MariaDB host; selects production mode",
+    ),
     key("MYSQL_PORT", false, Some("3306"), "MySQL/MariaDB port"),
-    key("MYSQL_DATABASE", false, Some("prime_check_db"), "database name"),
+    key(
+        "MYSQL_DATABASE",
+        false,
+        Some("prime_check_db"),
+        "database name",
+    ),
     key("MYSQL_USER", false, Some("root"), "database user"),
     key("MYSQL_PASSWORD", true, None, "database password"),
-    key("NATS_URL", false, None, "NATS URL (nats://host:port); selects JetStream"),
+    key(
+        "NATS_URL",
+        false,
+        None,
+        "NATS URL (nats://host:port); selects JetStream",
+    ),
     key("NATS_HOST", false, None, "NATS host; selects JetStream"),
     key("NATS_PORT", false, Some("4222"), "NATS port"),
-    key("NATS_STREAM", false, Some("PRIME"), "main JetStream stream name"),
+    key(
+        "NATS_STREAM",
+        false,
+        Some("PRIME"),
+        "main JetStream stream name",
+    ),
     key("REDIS_HOST", false, None, "Redis host for rate limiting"),
     key("REDIS_PORT", false, Some("6379"), "Redis port"),
     key("REDIS_PASSWORD", true, None, "Redis password"),
-    key("RATE_LIMIT_REDIS_HOST", false, None, "Redis for rate limiting as host:port (alternative to REDIS_HOST)"),
-    key("RATE_LIMIT_DEFAULT_LIMIT", false, Some("100"), "requests allowed per window"),
-    key("RATE_LIMIT_WINDOW_SECONDS", false, Some("60"), "rate-limit window in seconds"),
-    key("SMTP_HOST", false, None, "SMTP server; unset writes .eml files to the data directory"),
+    key(
+        "RATE_LIMIT_REDIS_HOST",
+        false,
+        None,
+        "Redis for rate limiting as host:port (alternative to REDIS_HOST)",
+    ),
+    key(
+        "RATE_LIMIT_DEFAULT_LIMIT",
+        false,
+        Some("100"),
+        "requests allowed per window",
+    ),
+    key(
+        "RATE_LIMIT_WINDOW_SECONDS",
+        false,
+        Some("60"),
+        "rate-limit window in seconds",
+    ),
+    key(
+        "SMTP_HOST",
+        false,
+        None,
+        "SMTP server; unset writes .eml files to the data directory",
+    ),
     key("SMTP_PORT", false, Some("25"), "SMTP port"),
     key("SMTP_USERNAME", false, None, "SMTP user"),
     key("SMTP_PASSWORD", true, None, "SMTP password"),
     key("SMTP_TLS", false, Some("starttls"), "none, starttls or tls"),
-    key("SMTP_FROM", false, Some("primed@localhost"), "sender address"),
-    key("OTEL_EXPORTER_OTLP_ENDPOINT", false, None, "OTLP trace endpoint (http://host:4317)"),
-    key("JAEGER_HOST", false, None, "Jaeger OTLP host (alternative to OTEL_EXPORTER_OTLP_ENDPOINT)"),
+    key(
+        "SMTP_FROM",
+        false,
+        Some("primed@localhost"),
+        "sender address",
+    ),
+    key(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        false,
+        None,
+        "OTLP trace endpoint (http://host:4317)",
+    ),
+    key(
+        "JAEGER_HOST",
+        false,
+        None,
+        "Jaeger OTLP host (alternative to OTEL_EXPORTER_OTLP_ENDPOINT)",
+    ),
     key("JAEGER_PORT", false, Some("4317"), "Jaeger OTLP port"),
-    key("ADMIN_API_KEYS", true, None, "comma-separated admin tokens; unset generates one in the data directory"),
+    key(
+        "ADMIN_API_KEYS",
+        true,
+        None,
+        "comma-separated admin tokens; unset generates one in the data directory",
+    ),
     key("JWT_SECRET", true, None, "HS256 secret for user tokens"),
 ];
 
@@ -60,7 +145,12 @@ pub struct Key {
     pub help: &'static str,
 }
 
-const fn key(name: &'static str, secret: bool, default: Option<&'static str>, help: &'static str) -> Key {
+const fn key(
+    name: &'static str,
+    secret: bool,
+    default: Option<&'static str>,
+    help: &'static str,
+) -> Key {
     Key {
         name,
         secret,
@@ -121,7 +211,9 @@ pub enum ConfigError {
         key: String,
     },
     /// The config file has a value of a type that cannot be a setting.
-    #[error("config file {path}: {key} must be a string, number, boolean or (for ADMIN_API_KEYS) a list of strings")]
+    #[error(
+        "config file {path}: {key} must be a string, number, boolean or (for ADMIN_API_KEYS) a list of strings"
+    )]
     BadFileValue {
         /// The file.
         path: PathBuf,
@@ -329,7 +421,9 @@ impl Raw {
     fn host(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
         match self.get(name) {
             None => Ok(None),
-            Some(v) if v.trim().is_empty() || v.contains(char::is_whitespace) || v.contains('/') => {
+            Some(v)
+                if v.trim().is_empty() || v.contains(char::is_whitespace) || v.contains('/') =>
+            {
                 Err(self.invalid(name, "a host name or IP address"))
             }
             Some(v) => Ok(Some(v.trim().to_string())),
@@ -337,7 +431,9 @@ impl Raw {
     }
 
     fn secret(&self, name: &'static str) -> Option<Secret> {
-        self.get(name).filter(|v| !v.is_empty()).map(|v| Secret(v.to_string()))
+        self.get(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| Secret(v.to_string()))
     }
 }
 
@@ -371,15 +467,26 @@ impl Config {
             .required("PRIMED_HTTP_ADDR")?
             .trim()
             .parse::<SocketAddr>()
-            .map_err(|_| raw.invalid("PRIMED_HTTP_ADDR", "an IP address and port, e.g. 127.0.0.1:8080 or [::1]:8080"))?;
+            .map_err(|_| {
+                raw.invalid(
+                    "PRIMED_HTTP_ADDR",
+                    "an IP address and port, e.g. 127.0.0.1:8080 or [::1]:8080",
+                )
+            })?;
         let data_dir = PathBuf::from(raw.required("PRIMED_DATA_DIR")?);
         let shutdown_timeout = Duration::from_secs(
-            raw.positive("PRIMED_SHUTDOWN_TIMEOUT_SECONDS", "a whole number of seconds, at least 1")?
-                .into(),
+            raw.positive(
+                "PRIMED_SHUTDOWN_TIMEOUT_SECONDS",
+                "a whole number of seconds, at least 1",
+            )?
+            .into(),
         );
         let heartbeat_interval = Duration::from_secs(
-            raw.positive("PRIMED_HEARTBEAT_INTERVAL_SECONDS", "a whole number of seconds, at least 1")?
-                .into(),
+            raw.positive(
+                "PRIMED_HEARTBEAT_INTERVAL_SECONDS",
+                "a whole number of seconds, at least 1",
+            )?
+            .into(),
         );
 
         let store = Self::store(&raw)?;
@@ -392,8 +499,9 @@ impl Config {
             });
         }
         let redis = if let Some(hostport) = raw.get("RATE_LIMIT_REDIS_HOST") {
-            let (host, port) = split_host_port(hostport)
-                .ok_or_else(|| raw.invalid("RATE_LIMIT_REDIS_HOST", "host:port, e.g. redis:6379"))?;
+            let (host, port) = split_host_port(hostport).ok_or_else(|| {
+                raw.invalid("RATE_LIMIT_REDIS_HOST", "host:port, e.g. redis:6379")
+            })?;
             Some(RedisConfig {
                 host,
                 port,
@@ -408,17 +516,27 @@ impl Config {
         } else {
             None
         };
-        let rate_limit_default_limit =
-            raw.positive("RATE_LIMIT_DEFAULT_LIMIT", "a whole number of requests, at least 1")?;
+        let rate_limit_default_limit = raw.positive(
+            "RATE_LIMIT_DEFAULT_LIMIT",
+            "a whole number of requests, at least 1",
+        )?;
         let rate_limit_window = Duration::from_secs(
-            raw.positive("RATE_LIMIT_WINDOW_SECONDS", "a whole number of seconds, at least 1")?
-                .into(),
+            raw.positive(
+                "RATE_LIMIT_WINDOW_SECONDS",
+                "a whole number of seconds, at least 1",
+            )?
+            .into(),
         );
 
         let smtp = match raw.host("SMTP_HOST")? {
             None => None,
             Some(host) => {
-                let tls = match raw.required("SMTP_TLS")?.trim().to_ascii_lowercase().as_str() {
+                let tls = match raw
+                    .required("SMTP_TLS")?
+                    .trim()
+                    .to_ascii_lowercase()
+                    .as_str()
+                {
                     "none" | "off" | "false" => SmtpTls::None,
                     "starttls" => SmtpTls::StartTls,
                     "tls" | "true" | "on" => SmtpTls::Tls,
@@ -426,12 +544,17 @@ impl Config {
                 };
                 let from = raw.required("SMTP_FROM")?.trim().to_string();
                 if !looks_like_email(&from) {
-                    return Err(raw.invalid("SMTP_FROM", "an email address, e.g. primed@example.com"));
+                    return Err(
+                        raw.invalid("SMTP_FROM", "an email address, e.g. primed@example.com")
+                    );
                 }
                 Some(SmtpConfig {
                     host,
                     port: raw.port("SMTP_PORT")?,
-                    username: raw.get("SMTP_USERNAME").filter(|v| !v.is_empty()).map(String::from),
+                    username: raw
+                        .get("SMTP_USERNAME")
+                        .filter(|v| !v.is_empty())
+                        .map(String::from),
                     password: raw.secret("SMTP_PASSWORD"),
                     tls,
                     from,
@@ -468,7 +591,10 @@ impl Config {
             .map(|k| Secret(k.to_string()))
             .collect();
         if admin_api_keys.iter().any(|k| k.0.len() < 16) {
-            return Err(raw.invalid("ADMIN_API_KEYS", "comma-separated tokens of at least 16 characters each"));
+            return Err(raw.invalid(
+                "ADMIN_API_KEYS",
+                "comma-separated tokens of at least 16 characters each",
+            ));
         }
         let jwt_secret = raw.secret("JWT_SECRET");
 
@@ -503,13 +629,25 @@ impl Config {
     }
 
     fn store(raw: &Raw) -> Result<StoreConfig, ConfigError> {
-        let parts = ["MYSQL_HOST", "MYSQL_PORT", "MYSQL_DATABASE", "MYSQL_USER", "MYSQL_PASSWORD"];
+        let parts = [
+            "MYSQL_HOST",
+            "MYSQL_PORT",
+            "MYSQL_DATABASE",
+            "MYSQL_USER",
+            "MYSQL_PASSWORD",
+        ];
         if let Some(url) = raw.get("DATABASE_URL") {
             if let Some(part) = parts.iter().find(|p| raw.is_set(p)) {
-                return Err(ConfigError::Conflict { a: "DATABASE_URL", b: part });
+                return Err(ConfigError::Conflict {
+                    a: "DATABASE_URL",
+                    b: part,
+                });
             }
             if !(url.starts_with("mysql://") || url.starts_with("mariadb://")) {
-                return Err(raw.invalid("DATABASE_URL", "a mysql:// URL, e.g. mysql://user:password@127.0.0.1:3306/prime_check_db"));
+                return Err(raw.invalid(
+                    "DATABASE_URL",
+                    "a mysql:// URL, e.g. mysql://user:password@127.0.0.1:3306/prime_check_db",
+                ));
             }
             return Ok(StoreConfig::Mysql {
                 url: Secret(url.replacen("mariadb://", "mysql://", 1)),
@@ -520,22 +658,36 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     key: "MYSQL_HOST",
                     value: "nothing".into(),
-                    expected: if *part == "MYSQL_HOST" { "a host name" } else { "set when any other MYSQL_* key is set" },
+                    expected: if *part == "MYSQL_HOST" {
+                        "a host name"
+                    } else {
+                        "set when any other MYSQL_* key is set"
+                    },
                 });
             }
             return Ok(StoreConfig::Embedded);
         };
         let port = raw.port("MYSQL_PORT")?;
         let database = raw.required("MYSQL_DATABASE")?;
-        if !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
-            return Err(raw.invalid("MYSQL_DATABASE", "a database name of letters, digits and underscores"));
+        if !database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        {
+            return Err(raw.invalid(
+                "MYSQL_DATABASE",
+                "a database name of letters, digits and underscores",
+            ));
         }
         let user = raw.required("MYSQL_USER")?;
         let auth = match raw.secret("MYSQL_PASSWORD") {
             Some(p) => format!("{}:{}", percent_encode(user), percent_encode(p.expose())),
             None => percent_encode(user),
         };
-        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
         Ok(StoreConfig::Mysql {
             url: Secret(format!("mysql://{auth}@{host}:{port}/{database}")),
         })
@@ -543,17 +695,32 @@ impl Config {
 
     fn broker(raw: &Raw) -> Result<BrokerConfig, ConfigError> {
         let stream = raw.required("NATS_STREAM")?.trim().to_string();
-        if stream.is_empty() || !stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(raw.invalid("NATS_STREAM", "a stream name of letters, digits, '-' and '_'"));
+        if stream.is_empty()
+            || !stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(raw.invalid(
+                "NATS_STREAM",
+                "a stream name of letters, digits, '-' and '_'",
+            ));
         }
         if let Some(url) = raw.get("NATS_URL") {
             if raw.is_set("NATS_HOST") {
-                return Err(ConfigError::Conflict { a: "NATS_URL", b: "NATS_HOST" });
+                return Err(ConfigError::Conflict {
+                    a: "NATS_URL",
+                    b: "NATS_HOST",
+                });
             }
-            if !(url.starts_with("nats://") || url.starts_with("tls://")) || url.len() <= "nats://".len() {
+            if !(url.starts_with("nats://") || url.starts_with("tls://"))
+                || url.len() <= "nats://".len()
+            {
                 return Err(raw.invalid("NATS_URL", "a nats:// URL, e.g. nats://127.0.0.1:4222"));
             }
-            return Ok(BrokerConfig::Nats { url: url.to_string(), stream });
+            return Ok(BrokerConfig::Nats {
+                url: url.to_string(),
+                stream,
+            });
         }
         match raw.host("NATS_HOST")? {
             Some(host) => Ok(BrokerConfig::Nats {
@@ -568,10 +735,18 @@ impl Config {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mode = match (&self.store, &self.broker) {
-            (StoreConfig::Embedded, BrokerConfig::Embedded) => "embedded (SQLite store and queue in the data directory)",
-            (StoreConfig::Mysql { .. }, BrokerConfig::Nats { .. }) => "production (MySQL store, NATS JetStream broker)",
-            (StoreConfig::Mysql { .. }, BrokerConfig::Embedded) => "mixed (MySQL store, embedded queue)",
-            (StoreConfig::Embedded, BrokerConfig::Nats { .. }) => "mixed (SQLite store, NATS JetStream broker)",
+            (StoreConfig::Embedded, BrokerConfig::Embedded) => {
+                "embedded (SQLite store and queue in the data directory)"
+            }
+            (StoreConfig::Mysql { .. }, BrokerConfig::Nats { .. }) => {
+                "production (MySQL store, NATS JetStream broker)"
+            }
+            (StoreConfig::Mysql { .. }, BrokerConfig::Embedded) => {
+                "mixed (MySQL store, embedded queue)"
+            }
+            (StoreConfig::Embedded, BrokerConfig::Nats { .. }) => {
+                "mixed (SQLite store, NATS JetStream broker)"
+            }
         };
         out.push_str(&format!("# mode: {mode}\n"));
         let width = KEYS.iter().map(|k| k.name.len()).max().unwrap_or(0);
@@ -581,7 +756,10 @@ impl Config {
                 Some(_) if key.secret => "<redacted>".to_string(),
                 Some(v) => format!("{v:?}"),
             };
-            out.push_str(&format!("{:width$} = {shown:<24} # {origin}: {}\n", key.name, key.help));
+            out.push_str(&format!(
+                "{:width$} = {shown:<24} # {origin}: {}\n",
+                key.name, key.help
+            ));
         }
         out
     }
@@ -592,10 +770,12 @@ fn read_file(path: &Path) -> Result<Vec<(&'static str, String)>, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::ParseFile {
-        path: path.to_path_buf(),
-        message: e.message().to_string(),
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::ParseFile {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
     let mut out = Vec::new();
     for (name, value) in table {
         let key = lookup(&name.to_ascii_uppercase()).ok_or_else(|| ConfigError::UnknownKey {
@@ -651,7 +831,10 @@ mod tests {
     use super::*;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        Config::load(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())), None)
+        Config::load(
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            None,
+        )
     }
 
     #[test]
@@ -690,7 +873,9 @@ mod tests {
         assert_eq!(
             c.store,
             StoreConfig::Mysql {
-                url: Secret("mysql://prime_check_user:p%40ss%20word@mysql:3307/prime_check_db".into())
+                url: Secret(
+                    "mysql://prime_check_user:p%40ss%20word@mysql:3307/prime_check_db".into()
+                )
             }
         );
         assert_eq!(
@@ -700,9 +885,15 @@ mod tests {
                 stream: "PRIME".into()
             }
         );
-        assert_eq!(c.redis.as_ref().map(|r| (r.host.as_str(), r.port)), Some(("redis", 6380)));
+        assert_eq!(
+            c.redis.as_ref().map(|r| (r.host.as_str(), r.port)),
+            Some(("redis", 6380))
+        );
         assert_eq!(c.otlp_endpoint.as_deref(), Some("http://jaeger:4317"));
-        assert_eq!(c.smtp.as_ref().map(|s| (s.port, s.tls)), Some((1025, SmtpTls::None)));
+        assert_eq!(
+            c.smtp.as_ref().map(|s| (s.port, s.tls)),
+            Some((1025, SmtpTls::None))
+        );
         assert_eq!(c.admin_api_keys.len(), 2);
         let rendered = c.render();
         assert!(rendered.contains("# mode: production"));
@@ -715,25 +906,75 @@ mod tests {
     #[test]
     fn bad_values_name_the_key_and_the_expected_form() {
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("MYSQL_HOST", "db"), ("MYSQL_PORT", "abc")], r#"MYSQL_PORT must be a number between 1 and 65535, got "abc""#),
-            (&[("MYSQL_HOST", "db"), ("MYSQL_PORT", "0")], r#"MYSQL_PORT must be a number between 1 and 65535, got "0""#),
-            (&[("PRIMED_HTTP_ADDR", "localhost")], r#"PRIMED_HTTP_ADDR must be an IP address and port"#),
-            (&[("RATE_LIMIT_DEFAULT_LIMIT", "-5")], r#"RATE_LIMIT_DEFAULT_LIMIT must be a whole number of requests, at least 1, got "-5""#),
-            (&[("RATE_LIMIT_WINDOW_SECONDS", "0")], "RATE_LIMIT_WINDOW_SECONDS must be"),
-            (&[("MYSQL_USER", "u")], "MYSQL_HOST must be set when any other MYSQL_* key is set"),
-            (&[("DATABASE_URL", "postgres://x"), ], "DATABASE_URL must be a mysql:// URL"),
-            (&[("DATABASE_URL", "mysql://x"), ("MYSQL_HOST", "db")], "DATABASE_URL and MYSQL_HOST are both set"),
-            (&[("NATS_URL", "http://x")], "NATS_URL must be a nats:// URL"),
-            (&[("SMTP_HOST", "mail"), ("SMTP_TLS", "maybe")], "SMTP_TLS must be one of none, starttls, tls"),
-            (&[("SMTP_HOST", "mail"), ("SMTP_FROM", "nobody")], "SMTP_FROM must be an email address"),
-            (&[("RATE_LIMIT_REDIS_HOST", "redis")], "RATE_LIMIT_REDIS_HOST must be host:port"),
-            (&[("ADMIN_API_KEYS", "short")], "ADMIN_API_KEYS must be comma-separated tokens of at least 16 characters each, got <redacted>"),
-            (&[("OTEL_EXPORTER_OTLP_ENDPOINT", "jaeger:4317")], "OTEL_EXPORTER_OTLP_ENDPOINT must be an http://"),
-            (&[("PRIMED_SHUTDOWN_TIMEOUT_SECONDS", "soon")], "PRIMED_SHUTDOWN_TIMEOUT_SECONDS must be"),
+            (
+                &[("MYSQL_HOST", "db"), ("MYSQL_PORT", "abc")],
+                r#"MYSQL_PORT must be a number between 1 and 65535, got "abc""#,
+            ),
+            (
+                &[("MYSQL_HOST", "db"), ("MYSQL_PORT", "0")],
+                r#"MYSQL_PORT must be a number between 1 and 65535, got "0""#,
+            ),
+            (
+                &[("PRIMED_HTTP_ADDR", "localhost")],
+                r#"PRIMED_HTTP_ADDR must be an IP address and port"#,
+            ),
+            (
+                &[("RATE_LIMIT_DEFAULT_LIMIT", "-5")],
+                r#"RATE_LIMIT_DEFAULT_LIMIT must be a whole number of requests, at least 1, got "-5""#,
+            ),
+            (
+                &[("RATE_LIMIT_WINDOW_SECONDS", "0")],
+                "RATE_LIMIT_WINDOW_SECONDS must be",
+            ),
+            (
+                &[("MYSQL_USER", "u")],
+                "MYSQL_HOST must be set when any other MYSQL_* key is set",
+            ),
+            (
+                &[("DATABASE_URL", "postgres://x")],
+                "DATABASE_URL must be a mysql:// URL",
+            ),
+            (
+                &[("DATABASE_URL", "mysql://x"), ("MYSQL_HOST", "db")],
+                "DATABASE_URL and MYSQL_HOST are both set",
+            ),
+            (
+                &[("NATS_URL", "http://x")],
+                "NATS_URL must be a nats:// URL",
+            ),
+            (
+                &[("SMTP_HOST", "mail"), ("SMTP_TLS", "maybe")],
+                "SMTP_TLS must be one of none, starttls, tls",
+            ),
+            (
+                &[("SMTP_HOST", "mail"), ("SMTP_FROM", "nobody")],
+                "SMTP_FROM must be an email address",
+            ),
+            (
+                &[("RATE_LIMIT_REDIS_HOST", "redis")],
+                "RATE_LIMIT_REDIS_HOST must be host:port",
+            ),
+            (
+                &[("ADMIN_API_KEYS", "short")],
+                "ADMIN_API_KEYS must be comma-separated tokens of at least 16 characters each, got <redacted>",
+            ),
+            (
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "jaeger:4317")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT must be an http://",
+            ),
+            (
+                &[("PRIMED_SHUTDOWN_TIMEOUT_SECONDS", "soon")],
+                "PRIMED_SHUTDOWN_TIMEOUT_SECONDS must be",
+            ),
         ];
         for (pairs, want) in cases {
-            let err = load(pairs).err().unwrap_or_else(|| panic!("{pairs:?} must fail"));
-            assert!(err.to_string().contains(want), "{pairs:?}: got {err}, want {want}");
+            let err = load(pairs)
+                .err()
+                .unwrap_or_else(|| panic!("{pairs:?} must fail"));
+            assert!(
+                err.to_string().contains(want),
+                "{pairs:?}: got {err}, want {want}"
+            );
         }
     }
 
@@ -750,27 +991,43 @@ mod tests {
         let c = Config::load(env, Some(&path)).unwrap();
         assert_eq!(c.http_addr.port(), 9000);
         assert_eq!(c.admin_api_keys.len(), 2);
-        assert!(matches!(&c.store, StoreConfig::Mysql { url } if url.expose().contains("@db:3311/")));
-        let origins: BTreeMap<_, _> = c.effective.iter().map(|(k, _, o)| (k.name, o.clone())).collect();
+        assert!(
+            matches!(&c.store, StoreConfig::Mysql { url } if url.expose().contains("@db:3311/"))
+        );
+        let origins: BTreeMap<_, _> = c
+            .effective
+            .iter()
+            .map(|(k, _, o)| (k.name, o.clone()))
+            .collect();
         assert_eq!(origins["PRIMED_HTTP_ADDR"], Origin::File);
         assert_eq!(origins["MYSQL_PORT"], Origin::Env);
         assert_eq!(origins["NATS_STREAM"], Origin::Default);
 
         std::fs::write(&path, "primed_http_adress = \"x\"\n").unwrap();
         let err = Config::load(Vec::new(), Some(&path)).err().unwrap();
-        assert!(err.to_string().contains("unknown key \"primed_http_adress\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("unknown key \"primed_http_adress\""),
+            "{err}"
+        );
 
         std::fs::write(&path, "primed_http_addr = [\n").unwrap();
         let err = Config::load(Vec::new(), Some(&path)).err().unwrap();
         assert!(err.to_string().contains("is not valid TOML"), "{err}");
 
-        let err = Config::load(Vec::new(), Some(&dir.path().join("missing.toml"))).err().unwrap();
+        let err = Config::load(Vec::new(), Some(&dir.path().join("missing.toml")))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("cannot read config file"), "{err}");
     }
 
     #[test]
     fn secrets_never_show_in_debug_output() {
-        let c = load(&[("JWT_SECRET", "topsecret"), ("DATABASE_URL", "mysql://u:pw@h/db")]).unwrap();
+        let c = load(&[
+            ("JWT_SECRET", "topsecret"),
+            ("DATABASE_URL", "mysql://u:pw@h/db"),
+        ])
+        .unwrap();
         let debug = format!("{c:?}");
         assert!(!debug.contains("topsecret"));
         assert!(!debug.contains(":pw@"));

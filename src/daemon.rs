@@ -24,7 +24,9 @@ use crate::tree::{self, TreeDeps};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// The data directory cannot be created.
-    #[error("cannot create the data directory {path}: {source}; set PRIMED_DATA_DIR to a writable directory")]
+    #[error(
+        "cannot create the data directory {path}: {source}; set PRIMED_DATA_DIR to a writable directory"
+    )]
     DataDir {
         /// The directory.
         path: PathBuf,
@@ -32,7 +34,9 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     /// The admin token file cannot be read or written.
-    #[error("cannot read or create the admin token {path}: {source}; set ADMIN_API_KEYS or fix the file's permissions")]
+    #[error(
+        "cannot read or create the admin token {path}: {source}; set ADMIN_API_KEYS or fix the file's permissions"
+    )]
     AdminToken {
         /// The file.
         path: PathBuf,
@@ -40,7 +44,9 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     /// The HTTP address cannot be bound.
-    #[error("cannot listen on {addr}: {source}; is another process using it? Set PRIMED_HTTP_ADDR to a free address")]
+    #[error(
+        "cannot listen on {addr}: {source}; is another process using it? Set PRIMED_HTTP_ADDR to a free address"
+    )]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,
@@ -54,7 +60,9 @@ pub enum DaemonError {
     #[error("the supervision tree did not start: {0}")]
     TreeStart(String),
     /// The root supervisor gave up (restart intensity exceeded).
-    #[error("the supervision tree gave up after too many restarts; see the log for the failing actor")]
+    #[error(
+        "the supervision tree gave up after too many restarts; see the log for the failing actor"
+    )]
     TreeGaveUp,
     /// The shutdown did not finish within its deadline.
     #[error("shutdown did not finish within {0:?}; what was left was killed")]
@@ -66,9 +74,11 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::DataDir { .. } | DaemonError::AdminToken { .. } => 73, // EX_CANTCREAT
-            DaemonError::Bind { .. } => 69,                                      // EX_UNAVAILABLE
-            DaemonError::Signals(_) => 71,                                       // EX_OSERR
-            DaemonError::TreeStart(_) | DaemonError::TreeGaveUp | DaemonError::ShutdownOverran(_) => 1,
+            DaemonError::Bind { .. } => 69,                                     // EX_UNAVAILABLE
+            DaemonError::Signals(_) => 71,                                      // EX_OSERR
+            DaemonError::TreeStart(_)
+            | DaemonError::TreeGaveUp
+            | DaemonError::ShutdownOverran(_) => 1,
         }
     }
 }
@@ -92,10 +102,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.admin_api_keys.clone()
     };
 
-    let listener = std::net::TcpListener::bind(config.http_addr).map_err(|source| DaemonError::Bind {
-        addr: config.http_addr,
-        source,
-    })?;
+    let listener =
+        std::net::TcpListener::bind(config.http_addr).map_err(|source| DaemonError::Bind {
+            addr: config.http_addr,
+            source,
+        })?;
     let addr = listener.local_addr().map_err(|source| DaemonError::Bind {
         addr: config.http_addr,
         source,
@@ -111,7 +122,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         // Pet the watchdog at least twice per period.
         heartbeat_interval = heartbeat_interval.min(period / 2);
         health_sinks.push(Arc::new(systemd::WatchdogSink));
-        tracing::info!(watchdog_ms = period.as_millis() as u64, "systemd watchdog enabled");
+        tracing::info!(
+            watchdog_ms = period.as_millis() as u64,
+            "systemd watchdog enabled"
+        );
     }
     let deps = TreeDeps {
         listener: Arc::new(listener),
@@ -137,7 +151,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     };
 
-    tracing::info!(signal = signal_name, deadline_ms = config.shutdown_timeout.as_millis() as u64, "shutting down");
+    tracing::info!(
+        signal = signal_name,
+        deadline_ms = config.shutdown_timeout.as_millis() as u64,
+        "shutting down"
+    );
     app.set_ready(false);
     systemd::notify_stopping();
     match root

@@ -25,7 +25,9 @@ pub fn init() {
         return;
     }
     std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()));
         let payload = info
             .payload()
             .downcast_ref::<&str>()

@@ -40,7 +40,10 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             logging::init();
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(err) => {
                     eprintln!("primed: cannot start the async runtime: {err}");

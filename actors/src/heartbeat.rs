@@ -207,8 +207,9 @@ mod tests {
             status_timeout: Duration::from_secs(1),
             sinks: vec![Arc::new(Recorder(tx))],
         };
-        let spec = SupervisorSpec::new("heartbeat-test-root", Strategy::OneForOne)
-            .child(ChildSpec::actor("heartbeat-test-hb", Heartbeat, args.clone()));
+        let spec = SupervisorSpec::new("heartbeat-test-root", Strategy::OneForOne).child(
+            ChildSpec::actor("heartbeat-test-hb", Heartbeat, args.clone()),
+        );
         let (root, _) = Supervisor::start(spec).await.unwrap();
 
         let report = tokio::time::timeout(Duration::from_secs(5), rx.recv())

@@ -6,4 +6,6 @@
 
 pub mod heartbeat;
 
-pub use heartbeat::{HealthReport, HealthSink, HealthSinkError, Heartbeat, HeartbeatArgs, HeartbeatMsg};
+pub use heartbeat::{
+    HealthReport, HealthSink, HealthSinkError, Heartbeat, HeartbeatArgs, HeartbeatMsg,
+};

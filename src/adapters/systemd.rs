@@ -37,7 +37,10 @@ impl HealthSink for WatchdogSink {
         "systemd-watchdog"
     }
 
-    fn record<'a>(&'a self, report: &'a HealthReport) -> BoxFuture<'a, Result<(), HealthSinkError>> {
+    fn record<'a>(
+        &'a self,
+        report: &'a HealthReport,
+    ) -> BoxFuture<'a, Result<(), HealthSinkError>> {
         let result = if report.healthy {
             sd_notify::notify(&[NotifyState::Watchdog]).map_err(|err| HealthSinkError {
                 sink: self.name().into(),

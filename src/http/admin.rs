@@ -66,7 +66,13 @@ async fn tree(state: &AppState) -> Result<ChildStatus, ApiError> {
     })?;
     status(&root.into(), state.status_timeout)
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "tree_unavailable", e.to_string()))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tree_unavailable",
+                e.to_string(),
+            )
+        })
 }
 
 /// The live supervision tree.
@@ -82,29 +88,50 @@ pub async fn restart(
     let tree = tree(&state).await?;
     let Some(parent) = parent_of(&tree, &name) else {
         let (code, message) = if tree.name == name {
-            ("cannot_restart_root", "the root supervisor cannot be restarted; restart the service instead".to_string())
+            (
+                "cannot_restart_root",
+                "the root supervisor cannot be restarted; restart the service instead".to_string(),
+            )
         } else {
-            ("unknown_actor", format!("no actor named {name:?}; GET /admin/actors lists them"))
+            (
+                "unknown_actor",
+                format!("no actor named {name:?}; GET /admin/actors lists them"),
+            )
         };
         return Err(ApiError::new(StatusCode::NOT_FOUND, code, message));
     };
     let supervisor = ractor::registry::where_is(parent.as_str()).ok_or_else(|| {
-        ApiError::new(StatusCode::CONFLICT, "supervisor_unavailable", format!("supervisor {parent} is restarting; try again"))
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "supervisor_unavailable",
+            format!("supervisor {parent} is restarting; try again"),
+        )
     })?;
     let supervisor: supervision::SupervisorRef = supervisor.into();
     match supervisor
-        .call(|reply| SupervisorMsg::RestartChild(name.clone(), reply), Some(state.status_timeout * 15))
+        .call(
+            |reply| SupervisorMsg::RestartChild(name.clone(), reply),
+            Some(state.status_timeout * 15),
+        )
         .await
     {
         Ok(CallResult::Success(Ok(()))) => {
             tracing::info!(actor = %name, supervisor = %parent, "actor restarted by an operator");
-            Ok(Json(serde_json::json!({"restarted": name, "supervisor": parent})))
+            Ok(Json(
+                serde_json::json!({"restarted": name, "supervisor": parent}),
+            ))
         }
-        Ok(CallResult::Success(Err(err))) => Err(ApiError::new(StatusCode::CONFLICT, "restart_failed", err.to_string())),
+        Ok(CallResult::Success(Err(err))) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "restart_failed",
+            err.to_string(),
+        )),
         _ => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "restart_unconfirmed",
-            format!("supervisor {parent} did not confirm the restart in time; check GET /admin/actors"),
+            format!(
+                "supervisor {parent} did not confirm the restart in time; check GET /admin/actors"
+            ),
         )),
     }
 }
@@ -130,7 +157,9 @@ pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<(Secret, PathBuf
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err),
     }
-    let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let token: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
     let mut file = {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()

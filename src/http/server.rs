@@ -87,8 +87,14 @@ impl Actor for HttpServer {
         }
         if let Some(task) = state.task.take() {
             let abort = task.abort_handle();
-            if tokio::time::timeout(state.drain_timeout, task).await.is_err() {
-                tracing::warn!(timeout_ms = state.drain_timeout.as_millis() as u64, "HTTP requests still in flight at the drain deadline were cut");
+            if tokio::time::timeout(state.drain_timeout, task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    timeout_ms = state.drain_timeout.as_millis() as u64,
+                    "HTTP requests still in flight at the drain deadline were cut"
+                );
                 abort.abort();
             }
         }

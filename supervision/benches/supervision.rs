@@ -33,7 +33,12 @@ impl Actor for Child {
         Ok(0)
     }
 
-    async fn handle(&self, _: ActorRef<Msg>, msg: Msg, n: &mut u64) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<Msg>,
+        msg: Msg,
+        n: &mut u64,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             Msg::Panic => panic!("benchmark panic"),
             Msg::Count => *n += 1,
@@ -76,7 +81,9 @@ async fn run() {
         .unregistered()
         .intensity(u32::MAX, Duration::from_secs(1))
         .child(ChildSpec::worker("child", move |sup| {
-            let child = Child { started: tx.clone() };
+            let child = Child {
+                started: tx.clone(),
+            };
             async move {
                 let (actor, _) = Actor::spawn_linked(None, child, (), sup).await?;
                 Ok(actor.get_cell())

@@ -1,0 +1,288 @@
+//! The `primed` binary as an operator runs it: no configuration, signals, exit codes,
+//! the admin endpoint, and systemd's notify protocol.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::{Daemon, free_addr, port_is_free, primed, temp_path};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test]
+async fn with_no_configuration_it_serves_the_admin_tree_and_exits_0_on_sigterm() {
+    let mut d = Daemon::start(&[]);
+    let http = client();
+
+    let ready = http.get(d.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let anonymous = http.get(d.url("/admin/actors")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let body: Value = anonymous.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+
+    let wrong = http
+        .get(d.url("/admin/actors"))
+        .bearer_auth("0".repeat(64))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    let tree: Value = http
+        .get(d.url("/admin/actors"))
+        .bearer_auth(d.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tree["name"], "primed");
+    assert_eq!(tree["strategy"], "one_for_one");
+    let names: Vec<&str> = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["heartbeat", "http"]);
+    for c in tree["children"].as_array().unwrap() {
+        assert_eq!(c["state"], "running");
+    }
+
+    let health = http.get(d.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["checks"]["supervision_tree"]["status"], "up");
+
+    let missing = http.get(d.url("/nope")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.json::<Value>().await.unwrap()["error"], "not_found");
+
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit();
+    assert_eq!(status.code(), Some(0), "log:\n{}", d.log.join("\n"));
+    assert!(d.log.iter().any(|l| l.contains("primed stopped")));
+    assert!(port_is_free(d.addr), "the port must be released");
+}
+
+#[tokio::test]
+async fn sigint_shuts_down_gracefully_too() {
+    let mut d = Daemon::start(&[]);
+    d.signal(Signal::SIGINT);
+    assert_eq!(d.wait_exit().code(), Some(0));
+    assert!(d.log.iter().any(|l| l.contains("\"signal\":\"SIGINT\"")));
+}
+
+#[tokio::test]
+async fn configured_admin_keys_replace_the_generated_token() {
+    let key = "an-admin-key-of-32-characters-xx";
+    let d = Daemon::start(&[("ADMIN_API_KEYS", &format!("other-key-0123456789,{key}"))]);
+    assert!(!d.data_path("admin-token").exists());
+    let ok = client()
+        .get(d.url("/admin/actors"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn an_operator_can_restart_an_actor_through_the_admin_api() {
+    let d = Daemon::start(&[]);
+    let http = client();
+    let token = d.admin_token();
+
+    let restarted = http
+        .post(d.url("/admin/actors/heartbeat/restart"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(restarted.status(), 200);
+    let tree: Value = http
+        .get(d.url("/admin/actors"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tree["children"][0]["name"], "heartbeat");
+    assert_eq!(tree["children"][0]["restart_count"], 1);
+    assert_eq!(tree["children"][0]["state"], "running");
+
+    let unknown = http
+        .post(d.url("/admin/actors/nobody/restart"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(
+        unknown.json::<Value>().await.unwrap()["error"],
+        "unknown_actor"
+    );
+
+    let anonymous = http
+        .post(d.url("/admin/actors/heartbeat/restart"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
+#[test]
+fn invalid_configuration_exits_64_naming_the_key_before_binding_anything() {
+    let addr = free_addr();
+    let (_dir, data_dir) = temp_path("data");
+    let out = primed()
+        .arg("run")
+        .env("PRIMED_HTTP_ADDR", addr.to_string())
+        .env("PRIMED_DATA_DIR", &data_dir)
+        .env("MYSQL_HOST", "127.0.0.1")
+        .env("MYSQL_PORT", "abc")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"MYSQL_PORT must be a number between 1 and 65535, got "abc""#),
+        "{stderr}"
+    );
+    assert!(port_is_free(addr));
+    assert!(
+        !data_dir.exists(),
+        "nothing may be created before the configuration is valid"
+    );
+
+    let check = primed()
+        .args(["config", "check"])
+        .env("RATE_LIMIT_WINDOW_SECONDS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&check.stderr).contains("RATE_LIMIT_WINDOW_SECONDS must be"));
+}
+
+#[test]
+fn config_check_prints_the_effective_configuration_with_secrets_redacted() {
+    let (_dir, file) = temp_path("primed.toml");
+    std::fs::write(
+        &file,
+        "nats_host = \"127.0.0.1\"\nsmtp_password = \"mail-secret\"\n",
+    )
+    .unwrap();
+    let out = primed()
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .env("MYSQL_HOST", "127.0.0.1")
+        .env("MYSQL_PASSWORD", "hunter2hunter2")
+        .env("ADMIN_API_KEYS", "0123456789abcdef0123")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("# mode: production"), "{stdout}");
+    assert!(stdout.contains("NATS_HOST"), "{stdout}");
+    assert!(stdout.contains("# config file"), "{stdout}");
+    for secret in ["hunter2hunter2", "0123456789abcdef0123", "mail-secret"] {
+        assert!(!stdout.contains(secret), "{secret} leaked:\n{stdout}");
+    }
+    assert!(stdout.contains("# configuration is valid"));
+}
+
+#[test]
+fn version_and_help_answer() {
+    let out = primed().arg("version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("primed "));
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["config", "check", "--help"],
+        &["version", "--help"],
+    ] {
+        let out = primed().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_start_up_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (_dir, data_dir) = temp_path("data");
+    let out = primed()
+        .arg("run")
+        .env("PRIMED_HTTP_ADDR", addr.to_string())
+        .env("PRIMED_DATA_DIR", &data_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("PRIMED_HTTP_ADDR"), "{stderr}");
+}
+
+/// Reads notify datagrams until one contains `needle` (bounded).
+fn expect_notify(sock: &UnixDatagram, seen: &mut Vec<String>, needle: &str) {
+    let deadline = std::time::Instant::now() + support::WAIT;
+    while !seen.iter().any(|m| m.contains(needle)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle} in {seen:?}"
+        );
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
+
+#[tokio::test]
+async fn it_speaks_the_systemd_notify_protocol() {
+    let (_dir, path) = temp_path("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let path = path.to_string_lossy().into_owned();
+    let mut d = Daemon::start(&[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "1000000")]);
+    let mut seen = Vec::new();
+
+    expect_notify(&sock, &mut seen, "READY=1");
+    // Watchdog pets come from the heartbeat at least twice per second here.
+    let pets_before = seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    expect_notify(&sock, &mut seen, "WATCHDOG=1");
+    while seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() < pets_before + 2 {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    let ready_at = seen.iter().position(|m| m.contains("READY=1")).unwrap();
+    let first_pet = seen.iter().position(|m| m.contains("WATCHDOG=1")).unwrap();
+    assert!(ready_at <= first_pet || seen[..ready_at].iter().all(|m| !m.contains("STOPPING")));
+
+    d.signal(Signal::SIGTERM);
+    expect_notify(&sock, &mut seen, "STOPPING=1");
+    assert_eq!(d.wait_exit().code(), Some(0));
+}

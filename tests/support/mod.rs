@@ -1,0 +1,195 @@
+//! Helpers shared by the integration tests: a daemon process under test, and bounded polling.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long any bounded wait in the tests may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `$cond` (an expression, may `.await`) until it is true, failing after [`WAIT`].
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr, $($msg:tt)+) => {{
+        let deadline = std::time::Instant::now() + $crate::support::WAIT;
+        loop {
+            if $cond {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("not true within {:?}: {}", $crate::support::WAIT, format!($($msg)+));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// A `primed` process with a clean environment and its own data directory.
+pub struct Daemon {
+    child: Child,
+    /// Where it listens (read from its "listening" log line).
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    lines: mpsc::Receiver<String>,
+    /// Every stdout line read so far.
+    pub log: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// A command for the primed binary with only `PATH` from our environment.
+pub fn primed() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_primed"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+impl Daemon {
+    /// Starts `primed run` with `env` (on top of a fresh data dir and port 0) and waits for
+    /// it to listen.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut cmd = primed();
+        cmd.arg("run")
+            .env("PRIMED_DATA_DIR", &data_dir)
+            .env("PRIMED_HTTP_ADDR", "127.0.0.1:0");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd, data_dir, Some(tmp))
+    }
+
+    fn spawn(mut cmd: Command, data_dir: PathBuf, tmp: Option<tempfile::TempDir>) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn primed");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut daemon = Self {
+            child,
+            addr: "0.0.0.0:0".parse().expect("addr"),
+            data_dir,
+            lines,
+            log: Vec::new(),
+            _tmp: tmp,
+        };
+        let line = daemon.wait_for_log("primed is listening");
+        let json: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        daemon.addr = json["addr"]
+            .as_str()
+            .expect("addr field")
+            .parse()
+            .expect("socket addr");
+        daemon
+    }
+
+    /// Waits for a stdout line containing `needle` and returns it.
+    pub fn wait_for_log(&mut self, needle: &str) -> String {
+        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line containing {needle:?}; log so far:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// `http://addr/path`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The generated admin token.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin-token"))
+            .expect("admin-token file")
+            .trim()
+            .to_string()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal)
+            .expect("kill");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.log.push(line);
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "primed did not exit within {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn data_path(&self, name: &str) -> PathBuf {
+        self.data_dir.join(name)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// True when nothing listens on `addr` (we can bind it).
+pub fn port_is_free(addr: SocketAddr) -> bool {
+    std::net::TcpListener::bind(addr).is_ok()
+}
+
+/// A port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A path inside a directory that exists as long as the returned guard.
+pub fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(name);
+    (dir, path)
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
