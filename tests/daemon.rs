@@ -1,5 +1,7 @@
 //! The `primed` binary as an operator runs it: no configuration, signals, exit codes,
 //! the admin endpoint, and systemd's notify protocol.
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

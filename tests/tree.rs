@@ -1,5 +1,7 @@
 //! The real supervision tree, in process: peers reach restarted actors by name, and a
 //! restarted HTTP actor keeps serving on the same socket.
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

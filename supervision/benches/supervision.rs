@@ -5,6 +5,8 @@
 //! - throughput of one supervised actor: casts/s and calls/s.
 //!
 //! Set `RESTARTS` or `MESSAGES` to change the counts.
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 

@@ -458,19 +458,17 @@ impl SupervisorState {
         child.state = ChildState::Stopped;
         let shutdown = child.spec.shutdown.as_timeout();
         let name = child.spec.name.clone();
-        match cell.stop_and_wait(Some("shutdown".into()), shutdown).await {
-            Err(RactorErr::Timeout) => {
-                self.emit(SupervisorEvent::ChildKilled {
-                    supervisor: self.name.clone(),
-                    child: name,
-                    timeout: shutdown.unwrap_or_default(),
-                });
-                if cell.kill_and_wait(Some(KILL_WAIT)).await.is_err() {
-                    tracing::error!(supervisor = %self.name, child = %cell.get_id(), "child did not die after kill");
-                }
+        // Any other outcome means the child is gone (stopped, or already dead).
+        if let Err(RactorErr::Timeout) = cell.stop_and_wait(Some("shutdown".into()), shutdown).await
+        {
+            self.emit(SupervisorEvent::ChildKilled {
+                supervisor: self.name.clone(),
+                child: name,
+                timeout: shutdown.unwrap_or_default(),
+            });
+            if cell.kill_and_wait(Some(KILL_WAIT)).await.is_err() {
+                tracing::error!(supervisor = %self.name, child = %cell.get_id(), "child did not die after kill");
             }
-            // Already gone: nothing to wait for.
-            Ok(()) | Err(_) => {}
         }
     }
 

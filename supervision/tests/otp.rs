@@ -3,6 +3,8 @@
 //! Every wait here is bounded: helpers poll or receive with a deadline and fail the test
 //! when it passes. Children report their lives (start, graceful stop) on a channel, so tests
 //! assert exact orders.
+// Test and benchmark code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -586,10 +588,7 @@ async fn a_child_that_cannot_start_fails_the_supervisor_start_and_stops_earlier_
         .child(fx.worker("a", Restart::Permanent))
         .child(fx.worker_with("b", Restart::Permanent, Some(Arc::new(AtomicI32::new(0)))))
         .child(fx.worker("c", Restart::Permanent));
-    let err = Supervisor::start(spec)
-        .await
-        .err()
-        .expect("start must fail");
+    let err = Supervisor::start(spec).await.expect_err("start must fail");
     assert!(err.to_string().contains("could not start child b"), "{err}");
     assert_eq!(
         fx.lives(2).await,
@@ -631,7 +630,7 @@ async fn duplicate_child_names_are_refused() {
         .spec("sup", Strategy::OneForOne)
         .child(fx.worker("a", Restart::Permanent))
         .child(fx.worker("a", Restart::Temporary));
-    let err = Supervisor::start(spec).await.err().expect("must fail");
+    let err = Supervisor::start(spec).await.expect_err("must fail");
     assert!(
         err.to_string().contains("two children named \"a\""),
         "{err}"
@@ -797,18 +796,15 @@ async fn peers_reach_a_restarted_child_by_its_registered_name() {
         .unregistered()
         .child(ChildSpec::actor(name, Named, ()));
     let (sup, _) = Supervisor::start(spec).await.unwrap();
-    let by_name = || -> ActorRef<WMsg> {
-        ractor::registry::where_is(name.to_string())
-            .expect("registered")
-            .into()
-    };
+    let by_name =
+        || -> ActorRef<WMsg> { ractor::registry::where_is(name).expect("registered").into() };
 
     let first = ping(&by_name()).await;
     by_name().cast(WMsg::Panic).unwrap();
     let deadline = Instant::now() + WAIT;
     let second = loop {
         // Bounded polling: the name points at the new incarnation once it has started.
-        if let Some(cell) = ractor::registry::where_is(name.to_string()) {
+        if let Some(cell) = ractor::registry::where_is(name) {
             if cell.get_id() != first {
                 break ping(&cell.into()).await;
             }
