@@ -39,6 +39,12 @@ pub const KEYS: &[Key] = &[
         "seconds between heartbeats",
     ),
     key(
+        "PRIMED_FAULT_INJECTION",
+        false,
+        Some("false"),
+        "true enables POST /admin/actors/{name}/kill for chaos testing",
+    ),
+    key(
         "DATABASE_URL",
         true,
         None,
@@ -341,6 +347,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Heartbeat interval.
     pub heartbeat_interval: Duration,
+    /// Whether the admin API may kill actors (chaos testing).
+    pub fault_injection: bool,
     /// Store.
     pub store: StoreConfig,
     /// Broker.
@@ -489,6 +497,16 @@ impl Config {
             .into(),
         );
 
+        let fault_injection = match raw
+            .required("PRIMED_FAULT_INJECTION")?
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => return Err(raw.invalid("PRIMED_FAULT_INJECTION", "true or false")),
+        };
         let store = Self::store(&raw)?;
         let broker = Self::broker(&raw)?;
 
@@ -615,6 +633,7 @@ impl Config {
             data_dir,
             shutdown_timeout,
             heartbeat_interval,
+            fault_injection,
             store,
             broker,
             redis,
@@ -965,6 +984,10 @@ mod tests {
             (
                 &[("PRIMED_SHUTDOWN_TIMEOUT_SECONDS", "soon")],
                 "PRIMED_SHUTDOWN_TIMEOUT_SECONDS must be",
+            ),
+            (
+                &[("PRIMED_FAULT_INJECTION", "maybe")],
+                r#"PRIMED_FAULT_INJECTION must be true or false, got "maybe""#,
             ),
         ];
         for (pairs, want) in cases {

@@ -115,7 +115,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
-    let app = AppState::new(tree::ROOT, admin_keys);
+    let app = AppState::new(tree::ROOT, admin_keys).with_fault_injection(config.fault_injection);
+    if config.fault_injection {
+        tracing::warn!("PRIMED_FAULT_INJECTION is on: the admin API can kill actors");
+    }
     let mut heartbeat_interval = config.heartbeat_interval;
     let mut health_sinks: Vec<Arc<dyn HealthSink>> = Vec::new();
     if let Some(period) = systemd::watchdog_period() {

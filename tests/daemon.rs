@@ -288,3 +288,83 @@ async fn it_speaks_the_systemd_notify_protocol() {
     expect_notify(&sock, &mut seen, "STOPPING=1");
     assert_eq!(d.wait_exit().code(), Some(0));
 }
+
+#[tokio::test]
+async fn the_kill_endpoint_is_off_unless_fault_injection_is_enabled() {
+    let d = Daemon::start(&[]);
+    let resp = client()
+        .post(d.url("/admin/actors/heartbeat/kill"))
+        .bearer_auth(d.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "fault_injection_disabled");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("PRIMED_FAULT_INJECTION=true")
+    );
+}
+
+#[tokio::test]
+async fn a_killed_actor_is_restarted_and_a_tree_that_gives_up_exits_non_zero() {
+    let mut d = Daemon::start(&[("PRIMED_FAULT_INJECTION", "true")]);
+    let http = client();
+    let token = d.admin_token();
+
+    // One crash: the supervisor restarts the actor and the process carries on.
+    let killed = http
+        .post(d.url("/admin/actors/heartbeat/kill"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(killed.status(), 200);
+    assert_eventually!(
+        {
+            let tree: Value = http
+                .get(d.url("/admin/actors"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            tree["children"][0]["restart_count"] == 1 && tree["children"][0]["state"] == "running"
+        },
+        "the killed heartbeat was not restarted"
+    );
+    let log = d.wait_for_log("child failed");
+    assert!(
+        log.contains("\"child\":\"heartbeat\"") && log.contains("killed"),
+        "{log}"
+    );
+
+    // Crash it more often than the root's intensity allows (10 in 60 s): the tree gives up
+    // and the process exits 1 for systemd to restart it. The root's restart backoff doubles
+    // from 10 ms, so ten restarts take about ten seconds: this wait has its own bound.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = d.try_exit() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tree never gave up"
+        );
+        // 409 while the actor is between incarnations; that is fine, try again.
+        let _ = http
+            .post(d.url("/admin/actors/heartbeat/kill"))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(status.code(), Some(1), "log:\n{}", d.log.join("\n"));
+    d.wait_for_log("restart intensity exceeded");
+    d.wait_for_log("the supervision tree gave up");
+}

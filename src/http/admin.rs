@@ -1,5 +1,6 @@
 //! The admin API: `GET /admin/actors` (the live supervision tree) and
-//! `POST /admin/actors/{name}/restart`, behind a bearer token from `ADMIN_API_KEYS`.
+//! `POST /admin/actors/{name}/restart`, behind a bearer token from `ADMIN_API_KEYS`; with
+//! `PRIMED_FAULT_INJECTION=true` also `POST /admin/actors/{name}/kill` for chaos testing.
 //!
 //! Tokens are compared in constant time. With no `ADMIN_API_KEYS`, the daemon generates a
 //! token once and keeps it in `<data dir>/admin-token` (mode 0600), so a fresh install has a
@@ -134,6 +135,33 @@ pub async fn restart(
             ),
         )),
     }
+}
+
+/// Kills one actor as a crash would (an abnormal exit its supervisor reacts to). Only with
+/// `PRIMED_FAULT_INJECTION=true`; meant for chaos tests and drills.
+pub async fn kill(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !state.fault_injection {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "fault_injection_disabled",
+            "killing actors is disabled; set PRIMED_FAULT_INJECTION=true to enable it (test systems only)",
+        ));
+    }
+    let Some(actor) = ractor::registry::where_is(name.as_str()) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "actor_not_running",
+            format!(
+                "no running actor named {name:?} (it may be restarting); GET /admin/actors lists them"
+            ),
+        ));
+    };
+    tracing::warn!(actor = %name, "actor killed through the fault-injection endpoint");
+    actor.kill();
+    Ok(Json(serde_json::json!({"killed": name})))
 }
 
 /// The name of the supervisor that has a child called `name`.

@@ -28,6 +28,8 @@ pub struct AppState {
     pub started: Instant,
     /// How long a status query may take.
     pub status_timeout: Duration,
+    /// Whether `POST /admin/actors/{name}/kill` is enabled.
+    pub fault_injection: bool,
 }
 
 impl AppState {
@@ -39,7 +41,14 @@ impl AppState {
             root: root.into(),
             started: Instant::now(),
             status_timeout: Duration::from_secs(2),
+            fault_injection: false,
         }
+    }
+
+    /// Enables or disables the fault-injection endpoint.
+    pub fn with_fault_injection(mut self, enabled: bool) -> Self {
+        self.fault_injection = enabled;
+        self
     }
 
     /// Marks the daemon ready (tree up) or not (starting, stopping).
@@ -58,6 +67,7 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/admin/actors", get(admin::actors))
         .route("/admin/actors/{name}/restart", post(admin::restart))
+        .route("/admin/actors/{name}/kill", post(admin::kill))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,
