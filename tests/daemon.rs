@@ -19,6 +19,23 @@ fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// An admin request with the daemon's token: status code and JSON body.
+async fn admin(d: &Daemon, method: reqwest::Method, path: &str) -> (u16, Value) {
+    let resp = client()
+        .request(method, d.url(path))
+        .bearer_auth(d.admin_token())
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+async fn admin_tree(d: &Daemon) -> Value {
+    let (status, tree) = admin(d, reqwest::Method::GET, "/admin/actors").await;
+    assert_eq!(status, 200, "{tree}");
+    tree
+}
+
 #[tokio::test]
 async fn with_no_configuration_it_serves_the_admin_tree_and_exits_0_on_sigterm() {
     let mut d = Daemon::start(&[]);
@@ -40,17 +57,7 @@ async fn with_no_configuration_it_serves_the_admin_tree_and_exits_0_on_sigterm()
         .unwrap();
     assert_eq!(wrong.status(), 401);
 
-    let tree: Value = http
-        .get(d.url("/admin/actors"))
-        .bearer_auth(d.admin_token())
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tree = admin_tree(&d).await;
     assert_eq!(tree["name"], "primed");
     assert_eq!(tree["strategy"], "one_for_one");
     let names: Vec<&str> = tree["children"]
@@ -105,43 +112,21 @@ async fn configured_admin_keys_replace_the_generated_token() {
 
 #[tokio::test]
 async fn an_operator_can_restart_an_actor_through_the_admin_api() {
+    use reqwest::Method;
     let d = Daemon::start(&[]);
-    let http = client();
-    let token = d.admin_token();
 
-    let restarted = http
-        .post(d.url("/admin/actors/heartbeat/restart"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(restarted.status(), 200);
-    let tree: Value = http
-        .get(d.url("/admin/actors"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, _) = admin(&d, Method::POST, "/admin/actors/heartbeat/restart").await;
+    assert_eq!(status, 200);
+    let tree = admin_tree(&d).await;
     assert_eq!(tree["children"][0]["name"], "heartbeat");
     assert_eq!(tree["children"][0]["restart_count"], 1);
     assert_eq!(tree["children"][0]["state"], "running");
 
-    let unknown = http
-        .post(d.url("/admin/actors/nobody/restart"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unknown.status(), 404);
-    assert_eq!(
-        unknown.json::<Value>().await.unwrap()["error"],
-        "unknown_actor"
-    );
+    let (status, body) = admin(&d, Method::POST, "/admin/actors/nobody/restart").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "unknown_actor");
 
-    let anonymous = http
+    let anonymous = client()
         .post(d.url("/admin/actors/heartbeat/restart"))
         .send()
         .await
@@ -292,14 +277,8 @@ async fn it_speaks_the_systemd_notify_protocol() {
 #[tokio::test]
 async fn the_kill_endpoint_is_off_unless_fault_injection_is_enabled() {
     let d = Daemon::start(&[]);
-    let resp = client()
-        .post(d.url("/admin/actors/heartbeat/kill"))
-        .bearer_auth(d.admin_token())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = admin(&d, reqwest::Method::POST, "/admin/actors/heartbeat/kill").await;
+    assert_eq!(status, 404);
     assert_eq!(body["error"], "fault_injection_disabled");
     assert!(
         body["message"]
@@ -316,24 +295,11 @@ async fn a_killed_actor_is_restarted_and_a_tree_that_gives_up_exits_non_zero() {
     let token = d.admin_token();
 
     // One crash: the supervisor restarts the actor and the process carries on.
-    let killed = http
-        .post(d.url("/admin/actors/heartbeat/kill"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(killed.status(), 200);
+    let (status, _) = admin(&d, reqwest::Method::POST, "/admin/actors/heartbeat/kill").await;
+    assert_eq!(status, 200);
     assert_eventually!(
         {
-            let tree: Value = http
-                .get(d.url("/admin/actors"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let tree = admin_tree(&d).await;
             tree["children"][0]["restart_count"] == 1 && tree["children"][0]["state"] == "running"
         },
         "the killed heartbeat was not restarted"
