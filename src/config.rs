@@ -45,6 +45,78 @@ pub const KEYS: &[Key] = &[
         "true enables POST /admin/actors/{name}/kill for chaos testing",
     ),
     key(
+        "PRIMED_MAX_DIGITS",
+        false,
+        Some("1000"),
+        "most digits a submitted number may have",
+    ),
+    key(
+        "PRIMED_MIGRATE_ON_START",
+        false,
+        Some("true"),
+        "apply pending database migrations at start",
+    ),
+    key(
+        "PRIMED_DB_MAX_CONNECTIONS",
+        false,
+        Some("10"),
+        "database connection pool size",
+    ),
+    key(
+        "PRIMED_DB_TIMEOUT_SECONDS",
+        false,
+        Some("5"),
+        "wait for a database connection at most this long",
+    ),
+    key(
+        "PRIMED_OUTBOX_BATCH_SIZE",
+        false,
+        Some("500"),
+        "outbox rows the relay publishes per round",
+    ),
+    key(
+        "PRIMED_OUTBOX_POLL_INTERVAL_MS",
+        false,
+        Some("500"),
+        "relay round interval when nothing wakes it",
+    ),
+    key(
+        "PRIMED_OUTBOX_MAX_RETRIES",
+        false,
+        Some("3"),
+        "failed publishes before an event is dead-lettered (dlq.outbox)",
+    ),
+    key(
+        "PRIMED_OUTBOX_RETENTION_HOURS",
+        false,
+        Some("24"),
+        "hours published outbox rows are kept (for outbox replay)",
+    ),
+    key(
+        "PRIMED_RETRY_INITIAL_MS",
+        false,
+        Some("1000"),
+        "first retry delay",
+    ),
+    key(
+        "PRIMED_RETRY_MAX_MS",
+        false,
+        Some("300000"),
+        "longest retry delay",
+    ),
+    key(
+        "PRIMED_RETRY_MULTIPLIER",
+        false,
+        Some("2"),
+        "growth of the retry delay per attempt",
+    ),
+    key(
+        "PRIMED_RETRY_JITTER",
+        false,
+        Some("0.2"),
+        "random spread of retry delays, 0 to 1",
+    ),
+    key(
         "DATABASE_URL",
         true,
         None,
@@ -336,6 +408,35 @@ pub struct SmtpConfig {
     pub from: String,
 }
 
+/// Limits, pool sizes, and the outbox relay's and retries' settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tuning {
+    /// Most digits a number may have.
+    pub max_digits: usize,
+    /// Apply migrations at start.
+    pub migrate_on_start: bool,
+    /// Database pool size.
+    pub db_max_connections: u32,
+    /// Database connection wait.
+    pub db_timeout: Duration,
+    /// Rows per relay round.
+    pub outbox_batch_size: u32,
+    /// Relay round interval.
+    pub outbox_poll_interval: Duration,
+    /// Failed publishes before dead-lettering.
+    pub outbox_max_retries: u32,
+    /// Published-row retention.
+    pub outbox_retention: Duration,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Retry delay growth.
+    pub retry_multiplier: f64,
+    /// Retry jitter fraction.
+    pub retry_jitter: f64,
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -349,6 +450,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Whether the admin API may kill actors (chaos testing).
     pub fault_injection: bool,
+    /// Pipeline tuning: limits, pools, outbox and retries.
+    pub tuning: Tuning,
     /// Store.
     pub store: StoreConfig,
     /// Broker.
@@ -438,6 +541,14 @@ impl Raw {
         }
     }
 
+    fn boolean(&self, name: &'static str) -> Result<bool, ConfigError> {
+        match self.required(name)?.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(self.invalid(name, "true or false")),
+        }
+    }
+
     fn secret(&self, name: &'static str) -> Option<Secret> {
         self.get(name)
             .filter(|v| !v.is_empty())
@@ -497,16 +608,8 @@ impl Config {
             .into(),
         );
 
-        let fault_injection = match raw
-            .required("PRIMED_FAULT_INJECTION")?
-            .trim()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "true" | "1" | "yes" | "on" => true,
-            "false" | "0" | "no" | "off" => false,
-            _ => return Err(raw.invalid("PRIMED_FAULT_INJECTION", "true or false")),
-        };
+        let fault_injection = raw.boolean("PRIMED_FAULT_INJECTION")?;
+        let tuning = Self::tuning(&raw)?;
         let store = Self::store(&raw)?;
         let broker = Self::broker(&raw)?;
 
@@ -634,6 +737,7 @@ impl Config {
             shutdown_timeout,
             heartbeat_interval,
             fault_injection,
+            tuning,
             store,
             broker,
             redis,
@@ -645,6 +749,79 @@ impl Config {
             jwt_secret,
             effective,
         })
+    }
+
+    fn tuning(raw: &Raw) -> Result<Tuning, ConfigError> {
+        let ms = |name: &'static str| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_millis(
+                raw.positive(name, "a whole number of milliseconds, at least 1")?
+                    .into(),
+            ))
+        };
+        let fraction = |name: &'static str,
+                        lo: f64,
+                        hi: f64,
+                        expected: &'static str|
+         -> Result<f64, ConfigError> {
+            match raw.required(name)?.trim().parse::<f64>() {
+                Ok(v) if v.is_finite() && (lo..=hi).contains(&v) => Ok(v),
+                _ => Err(raw.invalid(name, expected)),
+            }
+        };
+        let max_retries = match raw
+            .required("PRIMED_OUTBOX_MAX_RETRIES")?
+            .trim()
+            .parse::<u32>()
+        {
+            Ok(n) if n <= 100 => n,
+            _ => {
+                return Err(
+                    raw.invalid("PRIMED_OUTBOX_MAX_RETRIES", "a whole number from 0 to 100")
+                );
+            }
+        };
+        let batch = raw.positive("PRIMED_OUTBOX_BATCH_SIZE", "a whole number from 1 to 5000")?;
+        if batch > 5000 {
+            return Err(raw.invalid("PRIMED_OUTBOX_BATCH_SIZE", "a whole number from 1 to 5000"));
+        }
+        let tuning = Tuning {
+            max_digits: raw.positive("PRIMED_MAX_DIGITS", "a whole number of digits, at least 1")?
+                as usize,
+            migrate_on_start: raw.boolean("PRIMED_MIGRATE_ON_START")?,
+            db_max_connections: raw.positive(
+                "PRIMED_DB_MAX_CONNECTIONS",
+                "a whole number of connections, at least 1",
+            )?,
+            db_timeout: Duration::from_secs(
+                raw.positive(
+                    "PRIMED_DB_TIMEOUT_SECONDS",
+                    "a whole number of seconds, at least 1",
+                )?
+                .into(),
+            ),
+            outbox_batch_size: batch,
+            outbox_poll_interval: ms("PRIMED_OUTBOX_POLL_INTERVAL_MS")?,
+            outbox_max_retries: max_retries,
+            outbox_retention: Duration::from_secs(
+                u64::from(raw.positive(
+                    "PRIMED_OUTBOX_RETENTION_HOURS",
+                    "a whole number of hours, at least 1",
+                )?) * 3600,
+            ),
+            retry_initial: ms("PRIMED_RETRY_INITIAL_MS")?,
+            retry_max: ms("PRIMED_RETRY_MAX_MS")?,
+            retry_multiplier: fraction(
+                "PRIMED_RETRY_MULTIPLIER",
+                1.0,
+                10.0,
+                "a number from 1 to 10",
+            )?,
+            retry_jitter: fraction("PRIMED_RETRY_JITTER", 0.0, 1.0, "a number from 0 to 1")?,
+        };
+        if tuning.retry_max < tuning.retry_initial {
+            return Err(raw.invalid("PRIMED_RETRY_MAX_MS", "at least PRIMED_RETRY_INITIAL_MS"));
+        }
+        Ok(tuning)
     }
 
     fn store(raw: &Raw) -> Result<StoreConfig, ConfigError> {
@@ -984,6 +1161,27 @@ mod tests {
             (
                 &[("PRIMED_SHUTDOWN_TIMEOUT_SECONDS", "soon")],
                 "PRIMED_SHUTDOWN_TIMEOUT_SECONDS must be",
+            ),
+            (&[("PRIMED_MAX_DIGITS", "0")], "PRIMED_MAX_DIGITS must be"),
+            (
+                &[("PRIMED_OUTBOX_BATCH_SIZE", "9999")],
+                "PRIMED_OUTBOX_BATCH_SIZE must be a whole number from 1 to 5000",
+            ),
+            (
+                &[("PRIMED_RETRY_JITTER", "1.5")],
+                "PRIMED_RETRY_JITTER must be a number from 0 to 1",
+            ),
+            (
+                &[("PRIMED_RETRY_MULTIPLIER", "NaN")],
+                "PRIMED_RETRY_MULTIPLIER must be a number from 1 to 10",
+            ),
+            (
+                &[("PRIMED_RETRY_MAX_MS", "10")],
+                "PRIMED_RETRY_MAX_MS must be at least PRIMED_RETRY_INITIAL_MS",
+            ),
+            (
+                &[("PRIMED_MIGRATE_ON_START", "perhaps")],
+                "PRIMED_MIGRATE_ON_START must be true or false",
             ),
             (
                 &[("PRIMED_FAULT_INJECTION", "maybe")],

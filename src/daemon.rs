@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::HealthSink;
+use actors::{HealthSink, RelayArgs, RelayWake};
 use supervision::Supervisor;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -53,6 +53,9 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
+    /// A configured backend (MySQL, NATS) cannot be reached or set up.
+    #[error(transparent)]
+    Backend(#[from] crate::backends::BackendError),
     /// Signal handlers cannot be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -74,7 +77,7 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::DataDir { .. } | DaemonError::AdminToken { .. } => 73, // EX_CANTCREAT
-            DaemonError::Bind { .. } => 69,                                     // EX_UNAVAILABLE
+            DaemonError::Bind { .. } | DaemonError::Backend(_) => 69,           // EX_UNAVAILABLE
             DaemonError::Signals(_) => 71,                                      // EX_OSERR
             DaemonError::TreeStart(_)
             | DaemonError::TreeGaveUp
@@ -102,6 +105,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.admin_api_keys.clone()
     };
 
+    let backends = crate::backends::open(&config).await?;
+
     let listener =
         std::net::TcpListener::bind(config.http_addr).map_err(|source| DaemonError::Bind {
             addr: config.http_addr,
@@ -115,7 +120,30 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
-    let app = AppState::new(tree::ROOT, admin_keys).with_fault_injection(config.fault_injection);
+    let mut app =
+        AppState::new(tree::ROOT, admin_keys).with_fault_injection(config.fault_injection);
+    for dependency in backends.dependencies() {
+        app = app.with_dependency(dependency);
+    }
+    let mut relay = None;
+    if let Some(store) = &backends.mysql {
+        let wake = RelayWake::new(tree::OUTBOX_RELAY);
+        if let Some((broker, _)) = &backends.jetstream {
+            relay = Some(RelayArgs {
+                store: store.clone(),
+                broker: broker.clone(),
+                batch_size: config.tuning.outbox_batch_size,
+                lease: Duration::from_secs(30),
+                poll_interval: config.tuning.outbox_poll_interval,
+                retry: crate::backends::retry_policy(&config),
+                retention: config.tuning.outbox_retention,
+                prune_interval: Duration::from_secs(600),
+                wake: wake.clone(),
+            });
+        }
+        let wake = relay.as_ref().map(|_| wake);
+        app = app.with_requests(store.clone(), wake, config.tuning.max_digits);
+    }
     if config.fault_injection {
         tracing::warn!("PRIMED_FAULT_INJECTION is on: the admin API can kill actors");
     }
@@ -135,6 +163,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         app: app.clone(),
         heartbeat_interval,
         health_sinks,
+        relay,
     };
     let (root, mut root_done) = Supervisor::start(tree::root(&deps))
         .await

@@ -7,6 +7,7 @@
 //! [`adapters`] (backends behind the ports of the `actors` crate).
 
 pub mod adapters;
+pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -2,18 +2,19 @@
 //!
 //! ```text
 //! primed (one_for_one, 10 restarts / 60 s, backoff 10 ms → 5 s)
-//! ├── heartbeat   permanent  tree liveness → systemd watchdog (→ worker_health_checks, metrics)
-//! └── http        permanent  /health /ready /admin/*  (→ public API)
+//! ├── heartbeat      permanent  tree liveness → systemd watchdog (→ worker_health_checks, metrics)
+//! ├── outbox-relay   permanent  outbox rows → broker (when a store and a broker are configured)
+//! └── http           permanent  public API, /health /ready /admin/* /openapi.json
 //! ```
 //!
 //! Children start top to bottom and stop bottom to top, so on shutdown HTTP intake stops
-//! first and the heartbeat last. Pipeline actors (outbox relay, consumers, retry timer, DLQ)
-//! join between the two as they arrive.
+//! first, then the relay (which finishes its round), and the heartbeat last. Consumers,
+//! the retry timer and the DLQ join between heartbeat and HTTP as they arrive.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::{HealthSink, Heartbeat, HeartbeatArgs};
+use actors::{HealthSink, Heartbeat, HeartbeatArgs, OutboxRelay, RelayArgs};
 use supervision::{Backoff, ChildSpec, Strategy, SupervisorSpec};
 
 use crate::http::AppState;
@@ -23,6 +24,8 @@ use crate::http::server::{HttpArgs, HttpServer};
 pub const ROOT: &str = "primed";
 /// Registered name of the heartbeat actor.
 pub const HEARTBEAT: &str = "heartbeat";
+/// Registered name of the outbox relay.
+pub const OUTBOX_RELAY: &str = "outbox-relay";
 /// Registered name of the HTTP server actor.
 pub const HTTP: &str = "http";
 
@@ -37,10 +40,16 @@ pub struct TreeDeps {
     pub heartbeat_interval: Duration,
     /// Where heartbeats go.
     pub health_sinks: Vec<Arc<dyn HealthSink>>,
+    /// The outbox relay's configuration, when a store and a broker are configured.
+    pub relay: Option<RelayArgs>,
 }
 
 /// The root of the tree.
 pub fn root(deps: &TreeDeps) -> SupervisorSpec {
+    let relay = deps.relay.clone().map(|args| {
+        // Its round (claim, publish, mark) finishes within the publish timeout.
+        ChildSpec::actor(OUTBOX_RELAY, OutboxRelay, args).shutdown(Duration::from_secs(15))
+    });
     SupervisorSpec::new(ROOT, Strategy::OneForOne)
         .intensity(10, Duration::from_secs(60))
         .backoff(Backoff {
@@ -63,6 +72,7 @@ pub fn root(deps: &TreeDeps) -> SupervisorSpec {
             )
             .shutdown(Duration::from_secs(2)),
         )
+        .children(relay)
         .child(
             ChildSpec::actor(
                 HTTP,

@@ -4,8 +4,17 @@
 //! trait an adapter in the daemon implements. No actor here knows which backend it talks to.
 #![warn(missing_docs)]
 
+pub mod broker;
 pub mod heartbeat;
+pub mod model;
+pub mod outbox_relay;
+pub mod retry;
+pub mod store;
 
+pub use broker::{Broker, BrokerError, OutgoingMessage};
 pub use heartbeat::{
     HealthReport, HealthSink, HealthSinkError, Heartbeat, HeartbeatArgs, HeartbeatMsg,
 };
+pub use outbox_relay::{OutboxRelay, RelayArgs, RelayMsg, RelayWake};
+pub use retry::RetryPolicy;
+pub use store::{OutboxStore, RequestStore, StoreError};

@@ -1,3 +1,5 @@
 //! Adapters: backends behind the ports of the `actors` crate, one module per backend.
 
+pub mod mysql;
+pub mod nats;
 pub mod systemd;

@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 use supervision::{ChildKind, ChildStatus, SupervisorMsg, status};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::config::Secret;
 
 /// Rejects requests without a valid `Authorization: Bearer <token>`.
@@ -77,11 +77,24 @@ async fn tree(state: &AppState) -> Result<ChildStatus, ApiError> {
 }
 
 /// The live supervision tree.
+#[utoipa::path(get, path = "/admin/actors", tag = "admin", security(("admin_token" = [])), responses(
+    (status = 200, description = "The tree: every actor's kind, restart type, state, restart count, last failure and uptime"),
+    (status = 401, description = "No or wrong token", body = ErrorBody),
+    (status = 503, description = "The tree is not running", body = ErrorBody),
+))]
 pub async fn actors(State(state): State<AppState>) -> Result<Json<ChildStatus>, ApiError> {
     tree(&state).await.map(Json)
 }
 
 /// Restarts one actor (and, per its supervisor's strategy, the actors that depend on it).
+#[utoipa::path(post, path = "/admin/actors/{name}/restart", tag = "admin", security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The actor's name, as in GET /admin/actors")),
+    responses(
+        (status = 200, description = "Restarted"),
+        (status = 401, description = "No or wrong token", body = ErrorBody),
+        (status = 404, description = "No such actor", body = ErrorBody),
+        (status = 409, description = "The restart failed", body = ErrorBody),
+))]
 pub async fn restart(
     State(state): State<AppState>,
     UrlPath(name): UrlPath<String>,
@@ -139,6 +152,14 @@ pub async fn restart(
 
 /// Kills one actor as a crash would (an abnormal exit its supervisor reacts to). Only with
 /// `PRIMED_FAULT_INJECTION=true`; meant for chaos tests and drills.
+#[utoipa::path(post, path = "/admin/actors/{name}/kill", tag = "admin", security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The actor's name, as in GET /admin/actors")),
+    responses(
+        (status = 200, description = "Killed; its supervisor restarts it"),
+        (status = 401, description = "No or wrong token", body = ErrorBody),
+        (status = 404, description = "Fault injection is disabled", body = ErrorBody),
+        (status = 409, description = "The actor is not running", body = ErrorBody),
+))]
 pub async fn kill(
     State(state): State<AppState>,
     UrlPath(name): UrlPath<String>,

@@ -1,23 +1,36 @@
-//! The HTTP surface: health and readiness, the admin API, and (later) the public API.
+//! The HTTP surface: the public API, health and readiness, the admin API, and the OpenAPI
+//! document generated from the same route registrations (so the two cannot drift).
 //!
 //! [`router`] builds the whole app from an [`AppState`], so handler tests call it with
 //! `oneshot` without a socket; [`server::HttpServer`] is the supervised actor that serves it.
 
 pub mod admin;
+pub mod api;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod server;
+pub mod validate;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::routing::{get, post};
+use actors::{RelayWake, RequestStore};
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Secret;
 
-/// What handlers share: readiness, the admin tokens and how to find the tree.
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What handlers share: readiness, the admin tokens, the stores, and how to find the tree.
 #[derive(Clone)]
 pub struct AppState {
     ready: Arc<AtomicBool>,
@@ -30,10 +43,18 @@ pub struct AppState {
     pub status_timeout: Duration,
     /// Whether `POST /admin/actors/{name}/kill` is enabled.
     pub fault_injection: bool,
+    /// Where requests are stored.
+    pub requests: Option<Arc<dyn RequestStore>>,
+    /// Wakes the outbox relay after a request is stored.
+    pub relay_wake: Option<RelayWake>,
+    /// Most digits a number may have.
+    pub max_digits: usize,
+    /// Dependencies `/health` checks.
+    pub dependencies: Vec<health::Dependency>,
 }
 
 impl AppState {
-    /// A state that is not ready yet.
+    /// A state that is not ready yet, with no store.
     pub fn new(root: &str, admin_keys: Vec<Secret>) -> Self {
         Self {
             ready: Arc::new(AtomicBool::new(false)),
@@ -42,12 +63,35 @@ impl AppState {
             started: Instant::now(),
             status_timeout: Duration::from_secs(2),
             fault_injection: false,
+            requests: None,
+            relay_wake: None,
+            max_digits: 1000,
+            dependencies: Vec::new(),
         }
     }
 
     /// Enables or disables the fault-injection endpoint.
     pub fn with_fault_injection(mut self, enabled: bool) -> Self {
         self.fault_injection = enabled;
+        self
+    }
+
+    /// Serves the public API from `store`, waking `wake` after each stored request.
+    pub fn with_requests(
+        mut self,
+        store: Arc<dyn RequestStore>,
+        wake: Option<RelayWake>,
+        max_digits: usize,
+    ) -> Self {
+        self.requests = Some(store);
+        self.relay_wake = wake;
+        self.max_digits = max_digits;
+        self
+    }
+
+    /// Adds a dependency for `/health` to check.
+    pub fn with_dependency(mut self, dependency: health::Dependency) -> Self {
+        self.dependencies.push(dependency);
         self
     }
 
@@ -62,20 +106,69 @@ impl AppState {
     }
 }
 
-/// The whole HTTP app.
-pub fn router(state: AppState) -> Router {
-    let admin = Router::new()
-        .route("/admin/actors", get(admin::actors))
-        .route("/admin/actors/{name}/restart", post(admin::restart))
-        .route("/admin/actors/{name}/kill", post(admin::kill))
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "primed",
+        description = "Prime-number checking with a reliable, supervised pipeline. Errors are JSON `{\"error\": code, \"message\": text}`."
+    ),
+    tags(
+        (name = "prime-check", description = "Submit numbers and read results"),
+        (name = "operations", description = "Health and readiness"),
+        (name = "admin", description = "Supervision tree (bearer token)"),
+    ),
+    modifiers(&AdminToken)
+)]
+struct ApiDoc;
+
+struct AdminToken;
+
+impl utoipa::Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+fn documented(state: &AppState) -> OpenApiRouter<AppState> {
+    let admin = OpenApiRouter::new()
+        .routes(routes!(admin::actors))
+        .routes(routes!(admin::restart))
+        .routes(routes!(admin::kill))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,
         ));
-    Router::new()
-        .route("/ready", get(health::ready))
-        .route("/health", get(health::health))
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(api::create))
+        .routes(routes!(api::get_one))
+        .routes(routes!(api::list))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::health))
         .merge(admin)
+}
+
+/// The OpenAPI document of [`router`].
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented(&AppState::new("openapi", Vec::new())).into_openapi()
+}
+
+/// The whole HTTP app.
+pub fn router(state: AppState) -> Router {
+    let (router, doc) = documented(&state).split_for_parts();
+    let doc = Arc::new(doc);
+    router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
         .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -1,0 +1,35 @@
+//! Broker port: what the outbox relay needs from the message broker.
+
+use futures::future::BoxFuture;
+
+/// One message to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingMessage {
+    /// The event id: the broker deduplicates on it.
+    pub event_id: String,
+    /// Subject.
+    pub subject: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Delivery attempt (1 for the first publish).
+    pub attempt: u32,
+    /// Correlation id.
+    pub request_id: Option<String>,
+    /// W3C trace context.
+    pub traceparent: Option<String>,
+}
+
+/// A publish failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("publish failed: {0}")]
+pub struct BrokerError(pub String);
+
+/// A message broker with durable, deduplicated publishing.
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes the messages and waits for the broker's acknowledgements (pipelined, not
+    /// one round trip per message). One result per message, in order.
+    fn publish_batch<'a>(
+        &'a self,
+        messages: &'a [OutgoingMessage],
+    ) -> BoxFuture<'a, Vec<Result<(), BrokerError>>>;
+}

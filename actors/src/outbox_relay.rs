@@ -1,0 +1,266 @@
+//! The outbox relay: moves committed outbox rows to the broker.
+//!
+//! Messages: [`RelayMsg::Tick`] (every `poll_interval`), [`RelayMsg::Wake`] (right after a
+//! local insert, through [`RelayWake`]), [`RelayMsg::Prune`] (retention).
+//!
+//! Each round claims a batch of due rows by state (never an id cursor, which would skip rows
+//! whose transactions commit late), publishes them with their event id as the broker's
+//! dedupe key, waits for the acknowledgements pipelined, then marks the batch. A failed
+//! publish gets `retry_count + 1` and a `next_retry_at` from the [`RetryPolicy`]; past the
+//! event's `max_retries` it moves to the dead-letter table. A full batch is followed at once
+//! by the next round; an empty one waits for the next tick or wake.
+//!
+//! Failure behaviour: store and broker errors are expected (the database or NATS may be
+//! down); they are logged and the next tick tries again, so the actor does not fail on
+//! them. Several relays (in several daemons) may share a table: claims lease their rows.
+//! A restart loses nothing: unmarked rows are claimed again once their lease expires, and
+//! the broker drops the duplicate publish.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::broker::{Broker, OutgoingMessage};
+use crate::model::PublishFailure;
+use crate::retry::RetryPolicy;
+use crate::store::OutboxStore;
+
+/// Lets the API wake the relay right after it commits a request. Wakes coalesce: while one
+/// is pending, further ones send nothing. The flag is a signal, not shared state: the relay
+/// clears it before it claims, so a row committed after a claim always causes a new wake.
+#[derive(Clone, Debug)]
+pub struct RelayWake {
+    name: Arc<str>,
+    pending: Arc<AtomicBool>,
+}
+
+impl RelayWake {
+    /// A waker for the relay registered as `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            pending: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Asks the relay to run a round soon.
+    pub fn wake(&self) {
+        if self.pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let sent = ractor::registry::where_is(&*self.name)
+            .map(ActorRef::<RelayMsg>::from)
+            .is_some_and(|relay| relay.cast(RelayMsg::Wake).is_ok());
+        if !sent {
+            // The relay is restarting; it runs a round when it starts anyway.
+            self.pending.store(false, Ordering::Release);
+        }
+    }
+
+    fn clear(&self) {
+        self.pending.store(false, Ordering::Release);
+    }
+}
+
+/// The relay actor.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutboxRelay;
+
+/// The relay's configuration.
+#[derive(Clone)]
+pub struct RelayArgs {
+    /// Where the outbox lives.
+    pub store: Arc<dyn OutboxStore>,
+    /// Where events go.
+    pub broker: Arc<dyn Broker>,
+    /// Rows per round.
+    pub batch_size: u32,
+    /// How long a claim keeps other relays off its rows.
+    pub lease: Duration,
+    /// Time between rounds when nothing wakes the relay.
+    pub poll_interval: Duration,
+    /// Retries of failed publishes.
+    pub retry: RetryPolicy,
+    /// How long published rows are kept (for `outbox replay`).
+    pub retention: Duration,
+    /// Time between prunes.
+    pub prune_interval: Duration,
+    /// The waker the API uses.
+    pub wake: RelayWake,
+}
+
+/// The relay's state.
+pub struct RelayState {
+    args: RelayArgs,
+    failing_since: Option<std::time::Instant>,
+}
+
+/// Messages the relay handles.
+#[derive(Debug)]
+pub enum RelayMsg {
+    /// Periodic round.
+    Tick,
+    /// A local insert happened.
+    Wake,
+    /// The last round was a full batch: run the next one now.
+    Continue,
+    /// Delete published rows past their retention.
+    Prune,
+}
+
+/// What one round did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RoundOutcome {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Rows published.
+    pub published: usize,
+    /// Rows scheduled for another try.
+    pub retried: usize,
+    /// Rows moved to the dead-letter table.
+    pub dead: usize,
+}
+
+impl Actor for OutboxRelay {
+    type Msg = RelayMsg;
+    type State = RelayState;
+    type Arguments = RelayArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RelayMsg>,
+        args: RelayArgs,
+    ) -> Result<RelayState, ActorProcessingErr> {
+        myself.send_interval(args.poll_interval, || RelayMsg::Tick);
+        myself.send_interval(args.prune_interval, || RelayMsg::Prune);
+        args.wake.clear();
+        Ok(RelayState {
+            args,
+            failing_since: None,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<RelayMsg>,
+        _: &mut RelayState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Rows may have waited while no relay ran.
+        myself.cast(RelayMsg::Tick)?;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RelayMsg>,
+        msg: RelayMsg,
+        state: &mut RelayState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RelayMsg::Tick | RelayMsg::Wake | RelayMsg::Continue => {
+                state.args.wake.clear();
+                match round(&state.args).await {
+                    Ok(outcome) => {
+                        if let Some(since) = state.failing_since.take() {
+                            tracing::info!(
+                                after_ms = since.elapsed().as_millis() as u64,
+                                "outbox relay recovered"
+                            );
+                        }
+                        if outcome.retried > 0 || outcome.dead > 0 {
+                            tracing::warn!(?outcome, "some outbox events were not published");
+                        }
+                        // A full batch of successes means more rows are probably due.
+                        if outcome.claimed == state.args.batch_size as usize
+                            && outcome.published > 0
+                        {
+                            myself.cast(RelayMsg::Continue)?;
+                        }
+                    }
+                    Err(err) => {
+                        if state.failing_since.is_none() {
+                            state.failing_since = Some(std::time::Instant::now());
+                            tracing::warn!(error = %err, "outbox relay cannot reach the store; retrying every poll interval");
+                        }
+                    }
+                }
+            }
+            RelayMsg::Prune => {
+                let cutoff = Utc::now() - state.args.retention;
+                match state.args.store.prune_published(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        pruned = n,
+                        "pruned published outbox rows past their retention"
+                    ),
+                    Err(err) => tracing::warn!(error = %err, "could not prune the outbox"),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One claim → publish → mark round.
+pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::StoreError> {
+    let events = args.store.claim(args.batch_size, args.lease).await?;
+    if events.is_empty() {
+        return Ok(RoundOutcome::default());
+    }
+    let messages: Vec<OutgoingMessage> = events
+        .iter()
+        .map(|e| OutgoingMessage {
+            event_id: e.event_id.clone(),
+            subject: e.subject.clone(),
+            payload: e.payload.clone(),
+            attempt: e.retry_count + 1,
+            request_id: e.request_id.clone(),
+            traceparent: e.traceparent.clone(),
+        })
+        .collect();
+    let results = args.broker.publish_batch(&messages).await;
+    let mut outcome = RoundOutcome {
+        claimed: events.len(),
+        ..RoundOutcome::default()
+    };
+    let mut published = Vec::with_capacity(events.len());
+    let mut failures = Vec::new();
+    for (event, result) in events.iter().zip(results) {
+        match result {
+            Ok(()) => published.push(event.id),
+            Err(err) => {
+                let failures_so_far = event.retry_count + 1;
+                let delay = args.retry.next_delay(
+                    failures_so_far,
+                    event.max_retries,
+                    rand::random::<f64>(),
+                );
+                let next_retry_at = delay.map(|d| {
+                    Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+                });
+                if next_retry_at.is_some() {
+                    outcome.retried += 1;
+                } else {
+                    outcome.dead += 1;
+                }
+                tracing::debug!(event_id = %event.event_id, attempt = failures_so_far, error = %err, "publish failed");
+                failures.push(PublishFailure {
+                    id: event.id,
+                    error: err.to_string(),
+                    next_retry_at,
+                });
+            }
+        }
+    }
+    outcome.published = published.len();
+    if !published.is_empty() {
+        args.store.mark_published(&published).await?;
+    }
+    if !failures.is_empty() {
+        args.store.mark_failed(&failures).await?;
+    }
+    Ok(outcome)
+}

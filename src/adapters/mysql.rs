@@ -1,0 +1,463 @@
+//! The MySQL / MariaDB store: requests, the outbox and dead letters.
+//!
+//! Claims use `SELECT … FOR UPDATE SKIP LOCKED` in a short READ COMMITTED transaction that
+//! leases the rows (`claimed_until`), so any number of relays share the table without
+//! holding a transaction while they publish. Times come from the database clock (`NOW(6)`),
+//! which all daemons share.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use actors::model::{
+    CreateOutcome, DLQ_OUTBOX, ListQuery, NewRequest, OutboxEvent, PrimeCheckRequested,
+    PrimeRequest, PublishFailure, RequestStatus, SUBJECT_PRIMECHECK_REQUESTED,
+};
+use actors::{OutboxStore, RequestStore, StoreError};
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::{Acquire, MySql, QueryBuilder, Row};
+
+use crate::config::Secret;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/mysql");
+
+/// Pool settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Most connections held.
+    pub max_connections: u32,
+    /// How long to wait for a connection (also the connect timeout).
+    pub acquire_timeout: Duration,
+    /// Failed publishes allowed per outbox event.
+    pub outbox_max_retries: u32,
+}
+
+/// The store on MySQL or MariaDB.
+#[derive(Clone, Debug)]
+pub struct MysqlStore {
+    pool: MySqlPool,
+    outbox_max_retries: u32,
+}
+
+/// Could not connect or migrate.
+#[derive(Debug, thiserror::Error)]
+pub enum MysqlSetupError {
+    /// The URL is not a valid MySQL URL.
+    #[error("the MySQL URL is not valid: {0}")]
+    Url(String),
+    /// Cannot reach the server.
+    #[error(
+        "cannot connect to MySQL: {0}; is it running and are MYSQL_HOST/MYSQL_PORT/MYSQL_USER/MYSQL_PASSWORD right?"
+    )]
+    Connect(String),
+    /// The migrations failed.
+    #[error("cannot apply the MySQL migrations: {0}")]
+    Migrate(String),
+}
+
+impl MysqlStore {
+    /// Connects (lazily: connections are made as needed and re-made after they break).
+    pub fn connect(url: &Secret, settings: PoolSettings) -> Result<Self, MysqlSetupError> {
+        let options = MySqlConnectOptions::from_str(url.expose())
+            .map_err(|e| MysqlSetupError::Url(redact(&e.to_string(), url)))?
+            .timezone(Some(String::from("+00:00")))
+            .charset("utf8mb4");
+        let pool = MySqlPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            // A connection killed by the server is noticed and replaced before use.
+            .test_before_acquire(true)
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            outbox_max_retries: settings.outbox_max_retries,
+        })
+    }
+
+    /// Applies the pending migrations.
+    pub async fn migrate(&self) -> Result<(), MysqlSetupError> {
+        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_),
+            ) => MysqlSetupError::Connect(e.to_string()),
+            other => MysqlSetupError::Migrate(other.to_string()),
+        })
+    }
+
+    /// Answers a trivial query (for `/health`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// The pool, for tests and tools.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    async fn create_inner(&self, req: NewRequest) -> Result<CreateOutcome, StoreError> {
+        let created_at = now_micros();
+        let payload = serde_json::to_string(&PrimeCheckRequested {
+            request_id: req.id.clone(),
+            number: req.number.clone(),
+            email: req.email.clone(),
+        })
+        .map_err(|e| StoreError::Rejected(e.to_string()))?;
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        let mut tx = conn.begin().await.map_err(classify)?;
+        let inserted = sqlx::query(
+            "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&req.id)
+        .bind(&req.number)
+        .bind(&req.email)
+        .bind(&req.idempotency_key)
+        .bind(&req.request_id)
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await;
+        if let Err(err) = inserted {
+            let duplicate = matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation());
+            drop(tx);
+            return match (&req.idempotency_key, duplicate) {
+                (Some(key), true) => self.existing(key, &req).await,
+                _ => Err(classify(err)),
+            };
+        }
+        sqlx::query(
+            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&req.event_id)
+        .bind(SUBJECT_PRIMECHECK_REQUESTED)
+        .bind(&payload)
+        .bind(&req.request_id)
+        .bind(&req.traceparent)
+        .bind(self.outbox_max_retries)
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(CreateOutcome::Created(PrimeRequest {
+            id: req.id,
+            number: req.number,
+            email: req.email,
+            status: RequestStatus::Pending,
+            is_prime: None,
+            factor: None,
+            created_at,
+            completed_at: None,
+            error: None,
+        }))
+    }
+
+    async fn existing(&self, key: &str, req: &NewRequest) -> Result<CreateOutcome, StoreError> {
+        let row = sqlx::query(&format!("{SELECT_REQUEST} WHERE idempotency_key = ?"))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+        let Some(row) = row else {
+            return Err(StoreError::Unavailable(
+                "the request with this idempotency key disappeared; try again".into(),
+            ));
+        };
+        let first = request_from_row(&row)?;
+        if first.number == req.number && first.email == req.email {
+            Ok(CreateOutcome::Existing(first))
+        } else {
+            Ok(CreateOutcome::KeyConflict(first))
+        }
+    }
+
+    async fn claim_inner(
+        &self,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        let mut tx = conn.begin().await.map_err(classify)?;
+        let rows = sqlx::query(
+            "SELECT id, event_id, subject, CAST(payload AS CHAR) AS payload, request_id, traceparent, \
+                    retry_count, max_retries, created_at \
+             FROM outbox \
+             WHERE state = 'pending' \
+               AND (next_retry_at IS NULL OR next_retry_at <= NOW(6)) \
+               AND (claimed_until IS NULL OR claimed_until < NOW(6)) \
+             ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+        )
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        if rows.is_empty() {
+            tx.rollback().await.map_err(classify)?;
+            return Ok(Vec::new());
+        }
+        let events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut update: QueryBuilder<'_, MySql> =
+            QueryBuilder::new("UPDATE outbox SET claimed_until = NOW(6) + INTERVAL ");
+        update.push_bind(lease.as_micros() as u64);
+        update.push(" MICROSECOND WHERE id IN (");
+        push_ids(&mut update, events.iter().map(|e| e.id));
+        update.build().execute(&mut *tx).await.map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(events)
+    }
+
+    async fn mark_failed_inner(&self, failures: &[PublishFailure]) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        let mut tx = conn.begin().await.map_err(classify)?;
+        for failure in failures {
+            match failure.next_retry_at {
+                Some(at) => {
+                    sqlx::query(
+                        "UPDATE outbox SET retry_count = retry_count + 1, next_retry_at = ?, \
+                         error_message = ?, last_error_at = NOW(6), claimed_until = NULL \
+                         WHERE id = ? AND state = 'pending'",
+                    )
+                    .bind(at)
+                    .bind(&failure.error)
+                    .bind(failure.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                }
+                None => {
+                    let moved = sqlx::query(
+                        "UPDATE outbox SET state = 'dead', retry_count = retry_count + 1, \
+                         error_message = ?, last_error_at = NOW(6), claimed_until = NULL \
+                         WHERE id = ? AND state = 'pending'",
+                    )
+                    .bind(&failure.error)
+                    .bind(failure.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    if moved.rows_affected() == 0 {
+                        continue;
+                    }
+                    sqlx::query(
+                        "INSERT INTO dead_letter_messages \
+                           (original_subject, original_message_id, dlq_subject, payload, error_message, \
+                            error_type, retry_count, original_created_at, last_retry_at) \
+                         SELECT subject, event_id, ?, payload, ?, 'transient', retry_count, created_at, NOW(6) \
+                         FROM outbox WHERE id = ?",
+                    )
+                    .bind(DLQ_OUTBOX)
+                    .bind(&failure.error)
+                    .bind(failure.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                    sqlx::query(
+                        "INSERT INTO dlq_statistics (date_hour, subject, error_type, count) \
+                         VALUES (DATE_FORMAT(UTC_TIMESTAMP(), '%Y-%m-%d %H:00:00'), ?, 'transient', 1) \
+                         ON DUPLICATE KEY UPDATE count = count + 1",
+                    )
+                    .bind(DLQ_OUTBOX)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                }
+            }
+        }
+        tx.commit().await.map_err(classify)
+    }
+}
+
+const SELECT_REQUEST: &str = "SELECT id, number, email, status, is_prime, factor, error, created_at, completed_at \
+                              FROM prime_check_requests";
+
+fn push_ids(q: &mut QueryBuilder<'_, MySql>, ids: impl Iterator<Item = i64>) {
+    let mut sep = q.separated(", ");
+    for id in ids {
+        sep.push_bind(id);
+    }
+    sep.push_unseparated(")");
+}
+
+fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+fn request_from_row(row: &MySqlRow) -> Result<PrimeRequest, StoreError> {
+    let status: String = row.try_get("status").map_err(classify)?;
+    Ok(PrimeRequest {
+        id: row.try_get("id").map_err(classify)?,
+        number: row.try_get("number").map_err(classify)?,
+        email: row.try_get("email").map_err(classify)?,
+        status: RequestStatus::parse(&status)
+            .ok_or_else(|| StoreError::Rejected(format!("unknown request status {status:?}")))?,
+        is_prime: row.try_get("is_prime").map_err(classify)?,
+        factor: row.try_get("factor").map_err(classify)?,
+        error: row.try_get("error").map_err(classify)?,
+        created_at: row.try_get("created_at").map_err(classify)?,
+        completed_at: row.try_get("completed_at").map_err(classify)?,
+    })
+}
+
+fn event_from_row(row: &MySqlRow) -> Result<OutboxEvent, StoreError> {
+    let payload: String = row.try_get("payload").map_err(classify)?;
+    let retry_count: i32 = row.try_get("retry_count").map_err(classify)?;
+    let max_retries: i32 = row.try_get("max_retries").map_err(classify)?;
+    Ok(OutboxEvent {
+        id: row.try_get("id").map_err(classify)?,
+        event_id: row.try_get("event_id").map_err(classify)?,
+        subject: row.try_get("subject").map_err(classify)?,
+        payload: payload.into_bytes(),
+        request_id: row.try_get("request_id").map_err(classify)?,
+        traceparent: row.try_get("traceparent").map_err(classify)?,
+        retry_count: retry_count.max(0) as u32,
+        max_retries: max_retries.max(0) as u32,
+        created_at: row.try_get("created_at").map_err(classify)?,
+    })
+}
+
+/// Maps a driver error to the port's error: connection trouble, timeouts, deadlocks and
+/// lock-wait timeouts can succeed later; anything else is refused.
+fn classify(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => StoreError::Unavailable(err.to_string()),
+        sqlx::Error::Database(db) => {
+            // 1205 lock wait timeout, 1213 deadlock, 1927/2006/2013 connection lost,
+            // 1040 too many connections, 1053 server shutdown.
+            let transient = db
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|e| {
+                    matches!(e.number(), 1205 | 1213 | 1927 | 2006 | 2013 | 1040 | 1053)
+                });
+            if transient {
+                StoreError::Unavailable(err.to_string())
+            } else {
+                StoreError::Rejected(err.to_string())
+            }
+        }
+        _ => StoreError::Rejected(err.to_string()),
+    }
+}
+
+fn redact(message: &str, url: &Secret) -> String {
+    message.replace(url.expose(), "<DATABASE_URL>")
+}
+
+impl RequestStore for MysqlStore {
+    fn create(&self, request: NewRequest) -> BoxFuture<'_, Result<CreateOutcome, StoreError>> {
+        self.create_inner(request).boxed()
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<PrimeRequest>, StoreError>> {
+        async move {
+            let row = sqlx::query(&format!("{SELECT_REQUEST} WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?;
+            row.as_ref().map(request_from_row).transpose()
+        }
+        .boxed()
+    }
+
+    fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<PrimeRequest>, StoreError>> {
+        async move {
+            let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(SELECT_REQUEST);
+            q.push(" WHERE 1 = 1");
+            if let Some(status) = query.status {
+                q.push(" AND status = ").push_bind(status.as_str());
+            }
+            if let Some(before) = &query.before {
+                q.push(" AND id < ").push_bind(before.clone());
+            }
+            q.push(" ORDER BY id DESC LIMIT ").push_bind(query.limit);
+            let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;
+            rows.iter().map(request_from_row).collect()
+        }
+        .boxed()
+    }
+}
+
+impl OutboxStore for MysqlStore {
+    fn claim(
+        &self,
+        limit: u32,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Vec<OutboxEvent>, StoreError>> {
+        self.claim_inner(limit, lease).boxed()
+    }
+
+    fn mark_published<'a>(&'a self, ids: &'a [i64]) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
+                "UPDATE outbox SET state = 'published', published_at = NOW(6), claimed_until = NULL, \
+                 error_message = NULL WHERE state = 'pending' AND id IN (",
+            );
+            push_ids(&mut q, ids.iter().copied());
+            q.build().execute(&self.pool).await.map_err(classify)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn mark_failed<'a>(
+        &'a self,
+        failures: &'a [PublishFailure],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.mark_failed_inner(failures).boxed()
+    }
+
+    fn prune_published(&self, before: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        async move {
+            let mut total = 0;
+            loop {
+                let done = sqlx::query(
+                    "DELETE FROM outbox WHERE state = 'published' AND published_at < ? ORDER BY id LIMIT 5000",
+                )
+                .bind(before)
+                .execute(&self.pool)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+                total += done;
+                if done < 5000 {
+                    return Ok(total);
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn replay_since(&self, since: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        async move {
+            let done = sqlx::query(
+                "UPDATE outbox SET state = 'pending', published_at = NULL, next_retry_at = NULL, \
+                 claimed_until = NULL WHERE state = 'published' AND created_at >= ?",
+            )
+            .bind(since)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+            Ok(done.rows_affected())
+        }
+        .boxed()
+    }
+}

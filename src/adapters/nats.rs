@@ -1,0 +1,258 @@
+//! NATS JetStream: the broker, and the streams and durable consumers of DESIGN §5.
+//!
+//! Publishing sends every message of a batch first and then awaits their acknowledgements,
+//! so a batch costs about one round trip. `Nats-Msg-Id` is the event id: JetStream drops a
+//! second publish of the same event within the stream's duplicate window.
+
+use std::time::Duration;
+
+use actors::{Broker, BrokerError, OutgoingMessage};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
+use futures::FutureExt;
+use futures::future::{BoxFuture, join_all};
+
+/// Header carrying the event id (besides `Nats-Msg-Id`).
+pub const HEADER_EVENT_ID: &str = "Primed-Event-Id";
+/// Header carrying the delivery attempt of the publish.
+pub const HEADER_ATTEMPT: &str = "Primed-Attempt";
+/// Header carrying the request's correlation id.
+pub const HEADER_REQUEST_ID: &str = "Primed-Request-Id";
+/// W3C trace context header.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+
+/// The dead-letter stream (seed §3.1.1).
+pub const DLQ_STREAM: &str = "DEAD_LETTER_QUEUE";
+/// Durable consumer of `primecheck.requested`.
+pub const CONSUMER_PRIMECHECK: &str = "primecheck-worker";
+/// Durable consumer of `email.send`.
+pub const CONSUMER_EMAIL: &str = "email-worker";
+
+/// Stream and consumer settings (seed §2.1.1, §3.1.1).
+#[derive(Debug, Clone)]
+pub struct JetStreamSettings {
+    /// Main stream name (`NATS_STREAM`).
+    pub stream: String,
+    /// Deliveries before a message is given up (then dead-lettered).
+    pub max_deliver: i64,
+    /// How long a worker may hold a message before it is redelivered.
+    pub ack_wait: Duration,
+    /// Redelivery delays after ack timeouts.
+    pub backoff: Vec<Duration>,
+    /// How long a publish waits for its acknowledgement.
+    pub publish_timeout: Duration,
+}
+
+impl JetStreamSettings {
+    /// The seed's settings for a stream name.
+    pub fn new(stream: &str) -> Self {
+        Self {
+            stream: stream.to_string(),
+            max_deliver: 3,
+            ack_wait: Duration::from_secs(30),
+            backoff: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_secs(4),
+            ],
+            publish_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The main stream.
+    pub fn main_stream(&self) -> stream::Config {
+        stream::Config {
+            name: self.stream.clone(),
+            subjects: vec!["primecheck.*".into(), "email.*".into()],
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            max_age: Duration::from_secs(24 * 3600),
+            max_messages: 1_000_000,
+            max_bytes: 1024 * 1024 * 1024,
+            max_message_size: 1024 * 1024,
+            discard: stream::DiscardPolicy::Old,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        }
+    }
+
+    /// The dead-letter stream.
+    pub fn dlq_stream(&self) -> stream::Config {
+        stream::Config {
+            name: DLQ_STREAM.into(),
+            subjects: vec!["dlq.*".into()],
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_messages: 10_000,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        }
+    }
+
+    /// A durable pull consumer of one subject.
+    pub fn consumer(&self, durable: &str, subject: &str) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(durable.into()),
+            filter_subject: subject.into(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_deliver: self.max_deliver,
+            ack_wait: self.ack_wait,
+            // NATS requires MaxDeliver > len(BackOff): the n-th redelivery waits backoff[n-1].
+            backoff: self
+                .backoff
+                .iter()
+                .copied()
+                .take(usize::try_from(self.max_deliver.saturating_sub(1)).unwrap_or(0))
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Could not connect or set up the streams.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsSetupError {
+    /// Cannot reach the server.
+    #[error(
+        "cannot connect to NATS at {url}: {reason}; is it running with JetStream (-js)? Check NATS_URL / NATS_HOST"
+    )]
+    Connect {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A stream or consumer could not be created or updated.
+    #[error("cannot create or update JetStream {what}: {reason}")]
+    Setup {
+        /// Which stream or consumer.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The broker on JetStream.
+#[derive(Clone, Debug)]
+pub struct JetStreamBroker {
+    js: jetstream::Context,
+}
+
+impl JetStreamBroker {
+    /// Connects; the client reconnects by itself after the server comes back.
+    pub async fn connect(
+        url: &str,
+        settings: &JetStreamSettings,
+    ) -> Result<(Self, async_nats::Client), NatsSetupError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("primed")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| NatsSetupError::Connect {
+                url: url.into(),
+                reason: e.to_string(),
+            })?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(settings.publish_timeout);
+        Ok((Self { js }, client))
+    }
+
+    /// Creates the streams and durable consumers, or updates them to these settings.
+    /// Running it again (or from a second daemon) changes nothing.
+    pub async fn ensure_topology(
+        &self,
+        settings: &JetStreamSettings,
+    ) -> Result<(), NatsSetupError> {
+        for config in [settings.main_stream(), settings.dlq_stream()] {
+            let name = config.name.clone();
+            self.js
+                .create_or_update_stream(config)
+                .await
+                .map_err(|e| NatsSetupError::Setup {
+                    what: format!("stream {name}"),
+                    reason: e.to_string(),
+                })?;
+        }
+        let stream =
+            self.js
+                .get_stream(&settings.stream)
+                .await
+                .map_err(|e| NatsSetupError::Setup {
+                    what: format!("stream {}", settings.stream),
+                    reason: e.to_string(),
+                })?;
+        for (durable, subject) in [
+            (
+                CONSUMER_PRIMECHECK,
+                actors::model::SUBJECT_PRIMECHECK_REQUESTED,
+            ),
+            (CONSUMER_EMAIL, actors::model::SUBJECT_EMAIL_SEND),
+        ] {
+            // The create API updates an existing durable consumer's editable settings.
+            stream
+                .create_consumer(settings.consumer(durable, subject))
+                .await
+                .map_err(|e| NatsSetupError::Setup {
+                    what: format!("consumer {durable}"),
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The JetStream context, for tests and tools.
+    pub fn context(&self) -> &jetstream::Context {
+        &self.js
+    }
+}
+
+fn headers(message: &OutgoingMessage) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", message.event_id.as_str());
+    headers.insert(HEADER_EVENT_ID, message.event_id.as_str());
+    headers.insert(HEADER_ATTEMPT, message.attempt.to_string().as_str());
+    if let Some(request_id) = &message.request_id {
+        headers.insert(HEADER_REQUEST_ID, request_id.as_str());
+    }
+    if let Some(traceparent) = &message.traceparent {
+        headers.insert(HEADER_TRACEPARENT, traceparent.as_str());
+    }
+    headers
+}
+
+impl Broker for JetStreamBroker {
+    fn publish_batch<'a>(
+        &'a self,
+        messages: &'a [OutgoingMessage],
+    ) -> BoxFuture<'a, Vec<Result<(), BrokerError>>> {
+        async move {
+            // Send everything, then collect the acknowledgements.
+            let mut pending = Vec::with_capacity(messages.len());
+            for message in messages {
+                let sent = self
+                    .js
+                    .publish_with_headers(
+                        message.subject.clone(),
+                        headers(message),
+                        bytes::Bytes::copy_from_slice(&message.payload),
+                    )
+                    .await;
+                pending.push(sent);
+            }
+            let acks = pending.into_iter().map(|sent| async move {
+                match sent {
+                    Ok(ack) => ack
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| BrokerError(e.to_string())),
+                    Err(e) => Err(BrokerError(e.to_string())),
+                }
+            });
+            join_all(acks).await
+        }
+        .boxed()
+    }
+}
