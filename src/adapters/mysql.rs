@@ -124,13 +124,17 @@ impl MysqlStore {
         .await;
         if let Err(err) = inserted {
             let duplicate = matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation());
-            drop(tx);
+            // Roll back and give the connection back before looking up the first request:
+            // holding it while asking the pool for another can exhaust the pool under a
+            // burst of repeats.
+            let _ = tx.rollback().await;
+            drop(conn);
             return match (&req.idempotency_key, duplicate) {
                 (Some(key), true) => self.existing(key, &req).await,
                 _ => Err(classify(err)),
             };
         }
-        sqlx::query(
+        let outboxed = sqlx::query(
             "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
@@ -142,8 +146,12 @@ impl MysqlStore {
         .bind(self.outbox_max_retries)
         .bind(created_at)
         .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
+        .await;
+        if let Err(err) = outboxed {
+            // Explicitly, so that no lock outlives the failed request.
+            let _ = tx.rollback().await;
+            return Err(classify(err));
+        }
         tx.commit().await.map_err(classify)?;
         Ok(CreateOutcome::Created(PrimeRequest {
             id: req.id,

@@ -202,3 +202,150 @@ pub fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// A database of its own on the shared MariaDB (127.0.0.1:3306, root), dropped afterwards.
+pub struct TestDb {
+    /// Its name.
+    pub name: String,
+    /// `mysql://root@127.0.0.1:3306/<name>`
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates `primed_t_<random>`.
+    pub fn create() -> Self {
+        let name = format!("primed_t_{:016x}", rand::random::<u64>());
+        mariadb(&format!("CREATE DATABASE {name}"));
+        Self {
+            url: format!("mysql://root@127.0.0.1:3306/{name}"),
+            name,
+        }
+    }
+
+    /// Runs SQL in this database (through the mariadb client) and returns its output.
+    /// It blocks the calling thread: use it from multi-threaded test runtimes, so that the
+    /// pool's background work (deferred rollbacks) keeps running meanwhile.
+    pub fn sql(&self, sql: &str) -> String {
+        mariadb(&format!("USE {}; {sql}", self.name))
+    }
+
+    /// A single number from a query.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.sql(sql)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number from {sql}"))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = Command::new("mariadb")
+            .args(["-h", "127.0.0.1", "-u", "root", "-e"])
+            .arg(format!("DROP DATABASE IF EXISTS {}", self.name))
+            .output();
+    }
+}
+
+/// Runs SQL through the mariadb client (batch mode, no column names).
+pub fn mariadb(sql: &str) -> String {
+    let out = Command::new("mariadb")
+        .args(["-h", "127.0.0.1", "-u", "root", "-N", "-B", "-e", sql])
+        .output()
+        .expect("the mariadb client must be installed (scripts/ensure-services.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A nats-server with JetStream of its own, on a free port, with its own store directory.
+/// It can be stopped and started again on the same port and store (a broker restart).
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts one and waits until it greets clients.
+    pub fn start() -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_addr().port(),
+            store: tempfile::tempdir().expect("tempdir"),
+        };
+        server.start_again();
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again after [`NatsServer::stop`], on the same port and store.
+    pub fn start_again(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while !self.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server on {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it (as a crash would) and waits until it is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn answers(&self) -> bool {
+        use std::io::Read;
+        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).is_ok() && &buf == b"INFO"
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Messages in a stream (0 when it does not exist).
+pub async fn stream_messages(url: &str, stream: &str) -> u64 {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
