@@ -98,9 +98,8 @@ async fn an_accepted_request_is_stored_with_its_outbox_event_and_can_be_read() {
     assert_eq!(r.body["status"], "pending");
     let id = r.body["id"].as_str().unwrap().to_string();
 
-    let payload = db.sql(&format!(
-        "SELECT CONCAT(subject, ' ', state, ' ', request_id, ' ', payload) FROM outbox"
-    ));
+    let payload =
+        db.sql("SELECT CONCAT(subject, ' ', state, ' ', request_id, ' ', payload) FROM outbox");
     assert!(
         payload.starts_with("primecheck.requested pending req-123 "),
         "{payload}"
@@ -128,7 +127,16 @@ async fn every_bad_input_is_a_clear_4xx_and_stores_nothing() {
     let app = app(&db).await;
     let json = "application/json";
     let ok_id = "01936d6e-5f2a-7c3b-9d4e-123456789abc";
-    let cases: Vec<(Method, String, Option<&str>, Option<String>, u16, &str)> = vec![
+    // method, uri, content type, body, expected status, expected error code
+    type Case<'a> = (
+        Method,
+        String,
+        Option<&'a str>,
+        Option<String>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             Method::POST,
             "/prime-check".into(),
