@@ -1,0 +1,379 @@
+//! The outbox relay against real services: MariaDB, and a nats-server of each test's own.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actors::outbox_relay::round;
+use actors::{Broker, BrokerError, OutgoingMessage, RelayArgs, RelayWake, RetryPolicy};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use primed::adapters::mysql::{MysqlStore, PoolSettings};
+use primed::adapters::nats::{CONSUMER_PRIMECHECK, DLQ_STREAM, JetStreamBroker, JetStreamSettings};
+use primed::config::Secret;
+use serde_json::{Value, json};
+use supervision::Backoff;
+use support::{Daemon, NatsServer, TestDb, stream_messages};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn store(db: &TestDb, max_retries: u32) -> Arc<MysqlStore> {
+    let store = MysqlStore::connect(
+        &Secret::new(db.url.clone()),
+        PoolSettings {
+            max_connections: 5,
+            acquire_timeout: Duration::from_secs(5),
+            outbox_max_retries: max_retries,
+        },
+    )
+    .unwrap();
+    store.migrate().await.unwrap();
+    Arc::new(store)
+}
+
+fn fast_retries() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: 100,
+        backoff: Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+            multiplier: 2.0,
+            jitter: 0.0,
+            reset_after: Duration::ZERO,
+        },
+    }
+}
+
+fn relay_args(store: Arc<MysqlStore>, broker: Arc<dyn Broker>, batch: u32) -> RelayArgs {
+    RelayArgs {
+        store,
+        broker,
+        batch_size: batch,
+        lease: Duration::from_secs(30),
+        poll_interval: Duration::from_millis(100),
+        retry: fast_retries(),
+        retention: Duration::from_secs(3600),
+        prune_interval: Duration::from_secs(3600),
+        wake: RelayWake::new("unused"),
+    }
+}
+
+/// Counts every publish per event id on its way to the real broker.
+struct Recording {
+    inner: JetStreamBroker,
+    seen: Mutex<HashMap<String, u32>>,
+}
+
+impl Broker for Recording {
+    fn publish_batch<'a>(
+        &'a self,
+        messages: &'a [OutgoingMessage],
+    ) -> BoxFuture<'a, Vec<Result<(), BrokerError>>> {
+        async move {
+            let results = self.inner.publish_batch(messages).await;
+            let mut seen = self.seen.lock().unwrap();
+            for (m, r) in messages.iter().zip(&results) {
+                if r.is_ok() {
+                    *seen.entry(m.event_id.clone()).or_default() += 1;
+                }
+            }
+            results
+        }
+        .boxed()
+    }
+}
+
+fn daemon(db: &TestDb, nats: &NatsServer) -> Daemon {
+    Daemon::start(&[
+        ("DATABASE_URL", &db.url),
+        ("NATS_URL", &nats.url()),
+        ("PRIMED_RETRY_INITIAL_MS", "100"),
+        ("PRIMED_RETRY_MAX_MS", "500"),
+        ("PRIMED_OUTBOX_MAX_RETRIES", "100"),
+        ("PRIMED_OUTBOX_POLL_INTERVAL_MS", "100"),
+    ])
+}
+
+async fn submit(d: &Daemon, n: usize) -> Vec<String> {
+    let http = client();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = http
+            .post(d.url("/prime-check"))
+            .header("x-request-id", format!("req-{i}"))
+            .json(&json!({"number": (1000 + i).to_string(), "email": "a@b.co"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "request {i}");
+        ids.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_requests_reach_jetstream_once_with_their_headers() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let d = daemon(&db, &nats);
+    submit(&d, 30).await;
+    assert_eventually!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 30,
+        "not all rows were published"
+    );
+    assert_eq!(stream_messages(&nats.url(), "PRIME").await, 30);
+
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream = js.get_stream("PRIME").await.unwrap();
+    let first = stream.get_raw_message(1).await.unwrap();
+    let headers = first.headers;
+    let event_id = headers.get("Nats-Msg-Id").unwrap().to_string();
+    assert_eq!(headers.get("Primed-Event-Id").unwrap().as_str(), event_id);
+    assert_eq!(headers.get("Primed-Attempt").unwrap().as_str(), "1");
+    let request_id = headers.get("Primed-Request-Id").unwrap().to_string();
+    let row = db.sql(&format!(
+        "SELECT CONCAT(subject, ' ', request_id) FROM outbox WHERE event_id = '{event_id}'"
+    ));
+    assert_eq!(row.trim(), format!("primecheck.requested {request_id}"));
+    assert_eq!(first.subject.as_str(), "primecheck.requested");
+
+    // The topology of DESIGN §5.
+    let mut consumer = stream
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(CONSUMER_PRIMECHECK)
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.config.max_deliver, 3);
+    assert_eq!(
+        info.config.backoff,
+        vec![Duration::from_secs(1), Duration::from_secs(2)]
+    );
+    let mut dlq = js.get_stream(DLQ_STREAM).await.unwrap();
+    let dlq = dlq.info().await.unwrap().config.clone();
+    assert_eq!(dlq.subjects, vec!["dlq.*"]);
+    assert_eq!(dlq.max_messages, 10_000);
+    assert_eq!(dlq.max_age, Duration::from_secs(7 * 24 * 3600));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_table_publish_each_row_exactly_once() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let rows = 3000;
+    let a = store(&db, 3).await;
+    let b = store(&db, 3).await; // a second daemon's own pool
+    db.sql(&format!(
+        "INSERT INTO outbox (event_id, subject, payload) \
+         SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq) FROM seq_1_to_{rows}"
+    ));
+    let settings = JetStreamSettings::new("PRIME");
+    let (broker, _client) = JetStreamBroker::connect(&nats.url(), &settings)
+        .await
+        .unwrap();
+    broker.ensure_topology(&settings).await.unwrap();
+    let recording = Arc::new(Recording {
+        inner: broker,
+        seen: Mutex::new(HashMap::new()),
+    });
+
+    let run = |store: Arc<MysqlStore>| {
+        let args = relay_args(store, recording.clone(), 200);
+        tokio::spawn(async move {
+            let mut rounds = 0;
+            while round(&args).await.unwrap().claimed > 0 {
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let (ra, rb) = (run(a), run(b));
+    let (ra, rb) = (ra.await.unwrap(), rb.await.unwrap());
+    assert!(
+        ra > 0 && rb > 0,
+        "both relays must have worked: {ra} and {rb} rounds"
+    );
+
+    let seen = recording.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), rows);
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "an event was published twice"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'"),
+        rows as i64
+    );
+    assert_eq!(stream_messages(&nats.url(), "PRIME").await, rows as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_down_rows_wait_with_backoff_and_go_out_once_it_is_back() {
+    let db = TestDb::create();
+    let mut nats = NatsServer::start();
+    let d = daemon(&db, &nats);
+    submit(&d, 1).await;
+    assert_eventually!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 1,
+        "the first row was not published"
+    );
+
+    nats.stop();
+    submit(&d, 20).await; // accepted: the database is fine
+    assert_eventually!(
+        db.count(
+            "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND retry_count >= 1 \
+                  AND error_message IS NOT NULL AND next_retry_at IS NOT NULL"
+        ) == 20,
+        "rows did not record their failed attempts"
+    );
+
+    nats.start_again();
+    assert_eventually!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 21,
+        "rows were not published after NATS came back"
+    );
+    assert_eq!(
+        stream_messages(&nats.url(), "PRIME").await,
+        21,
+        "none twice, none lost"
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM dead_letter_messages"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_database_connections_are_replaced_without_help() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let d = daemon(&db, &nats);
+    submit(&d, 1).await;
+    assert_eventually!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 1,
+        "the first row was not published"
+    );
+    let killed = support::mariadb(&format!(
+        "SELECT GROUP_CONCAT(id) FROM information_schema.processlist WHERE db = '{}'",
+        db.name
+    ));
+    for id in killed
+        .trim()
+        .split(',')
+        .filter(|s| !s.is_empty() && *s != "NULL")
+    {
+        let _ = std::process::Command::new("mariadb")
+            .args(["-h", "127.0.0.1", "-u", "root", "-e", &format!("KILL {id}")])
+            .output();
+    }
+    submit(&d, 5).await;
+    assert_eventually!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 6,
+        "the relay did not recover from killed connections"
+    );
+    let health: Value = client()
+        .get(d.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["checks"]["database"]["status"], "up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_cannot_be_published_ends_in_the_dead_letter_table() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let store = store(&db, 2).await;
+    // No streams: every publish gets "no responders".
+    let (broker, _client) = JetStreamBroker::connect(&nats.url(), &JetStreamSettings::new("PRIME"))
+        .await
+        .unwrap();
+    let args = relay_args(store.clone(), Arc::new(broker), 10);
+    db.sql(
+        "INSERT INTO outbox (event_id, subject, payload, max_retries) \
+         VALUES ('00000000-0000-7000-8000-000000000001', 'primecheck.requested', '{\"n\":1}', 2)",
+    );
+    assert_eventually!(
+        {
+            let _ = round(&args).await.unwrap();
+            db.count("SELECT COUNT(*) FROM outbox WHERE state = 'dead'") == 1
+        },
+        "the event never became dead"
+    );
+    let dead = db.sql(
+        "SELECT CONCAT_WS(' ', original_subject, original_message_id, dlq_subject, error_type, retry_count, status) \
+         FROM dead_letter_messages",
+    );
+    assert_eq!(
+        dead.trim(),
+        "primecheck.requested 00000000-0000-7000-8000-000000000001 dlq.outbox transient 3 pending"
+    );
+    assert_eq!(
+        db.count("SELECT SUM(count) FROM dlq_statistics WHERE subject = 'dlq.outbox'"),
+        1
+    );
+    assert_eq!(
+        db.count("SELECT retry_count FROM outbox"),
+        3,
+        "two retries after the first failure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_republishes_retained_rows_and_jetstream_drops_the_duplicates() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let store = store(&db, 3).await;
+    let settings = JetStreamSettings::new("PRIME");
+    let (broker, _client) = JetStreamBroker::connect(&nats.url(), &settings)
+        .await
+        .unwrap();
+    broker.ensure_topology(&settings).await.unwrap();
+    // A second setup changes nothing; a changed setting is applied.
+    broker.ensure_topology(&settings).await.unwrap();
+    let mut changed = settings.clone();
+    changed.max_deliver = 5;
+    broker.ensure_topology(&changed).await.unwrap();
+    let js = broker.context().clone();
+    let mut consumer = js
+        .get_stream("PRIME")
+        .await
+        .unwrap()
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(CONSUMER_PRIMECHECK)
+        .await
+        .unwrap();
+    assert_eq!(consumer.info().await.unwrap().config.max_deliver, 5);
+
+    db.sql("INSERT INTO outbox (event_id, subject, payload) SELECT UUID(), 'primecheck.requested', '{}' FROM seq_1_to_50");
+    let args = relay_args(store.clone(), Arc::new(broker), 500);
+    assert_eq!(round(&args).await.unwrap().published, 50);
+    let replayed = actors::OutboxStore::replay_since(&*store, chrono::DateTime::UNIX_EPOCH)
+        .await
+        .unwrap();
+    assert_eq!(replayed, 50);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'pending'"),
+        50
+    );
+    assert_eq!(round(&args).await.unwrap().published, 50);
+    assert_eq!(
+        stream_messages(&nats.url(), "PRIME").await,
+        50,
+        "duplicates were stored"
+    );
+}
