@@ -32,8 +32,29 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Work on the transactional outbox.
+    Outbox {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Print the version.
     Version,
+}
+
+/// `primed outbox …`
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// Publish retained events again, e.g. after the broker lost acknowledged messages in
+    /// an OS crash. Events the broker still has within its duplicate window are dropped by
+    /// it; consumers apply each event once.
+    Replay {
+        /// Events created since this RFC 3339 time or age (`2026-11-24T10:00:00Z`, `90m`, `2h`).
+        #[arg(long, value_name = "TIME|AGE")]
+        since: String,
+    },
 }
 
 /// `primed config …`

@@ -13,4 +13,5 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod logging;
+pub mod ops;
 pub mod tree;

@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use primed::cli::{Cli, Command, ConfigAction};
+use primed::cli::{Cli, Command, ConfigAction, OutboxAction};
 use primed::config::Config;
-use primed::{daemon, logging};
+use primed::{daemon, logging, ops};
 
 /// EX_USAGE from sysexits.h: the configuration or command line is wrong.
 const EX_USAGE: u8 = 64;
@@ -34,6 +34,31 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Migrate => {
+            let config = match load() {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            report(block_on(ops::migrate(&config)).map(|msg| println!("{msg}")))
+        }
+        Command::Outbox {
+            action: OutboxAction::Replay { since },
+        } => {
+            let config = match load() {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            let since = match ops::parse_since(&since, chrono::Utc::now()) {
+                Ok(since) => since,
+                Err(message) => {
+                    eprintln!("primed: {message}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            report(block_on(ops::outbox_replay(&config, since)).map(|n| {
+                println!("{n} outbox events created since {} are due again; a running relay publishes them", since.to_rfc3339());
+            }))
+        }
         Command::Run => {
             let config = match load() {
                 Ok(config) => config,
@@ -58,6 +83,26 @@ fn main() -> ExitCode {
                     ExitCode::from(err.exit_code())
                 }
             }
+        }
+    }
+}
+
+fn block_on<T>(
+    future: impl std::future::Future<Output = Result<T, ops::OpsError>>,
+) -> Result<T, ops::OpsError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|_| ops::OpsError::NotConfigured("cannot start the async runtime"))?
+        .block_on(future)
+}
+
+fn report(result: Result<(), ops::OpsError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("primed: {err}");
+            ExitCode::from(err.exit_code())
         }
     }
 }

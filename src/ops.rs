@@ -1,0 +1,95 @@
+//! Operator commands that work on the backends without running the daemon:
+//! `primed migrate` and `primed outbox replay`.
+
+use chrono::{DateTime, Utc};
+
+use crate::backends::{self, BackendError};
+use crate::config::Config;
+
+/// An operator command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// The command needs a backend the configuration does not name.
+    #[error("{0}")]
+    NotConfigured(&'static str),
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The store failed.
+    #[error("{0}")]
+    Store(#[from] actors::StoreError),
+}
+
+impl OpsError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            OpsError::NotConfigured(_) => 64,
+            OpsError::Backend(_) | OpsError::Store(_) => 69,
+        }
+    }
+}
+
+/// Applies pending migrations to the configured store.
+pub async fn migrate(config: &Config) -> Result<String, OpsError> {
+    let store = backends::mysql(config)?.ok_or(OpsError::NotConfigured(
+        "no MySQL store is configured: set DATABASE_URL or MYSQL_HOST (embedded mode migrates its SQLite file at start)",
+    ))?;
+    store.migrate().await.map_err(BackendError::from)?;
+    Ok("migrations are applied; the schema is up to date".into())
+}
+
+/// Makes published outbox events created since `since` due again, so the relay of a running
+/// daemon publishes them once more (JetStream drops those it still has; consumers ignore
+/// events they have applied).
+pub async fn outbox_replay(config: &Config, since: DateTime<Utc>) -> Result<u64, OpsError> {
+    let store = backends::mysql(config)?.ok_or(OpsError::NotConfigured(
+        "no MySQL store is configured: set DATABASE_URL or MYSQL_HOST",
+    ))?;
+    Ok(actors::OutboxStore::replay_since(&store, since).await?)
+}
+
+/// Parses `--since`: an RFC 3339 time (`2026-11-24T10:00:00Z`) or an age (`90m`, `2h`, `1day`).
+pub fn parse_since(input: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(input) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    let age = humantime::parse_duration(input).map_err(|_| {
+        format!("--since must be an RFC 3339 time (2026-11-24T10:00:00Z) or an age (90m, 2h), got {input:?}")
+    })?;
+    let age = chrono::Duration::from_std(age)
+        .map_err(|_| format!("--since {input:?} is too far back"))?;
+    now.checked_sub_signed(age)
+        .ok_or_else(|| format!("--since {input:?} is too far back"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_time_or_an_age() {
+        let now = DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            parse_since("2026-11-24T10:00:00Z", now)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-11-24T10:00:00+00:00"
+        );
+        assert_eq!(
+            parse_since("2h", now).unwrap().to_rfc3339(),
+            "2026-11-24T10:00:00+00:00"
+        );
+        assert_eq!(
+            parse_since("90m", now).unwrap().to_rfc3339(),
+            "2026-11-24T10:30:00+00:00"
+        );
+        assert!(
+            parse_since("yesterday", now)
+                .unwrap_err()
+                .contains("--since must be")
+        );
+    }
+}
