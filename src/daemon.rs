@@ -125,25 +125,23 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     for dependency in backends.dependencies() {
         app = app.with_dependency(dependency);
     }
-    let mut relay = None;
-    if let Some(store) = &backends.mysql {
-        let wake = RelayWake::new(tree::OUTBOX_RELAY);
-        if let Some((broker, _)) = &backends.jetstream {
-            relay = Some(RelayArgs {
-                store: store.clone(),
-                broker: broker.clone(),
-                batch_size: config.tuning.outbox_batch_size,
-                lease: Duration::from_secs(30),
-                poll_interval: config.tuning.outbox_poll_interval,
-                retry: crate::backends::retry_policy(&config),
-                retention: config.tuning.outbox_retention,
-                prune_interval: Duration::from_secs(600),
-                wake: wake.clone(),
-            });
-        }
-        let wake = relay.as_ref().map(|_| wake);
-        app = app.with_requests(store.clone(), wake, config.tuning.max_digits);
-    }
+    let wake = RelayWake::new(tree::OUTBOX_RELAY);
+    let relay = Some(RelayArgs {
+        store: backends.outbox.clone(),
+        broker: backends.broker.clone(),
+        batch_size: config.tuning.outbox_batch_size,
+        lease: Duration::from_secs(30),
+        poll_interval: config.tuning.outbox_poll_interval,
+        retry: crate::backends::retry_policy(&config),
+        retention: config.tuning.outbox_retention,
+        prune_interval: Duration::from_secs(600),
+        wake: wake.clone(),
+    });
+    app = app.with_requests(
+        backends.requests.clone(),
+        Some(wake),
+        config.tuning.max_digits,
+    );
     if config.fault_injection {
         tracing::warn!("PRIMED_FAULT_INJECTION is on: the admin API can kill actors");
     }

@@ -3,7 +3,7 @@
 //! ```text
 //! primed (one_for_one, 10 restarts / 60 s, backoff 10 ms → 5 s)
 //! ├── heartbeat      permanent  tree liveness → systemd watchdog (→ worker_health_checks, metrics)
-//! ├── outbox-relay   permanent  outbox rows → broker (when a store and a broker are configured)
+//! ├── outbox-relay   permanent  outbox rows → broker (JetStream, or the embedded queue)
 //! └── http           permanent  public API, /health /ready /admin/* /openapi.json
 //! ```
 //!

@@ -66,7 +66,7 @@ async fn with_no_configuration_it_serves_the_admin_tree_and_exits_0_on_sigterm()
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["heartbeat", "http"]);
+    assert_eq!(names, ["heartbeat", "outbox-relay", "http"]);
     for c in tree["children"].as_array().unwrap() {
         assert_eq!(c["state"], "running");
     }
@@ -76,6 +76,7 @@ async fn with_no_configuration_it_serves_the_admin_tree_and_exits_0_on_sigterm()
     let health: Value = health.json().await.unwrap();
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["checks"]["supervision_tree"]["status"], "up");
+    assert_eq!(health["checks"]["database"]["status"], "up");
 
     let missing = http.get(d.url("/nope")).send().await.unwrap();
     assert_eq!(missing.status(), 404);

@@ -2,4 +2,5 @@
 
 pub mod mysql;
 pub mod nats;
+pub mod sqlite;
 pub mod systemd;

@@ -56,6 +56,15 @@ impl Daemon {
     pub fn start(env: &[(&str, &str)]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
+        let mut daemon = Self::start_in(&data_dir, env);
+        daemon._tmp = Some(tmp);
+        daemon
+    }
+
+    /// Starts `primed run` on an existing data directory (a restart keeps its data).
+    pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let data_dir = data_dir.to_path_buf();
+        let tmp = None;
         let mut cmd = primed();
         cmd.arg("run")
             .env("PRIMED_DATA_DIR", &data_dir)
@@ -63,7 +72,7 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Self::spawn(cmd, data_dir, Some(tmp))
+        Self::spawn(cmd, data_dir, tmp)
     }
 
     fn spawn(mut cmd: Command, data_dir: PathBuf, tmp: Option<tempfile::TempDir>) -> Self {

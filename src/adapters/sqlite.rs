@@ -1,0 +1,488 @@
+//! The embedded backends on one SQLite file: the store, and a durable queue table that
+//! serves as the broker (DESIGN §6). Used when no MySQL or NATS is configured.
+//!
+//! SQLite has one writer at a time and no `SKIP LOCKED`; a claim is a single
+//! `UPDATE … RETURNING` statement, which is atomic, so the same relay logic holds. Times are
+//! integer microseconds (exact comparisons); they come from this process's clock, which is
+//! the only writer.
+
+use std::path::Path;
+use std::time::Duration;
+
+use actors::model::{
+    CreateOutcome, DLQ_OUTBOX, ListQuery, NewRequest, OutboxEvent, PrimeCheckRequested,
+    PrimeRequest, PublishFailure, RequestStatus, SUBJECT_PRIMECHECK_REQUESTED,
+};
+use actors::{Broker, BrokerError, OutboxStore, OutgoingMessage, RequestStore, StoreError};
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The SQLite file could not be opened or migrated.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot open the embedded database {path}: {reason}; check that PRIMED_DATA_DIR is writable"
+)]
+pub struct SqliteSetupError {
+    /// The file.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The embedded store.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    outbox_max_retries: u32,
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+fn now() -> i64 {
+    micros(Utc::now())
+}
+
+fn rejected(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(err.to_string())
+        }
+        // SQLITE_BUSY / SQLITE_LOCKED: another writer held the file past the busy timeout.
+        sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517")) =>
+        {
+            StoreError::Unavailable(err.to_string())
+        }
+        _ => StoreError::Rejected(err.to_string()),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `path` and applies the migrations.
+    pub async fn open(path: &Path, outbox_max_retries: u32) -> Result<Self, SqliteSetupError> {
+        let setup_error = |e: &dyn std::fmt::Display| SqliteSetupError {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| setup_error(&e))?;
+        MIGRATOR.run(&pool).await.map_err(|e| setup_error(&e))?;
+        Ok(Self {
+            pool,
+            outbox_max_retries,
+        })
+    }
+
+    /// The pool (the embedded queue shares it).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Answers a trivial query (for `/health`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(rejected)?;
+        Ok(())
+    }
+
+    async fn create_inner(&self, req: NewRequest) -> Result<CreateOutcome, StoreError> {
+        let created_at = Utc::now();
+        let created_us = micros(created_at);
+        let payload = serde_json::to_string(&PrimeCheckRequested {
+            request_id: req.id.clone(),
+            number: req.number.clone(),
+            email: req.email.clone(),
+        })
+        .map_err(|e| StoreError::Rejected(e.to_string()))?;
+        let mut tx = self.pool.begin().await.map_err(rejected)?;
+        let inserted = sqlx::query(
+            "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&req.id)
+        .bind(&req.number)
+        .bind(&req.email)
+        .bind(&req.idempotency_key)
+        .bind(&req.request_id)
+        .bind(created_us)
+        .execute(&mut *tx)
+        .await;
+        if let Err(err) = inserted {
+            let duplicate = matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation());
+            let _ = tx.rollback().await;
+            return match (&req.idempotency_key, duplicate) {
+                (Some(key), true) => self.existing(key, &req).await,
+                _ => Err(rejected(err)),
+            };
+        }
+        let outboxed = sqlx::query(
+            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&req.event_id)
+        .bind(SUBJECT_PRIMECHECK_REQUESTED)
+        .bind(&payload)
+        .bind(&req.request_id)
+        .bind(&req.traceparent)
+        .bind(self.outbox_max_retries)
+        .bind(created_us)
+        .execute(&mut *tx)
+        .await;
+        if let Err(err) = outboxed {
+            let _ = tx.rollback().await;
+            return Err(rejected(err));
+        }
+        tx.commit().await.map_err(rejected)?;
+        Ok(CreateOutcome::Created(PrimeRequest {
+            id: req.id,
+            number: req.number,
+            email: req.email,
+            status: RequestStatus::Pending,
+            is_prime: None,
+            factor: None,
+            created_at: from_micros(created_us),
+            completed_at: None,
+            error: None,
+        }))
+    }
+
+    async fn existing(&self, key: &str, req: &NewRequest) -> Result<CreateOutcome, StoreError> {
+        let row = sqlx::query(&format!("{SELECT_REQUEST} WHERE idempotency_key = ?"))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(rejected)?;
+        let Some(row) = row else {
+            return Err(StoreError::Unavailable(
+                "the request with this idempotency key disappeared; try again".into(),
+            ));
+        };
+        let first = request_from_row(&row)?;
+        if first.number == req.number && first.email == req.email {
+            Ok(CreateOutcome::Existing(first))
+        } else {
+            Ok(CreateOutcome::KeyConflict(first))
+        }
+    }
+
+    async fn mark_failed_inner(&self, failures: &[PublishFailure]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(rejected)?;
+        let now = now();
+        for failure in failures {
+            match failure.next_retry_at {
+                Some(at) => {
+                    sqlx::query(
+                        "UPDATE outbox SET retry_count = retry_count + 1, next_retry_at = ?, error_message = ?, \
+                         last_error_at = ?, claimed_until = NULL WHERE id = ? AND state = 'pending'",
+                    )
+                    .bind(micros(at))
+                    .bind(&failure.error)
+                    .bind(now)
+                    .bind(failure.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(rejected)?;
+                }
+                None => {
+                    let moved = sqlx::query(
+                        "UPDATE outbox SET state = 'dead', retry_count = retry_count + 1, error_message = ?, \
+                         last_error_at = ?, claimed_until = NULL WHERE id = ? AND state = 'pending'",
+                    )
+                    .bind(&failure.error)
+                    .bind(now)
+                    .bind(failure.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(rejected)?;
+                    if moved.rows_affected() == 0 {
+                        continue;
+                    }
+                    sqlx::query(
+                        "INSERT INTO dead_letter_messages (original_subject, original_message_id, dlq_subject, payload, \
+                         error_message, error_type, retry_count, original_created_at, dlq_created_at, last_retry_at) \
+                         SELECT subject, event_id, ?, payload, ?, 'transient', retry_count, created_at, ?, ? \
+                         FROM outbox WHERE id = ?",
+                    )
+                    .bind(DLQ_OUTBOX)
+                    .bind(&failure.error)
+                    .bind(now)
+                    .bind(now)
+                    .bind(failure.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(rejected)?;
+                    let hour = now - now.rem_euclid(3_600_000_000);
+                    sqlx::query(
+                        "INSERT INTO dlq_statistics (date_hour, subject, error_type, count, created_at) \
+                         VALUES (?, ?, 'transient', 1, ?) \
+                         ON CONFLICT (date_hour, subject, error_type) DO UPDATE SET count = count + 1",
+                    )
+                    .bind(hour)
+                    .bind(DLQ_OUTBOX)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(rejected)?;
+                }
+            }
+        }
+        tx.commit().await.map_err(rejected)
+    }
+}
+
+const SELECT_REQUEST: &str = "SELECT id, number, email, status, is_prime, factor, error, created_at, completed_at FROM prime_check_requests";
+
+fn request_from_row(row: &SqliteRow) -> Result<PrimeRequest, StoreError> {
+    let status: String = row.try_get("status").map_err(rejected)?;
+    let completed: Option<i64> = row.try_get("completed_at").map_err(rejected)?;
+    Ok(PrimeRequest {
+        id: row.try_get("id").map_err(rejected)?,
+        number: row.try_get("number").map_err(rejected)?,
+        email: row.try_get("email").map_err(rejected)?,
+        status: RequestStatus::parse(&status)
+            .ok_or_else(|| StoreError::Rejected(format!("unknown request status {status:?}")))?,
+        is_prime: row.try_get("is_prime").map_err(rejected)?,
+        factor: row.try_get("factor").map_err(rejected)?,
+        error: row.try_get("error").map_err(rejected)?,
+        created_at: from_micros(row.try_get("created_at").map_err(rejected)?),
+        completed_at: completed.map(from_micros),
+    })
+}
+
+fn push_ids(q: &mut QueryBuilder<'_, Sqlite>, ids: impl Iterator<Item = i64>) {
+    let mut sep = q.separated(", ");
+    for id in ids {
+        sep.push_bind(id);
+    }
+    sep.push_unseparated(")");
+}
+
+impl RequestStore for SqliteStore {
+    fn create(&self, request: NewRequest) -> BoxFuture<'_, Result<CreateOutcome, StoreError>> {
+        self.create_inner(request).boxed()
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<PrimeRequest>, StoreError>> {
+        async move {
+            let row = sqlx::query(&format!("{SELECT_REQUEST} WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(rejected)?;
+            row.as_ref().map(request_from_row).transpose()
+        }
+        .boxed()
+    }
+
+    fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<PrimeRequest>, StoreError>> {
+        async move {
+            let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(SELECT_REQUEST);
+            q.push(" WHERE 1 = 1");
+            if let Some(status) = query.status {
+                q.push(" AND status = ").push_bind(status.as_str());
+            }
+            if let Some(before) = &query.before {
+                q.push(" AND id < ").push_bind(before.clone());
+            }
+            q.push(" ORDER BY id DESC LIMIT ").push_bind(query.limit);
+            let rows = q.build().fetch_all(&self.pool).await.map_err(rejected)?;
+            rows.iter().map(request_from_row).collect()
+        }
+        .boxed()
+    }
+}
+
+impl OutboxStore for SqliteStore {
+    fn claim(
+        &self,
+        limit: u32,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Vec<OutboxEvent>, StoreError>> {
+        async move {
+            let now = now();
+            let until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
+            // One statement: atomic, so two relays never claim the same row.
+            let rows = sqlx::query(
+                "UPDATE outbox SET claimed_until = ? WHERE id IN ( \
+                   SELECT id FROM outbox WHERE state = 'pending' \
+                     AND (next_retry_at IS NULL OR next_retry_at <= ?) \
+                     AND (claimed_until IS NULL OR claimed_until < ?) \
+                   ORDER BY id LIMIT ?) \
+                 RETURNING id, event_id, subject, payload, request_id, traceparent, retry_count, max_retries, created_at",
+            )
+            .bind(until)
+            .bind(now)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(rejected)?;
+            let mut events = rows
+                .iter()
+                .map(|row| {
+                    let payload: String = row.try_get("payload").map_err(rejected)?;
+                    let retry_count: i64 = row.try_get("retry_count").map_err(rejected)?;
+                    let max_retries: i64 = row.try_get("max_retries").map_err(rejected)?;
+                    Ok(OutboxEvent {
+                        id: row.try_get("id").map_err(rejected)?,
+                        event_id: row.try_get("event_id").map_err(rejected)?,
+                        subject: row.try_get("subject").map_err(rejected)?,
+                        payload: payload.into_bytes(),
+                        request_id: row.try_get("request_id").map_err(rejected)?,
+                        traceparent: row.try_get("traceparent").map_err(rejected)?,
+                        retry_count: u32::try_from(retry_count).unwrap_or(0),
+                        max_retries: u32::try_from(max_retries).unwrap_or(0),
+                        created_at: from_micros(row.try_get("created_at").map_err(rejected)?),
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            // RETURNING does not promise an order.
+            events.sort_by_key(|e| e.id);
+            Ok(events)
+        }
+        .boxed()
+    }
+
+    fn mark_published<'a>(&'a self, ids: &'a [i64]) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut q: QueryBuilder<'_, Sqlite> =
+                QueryBuilder::new("UPDATE outbox SET state = 'published', published_at = ");
+            q.push_bind(now());
+            q.push(
+                ", claimed_until = NULL, error_message = NULL WHERE state = 'pending' AND id IN (",
+            );
+            push_ids(&mut q, ids.iter().copied());
+            q.build().execute(&self.pool).await.map_err(rejected)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn mark_failed<'a>(
+        &'a self,
+        failures: &'a [PublishFailure],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.mark_failed_inner(failures).boxed()
+    }
+
+    fn prune_published(&self, before: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        async move {
+            let done =
+                sqlx::query("DELETE FROM outbox WHERE state = 'published' AND published_at < ?")
+                    .bind(micros(before))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(rejected)?;
+            Ok(done.rows_affected())
+        }
+        .boxed()
+    }
+
+    fn replay_since(&self, since: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        async move {
+            let done = sqlx::query(
+                "UPDATE outbox SET state = 'pending', published_at = NULL, next_retry_at = NULL, claimed_until = NULL \
+                 WHERE state = 'published' AND created_at >= ?",
+            )
+            .bind(micros(since))
+            .execute(&self.pool)
+            .await
+            .map_err(rejected)?;
+            Ok(done.rows_affected())
+        }
+        .boxed()
+    }
+}
+
+/// The embedded broker: messages go into `queue_messages` in the same file. An event id is
+/// stored once, however often it is published (the embedded counterpart of JetStream's
+/// `Nats-Msg-Id` dedupe).
+#[derive(Clone, Debug)]
+pub struct EmbeddedQueue {
+    pool: SqlitePool,
+}
+
+impl EmbeddedQueue {
+    /// A queue in the store's file.
+    pub fn new(store: &SqliteStore) -> Self {
+        Self {
+            pool: store.pool.clone(),
+        }
+    }
+
+    /// Messages waiting on `subject` (for `/health` and tests).
+    pub async fn depth(&self, subject: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM queue_messages WHERE subject = ?")
+            .bind(subject)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(rejected)?;
+        row.try_get("n").map_err(rejected)
+    }
+}
+
+impl Broker for EmbeddedQueue {
+    fn publish_batch<'a>(
+        &'a self,
+        messages: &'a [OutgoingMessage],
+    ) -> BoxFuture<'a, Vec<Result<(), BrokerError>>> {
+        async move {
+            let result: Result<(), sqlx::Error> = async {
+                let mut tx = self.pool.begin().await?;
+                let now = now();
+                for m in messages {
+                    sqlx::query(
+                        "INSERT INTO queue_messages (event_id, subject, payload, request_id, traceparent, attempt, visible_at, created_at) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                    )
+                    .bind(&m.event_id)
+                    .bind(&m.subject)
+                    .bind(String::from_utf8_lossy(&m.payload).into_owned())
+                    .bind(&m.request_id)
+                    .bind(&m.traceparent)
+                    .bind(m.attempt)
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await
+            }
+            .await;
+            match result {
+                Ok(()) => messages.iter().map(|_| Ok(())).collect(),
+                Err(err) => {
+                    let err = BrokerError(format!("embedded queue: {err}"));
+                    messages.iter().map(|_| Err(err.clone())).collect()
+                }
+            }
+        }
+        .boxed()
+    }
+}
