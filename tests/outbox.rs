@@ -377,3 +377,27 @@ async fn a_replay_republishes_retained_rows_and_jetstream_drops_the_duplicates()
         "duplicates were stored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_rows_past_their_retention_are_pruned_and_nothing_else() {
+    let db = TestDb::create();
+    let store = store(&db, 3).await;
+    db.sql(
+        "INSERT INTO outbox (event_id, subject, payload, state, published_at) VALUES \
+         (UUID(), 's', '{}', 'published', NOW(6) - INTERVAL 25 HOUR), \
+         (UUID(), 's', '{}', 'published', NOW(6) - INTERVAL 26 HOUR), \
+         (UUID(), 's', '{}', 'published', NOW(6) - INTERVAL 1 HOUR), \
+         (UUID(), 's', '{}', 'pending', NULL), \
+         (UUID(), 's', '{}', 'dead', NULL)",
+    );
+    let cutoff = chrono::Utc::now() - chrono::Duration::hours(24);
+    let pruned = actors::OutboxStore::prune_published(&*store, cutoff)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2);
+    assert_eq!(
+        db.sql("SELECT GROUP_CONCAT(state ORDER BY state) FROM outbox")
+            .trim(),
+        "pending,published,dead"
+    );
+}
