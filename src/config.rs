@@ -75,6 +75,12 @@ pub const KEYS: &[Key] = &[
         "outbox rows the relay publishes per round",
     ),
     key(
+        "PRIMED_OUTBOX_PARALLEL_ROUNDS",
+        false,
+        Some("4"),
+        "relay rounds in flight at once (1-16)",
+    ),
+    key(
         "PRIMED_OUTBOX_POLL_INTERVAL_MS",
         false,
         Some("500"),
@@ -421,6 +427,8 @@ pub struct Tuning {
     pub db_timeout: Duration,
     /// Rows per relay round.
     pub outbox_batch_size: u32,
+    /// Relay rounds in flight.
+    pub outbox_parallel_rounds: u32,
     /// Relay round interval.
     pub outbox_poll_interval: Duration,
     /// Failed publishes before dead-lettering.
@@ -800,6 +808,19 @@ impl Config {
                 .into(),
             ),
             outbox_batch_size: batch,
+            outbox_parallel_rounds: match raw
+                .required("PRIMED_OUTBOX_PARALLEL_ROUNDS")?
+                .trim()
+                .parse::<u32>()
+            {
+                Ok(n) if (1..=16).contains(&n) => n,
+                _ => {
+                    return Err(raw.invalid(
+                        "PRIMED_OUTBOX_PARALLEL_ROUNDS",
+                        "a whole number from 1 to 16",
+                    ));
+                }
+            },
             outbox_poll_interval: ms("PRIMED_OUTBOX_POLL_INTERVAL_MS")?,
             outbox_max_retries: max_retries,
             outbox_retention: Duration::from_secs(

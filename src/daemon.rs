@@ -130,6 +130,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         store: backends.outbox.clone(),
         broker: backends.broker.clone(),
         batch_size: config.tuning.outbox_batch_size,
+        parallel_rounds: config.tuning.outbox_parallel_rounds,
         lease: Duration::from_secs(30),
         poll_interval: config.tuning.outbox_poll_interval,
         retry: crate::backends::retry_policy(&config),

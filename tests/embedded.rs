@@ -95,6 +95,7 @@ async fn the_embedded_store_keeps_the_outbox_promises() {
         store: Arc::new(store.clone()),
         broker: Arc::new(queue.clone()),
         batch_size: 2,
+        parallel_rounds: 1,
         lease: Duration::from_secs(30),
         poll_interval: Duration::from_secs(1),
         retry: RetryPolicy::default(),

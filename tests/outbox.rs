@@ -59,6 +59,7 @@ fn relay_args(store: Arc<MysqlStore>, broker: Arc<dyn Broker>, batch: u32) -> Re
         store,
         broker,
         batch_size: batch,
+        parallel_rounds: 1,
         lease: Duration::from_secs(30),
         poll_interval: Duration::from_millis(100),
         retry: fast_retries(),

@@ -78,6 +78,9 @@ pub struct RelayArgs {
     pub broker: Arc<dyn Broker>,
     /// Rows per round.
     pub batch_size: u32,
+    /// Rounds run at once (each claims its own rows), so that one round's database work
+    /// overlaps another's publishing.
+    pub parallel_rounds: u32,
     /// How long a claim keeps other relays off its rows.
     pub lease: Duration,
     /// Time between rounds when nothing wakes the relay.
@@ -122,6 +125,8 @@ pub struct RoundOutcome {
     pub retried: usize,
     /// Rows moved to the dead-letter table.
     pub dead: usize,
+    /// A round claimed a full batch: more rows are probably due.
+    pub saturated: bool,
 }
 
 impl Actor for OutboxRelay {
@@ -162,7 +167,7 @@ impl Actor for OutboxRelay {
         match msg {
             RelayMsg::Tick | RelayMsg::Wake | RelayMsg::Continue => {
                 state.args.wake.clear();
-                match round(&state.args).await {
+                match rounds(&state.args).await {
                     Ok(outcome) => {
                         if let Some(since) = state.failing_since.take() {
                             tracing::info!(
@@ -174,9 +179,7 @@ impl Actor for OutboxRelay {
                             tracing::warn!(?outcome, "some outbox events were not published");
                         }
                         // A full batch of successes means more rows are probably due.
-                        if outcome.claimed == state.args.batch_size as usize
-                            && outcome.published > 0
-                        {
+                        if outcome.saturated && outcome.published > 0 {
                             myself.cast(RelayMsg::Continue)?;
                         }
                     }
@@ -204,6 +207,28 @@ impl Actor for OutboxRelay {
     }
 }
 
+/// One round; when it comes back full (more rows are waiting), `parallel_rounds` more at
+/// once, their outcomes added up. Claims never overlap (rows are locked with SKIP LOCKED and
+/// leased), so parallel rounds only change how much work is in flight; an idle relay still
+/// runs a single claim per tick.
+pub async fn rounds(args: &RelayArgs) -> Result<RoundOutcome, crate::store::StoreError> {
+    let mut total = round(args).await?;
+    let n = args.parallel_rounds.max(1);
+    if n == 1 || !total.saturated {
+        return Ok(total);
+    }
+    total.saturated = false;
+    for result in futures::future::join_all((0..n).map(|_| round(args))).await {
+        let o = result?;
+        total.claimed += o.claimed;
+        total.published += o.published;
+        total.retried += o.retried;
+        total.dead += o.dead;
+        total.saturated |= o.saturated;
+    }
+    Ok(total)
+}
+
 /// One claim → publish → mark round.
 pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::StoreError> {
     let events = args.store.claim(args.batch_size, args.lease).await?;
@@ -224,6 +249,7 @@ pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Store
     let results = args.broker.publish_batch(&messages).await;
     let mut outcome = RoundOutcome {
         claimed: events.len(),
+        saturated: events.len() == args.batch_size as usize,
         ..RoundOutcome::default()
     };
     let mut published = Vec::with_capacity(events.len());
