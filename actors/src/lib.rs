@@ -17,4 +17,4 @@ pub use heartbeat::{
 };
 pub use outbox_relay::{OutboxRelay, RelayArgs, RelayMsg, RelayWake};
 pub use retry::RetryPolicy;
-pub use store::{OutboxStore, RequestStore, StoreError};
+pub use store::{Claim, OutboxStore, RequestStore, Settle, StoreError};

@@ -231,7 +231,8 @@ pub async fn rounds(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Stor
 
 /// One claim → publish → mark round.
 pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::StoreError> {
-    let events = args.store.claim(args.batch_size, args.lease).await?;
+    let claim = args.store.claim(args.batch_size, args.lease).await?;
+    let events = &claim.events;
     if events.is_empty() {
         return Ok(RoundOutcome::default());
     }
@@ -282,11 +283,6 @@ pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Store
         }
     }
     outcome.published = published.len();
-    if !published.is_empty() {
-        args.store.mark_published(&published).await?;
-    }
-    if !failures.is_empty() {
-        args.store.mark_failed(&failures).await?;
-    }
+    claim.settle(&published, &failures).await?;
     Ok(outcome)
 }

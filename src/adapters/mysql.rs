@@ -1,9 +1,11 @@
 //! The MySQL / MariaDB store: requests, the outbox and dead letters.
 //!
-//! Claims use `SELECT … FOR UPDATE SKIP LOCKED` in a short READ COMMITTED transaction that
-//! leases the rows (`claimed_until`), so any number of relays share the table without
-//! holding a transaction while they publish. Times come from the database clock (`NOW(6)`),
-//! which all daemons share.
+//! A claim is a READ COMMITTED transaction holding its rows with `SELECT … FOR UPDATE SKIP
+//! LOCKED`: other relays skip them, and the round marks them in the same transaction, so
+//! each event is written once. If the daemon dies mid-round the transaction rolls back and
+//! the rows are claimed again (JetStream drops the duplicate publish). READ COMMITTED takes
+//! no gap locks, so a held claim never blocks the API's inserts. Times come from the
+//! database clock (`NOW(6)`), which all daemons share.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -12,11 +14,11 @@ use actors::model::{
     CreateOutcome, DLQ_OUTBOX, ListQuery, NewRequest, OutboxEvent, PrimeCheckRequested,
     PrimeRequest, PublishFailure, RequestStatus, SUBJECT_PRIMECHECK_REQUESTED,
 };
-use actors::{OutboxStore, RequestStore, StoreError};
+use actors::{Claim, OutboxStore, RequestStore, Settle, StoreError};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{Acquire, MySql, QueryBuilder, Row};
 
 use crate::config::Secret;
@@ -69,6 +71,15 @@ impl MysqlStore {
             .acquire_timeout(settings.acquire_timeout)
             // A connection killed by the server is noticed and replaced before use.
             .test_before_acquire(true)
+            // Held claims must not take gap locks (they would block inserts).
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
+                })
+            })
             .connect_lazy_with(options);
         Ok(Self {
             pool,
@@ -185,24 +196,13 @@ impl MysqlStore {
         }
     }
 
-    async fn claim_inner(
-        &self,
-        limit: u32,
-        lease: Duration,
-    ) -> Result<Vec<OutboxEvent>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(classify)?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .execute(&mut *conn)
-            .await
-            .map_err(classify)?;
-        let mut tx = conn.begin().await.map_err(classify)?;
+    async fn claim_inner(&self, limit: u32) -> Result<Claim, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
         let rows = sqlx::query(
             "SELECT id, event_id, subject, CAST(payload AS CHAR) AS payload, request_id, traceparent, \
                     retry_count, max_retries, created_at \
              FROM outbox \
-             WHERE state = 'pending' \
-               AND (next_retry_at IS NULL OR next_retry_at <= NOW(6)) \
-               AND (claimed_until IS NULL OR claimed_until < NOW(6)) \
+             WHERE state = 'pending' AND (next_retry_at IS NULL OR next_retry_at <= NOW(6)) \
              ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
         )
         .bind(limit)
@@ -211,55 +211,80 @@ impl MysqlStore {
         .map_err(classify)?;
         if rows.is_empty() {
             tx.rollback().await.map_err(classify)?;
-            return Ok(Vec::new());
+            return Ok(Claim::empty());
         }
         let events = rows
             .iter()
             .map(event_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let mut update: QueryBuilder<'_, MySql> =
-            QueryBuilder::new("UPDATE outbox SET claimed_until = NOW(6) + INTERVAL ");
-        update.push_bind(lease.as_micros() as u64);
-        update.push(" MICROSECOND WHERE id IN (");
-        push_ids(&mut update, events.iter().map(|e| e.id));
-        update.build().execute(&mut *tx).await.map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        Ok(events)
+        Ok(Claim::new(events, Box::new(HeldClaim { tx })))
     }
+}
 
-    async fn mark_failed_inner(&self, failures: &[PublishFailure]) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(classify)?;
-        let mut tx = conn.begin().await.map_err(classify)?;
-        for failure in failures {
-            match failure.next_retry_at {
-                Some(at) => {
-                    sqlx::query(
-                        "UPDATE outbox SET retry_count = retry_count + 1, next_retry_at = ?, \
+/// The rows of one claim, locked by an open transaction until the round settles them.
+struct HeldClaim {
+    tx: sqlx::Transaction<'static, MySql>,
+}
+
+impl Settle for HeldClaim {
+    fn settle<'a>(
+        self: Box<Self>,
+        published: &'a [i64],
+        failures: &'a [PublishFailure],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut tx = self.tx;
+            if !published.is_empty() {
+                let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
+                    "UPDATE outbox SET state = 'published', published_at = NOW(6), error_message = NULL \
+                     WHERE id IN (",
+                );
+                push_ids(&mut q, published.iter().copied());
+                q.build().execute(&mut *tx).await.map_err(classify)?;
+            }
+            record_failures(&mut tx, failures).await?;
+            tx.commit().await.map_err(classify)
+        }
+        .boxed()
+    }
+}
+
+/// Records failed publishes: a retry time, or a move to the dead-letter table (with its
+/// hourly statistics).
+async fn record_failures(
+    conn: &mut MySqlConnection,
+    failures: &[PublishFailure],
+) -> Result<(), StoreError> {
+    for failure in failures {
+        match failure.next_retry_at {
+            Some(at) => {
+                sqlx::query(
+                    "UPDATE outbox SET retry_count = retry_count + 1, next_retry_at = ?, \
                          error_message = ?, last_error_at = NOW(6), claimed_until = NULL \
                          WHERE id = ? AND state = 'pending'",
-                    )
-                    .bind(at)
-                    .bind(&failure.error)
-                    .bind(failure.id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
+                )
+                .bind(at)
+                .bind(&failure.error)
+                .bind(failure.id)
+                .execute(&mut *conn)
+                .await
+                .map_err(classify)?;
+            }
+            None => {
+                let moved = sqlx::query(
+                    "UPDATE outbox SET state = 'dead', retry_count = retry_count + 1, \
+                         error_message = ?, last_error_at = NOW(6), claimed_until = NULL \
+                         WHERE id = ? AND state = 'pending'",
+                )
+                .bind(&failure.error)
+                .bind(failure.id)
+                .execute(&mut *conn)
+                .await
+                .map_err(classify)?;
+                if moved.rows_affected() == 0 {
+                    continue;
                 }
-                None => {
-                    let moved = sqlx::query(
-                        "UPDATE outbox SET state = 'dead', retry_count = retry_count + 1, \
-                         error_message = ?, last_error_at = NOW(6), claimed_until = NULL \
-                         WHERE id = ? AND state = 'pending'",
-                    )
-                    .bind(&failure.error)
-                    .bind(failure.id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                    if moved.rows_affected() == 0 {
-                        continue;
-                    }
-                    sqlx::query(
+                sqlx::query(
                         "INSERT INTO dead_letter_messages \
                            (original_subject, original_message_id, dlq_subject, payload, error_message, \
                             error_type, retry_count, original_created_at, last_retry_at) \
@@ -269,23 +294,22 @@ impl MysqlStore {
                     .bind(DLQ_OUTBOX)
                     .bind(&failure.error)
                     .bind(failure.id)
-                    .execute(&mut *tx)
+                    .execute(&mut *conn)
                     .await
                     .map_err(classify)?;
-                    sqlx::query(
+                sqlx::query(
                         "INSERT INTO dlq_statistics (date_hour, subject, error_type, count) \
                          VALUES (DATE_FORMAT(UTC_TIMESTAMP(), '%Y-%m-%d %H:00:00'), ?, 'transient', 1) \
                          ON DUPLICATE KEY UPDATE count = count + 1",
                     )
                     .bind(DLQ_OUTBOX)
-                    .execute(&mut *tx)
+                    .execute(&mut *conn)
                     .await
                     .map_err(classify)?;
-                }
             }
         }
-        tx.commit().await.map_err(classify)
     }
+    Ok(())
 }
 
 const SELECT_REQUEST: &str = "SELECT id, number, email, status, is_prime, factor, error, created_at, completed_at \
@@ -405,32 +429,9 @@ impl RequestStore for MysqlStore {
 }
 
 impl OutboxStore for MysqlStore {
-    fn claim(
-        &self,
-        limit: u32,
-        lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<OutboxEvent>, StoreError>> {
-        self.claim_inner(limit, lease).boxed()
-    }
-
-    fn mark_published<'a>(&'a self, ids: &'a [i64]) -> BoxFuture<'a, Result<(), StoreError>> {
-        async move {
-            let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
-                "UPDATE outbox SET state = 'published', published_at = NOW(6), claimed_until = NULL, \
-                 error_message = NULL WHERE state = 'pending' AND id IN (",
-            );
-            push_ids(&mut q, ids.iter().copied());
-            q.build().execute(&self.pool).await.map_err(classify)?;
-            Ok(())
-        }
-        .boxed()
-    }
-
-    fn mark_failed<'a>(
-        &'a self,
-        failures: &'a [PublishFailure],
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.mark_failed_inner(failures).boxed()
+    fn claim(&self, limit: u32, _lease: Duration) -> BoxFuture<'_, Result<Claim, StoreError>> {
+        // The open transaction is the claim; no lease is written.
+        self.claim_inner(limit).boxed()
     }
 
     fn prune_published(&self, before: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>> {

@@ -13,7 +13,9 @@ use actors::model::{
     CreateOutcome, DLQ_OUTBOX, ListQuery, NewRequest, OutboxEvent, PrimeCheckRequested,
     PrimeRequest, PublishFailure, RequestStatus, SUBJECT_PRIMECHECK_REQUESTED,
 };
-use actors::{Broker, BrokerError, OutboxStore, OutgoingMessage, RequestStore, StoreError};
+use actors::{
+    Broker, BrokerError, Claim, OutboxStore, OutgoingMessage, RequestStore, Settle, StoreError,
+};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -191,6 +193,16 @@ impl SqliteStore {
         }
     }
 
+    async fn mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let mut q: QueryBuilder<'_, Sqlite> =
+            QueryBuilder::new("UPDATE outbox SET state = 'published', published_at = ");
+        q.push_bind(now());
+        q.push(", claimed_until = NULL, error_message = NULL WHERE state = 'pending' AND id IN (");
+        push_ids(&mut q, ids.iter().copied());
+        q.build().execute(&self.pool).await.map_err(rejected)?;
+        Ok(())
+    }
+
     async fn mark_failed_inner(&self, failures: &[PublishFailure]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(rejected)?;
         let now = now();
@@ -253,6 +265,31 @@ impl SqliteStore {
             }
         }
         tx.commit().await.map_err(rejected)
+    }
+}
+
+/// A claim on SQLite: the rows are leased (`claimed_until`), since the single writer cannot
+/// stay locked while the embedded queue writes to the same file.
+struct LeasedClaim {
+    store: SqliteStore,
+}
+
+impl Settle for LeasedClaim {
+    fn settle<'a>(
+        self: Box<Self>,
+        published: &'a [i64],
+        failures: &'a [PublishFailure],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if !published.is_empty() {
+                self.store.mark_published(published).await?;
+            }
+            if !failures.is_empty() {
+                self.store.mark_failed_inner(failures).await?;
+            }
+            Ok(())
+        }
+        .boxed()
     }
 }
 
@@ -319,11 +356,7 @@ impl RequestStore for SqliteStore {
 }
 
 impl OutboxStore for SqliteStore {
-    fn claim(
-        &self,
-        limit: u32,
-        lease: Duration,
-    ) -> BoxFuture<'_, Result<Vec<OutboxEvent>, StoreError>> {
+    fn claim(&self, limit: u32, lease: Duration) -> BoxFuture<'_, Result<Claim, StoreError>> {
         async move {
             let now = now();
             let until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
@@ -364,31 +397,12 @@ impl OutboxStore for SqliteStore {
                 .collect::<Result<Vec<_>, StoreError>>()?;
             // RETURNING does not promise an order.
             events.sort_by_key(|e| e.id);
-            Ok(events)
+            if events.is_empty() {
+                return Ok(Claim::empty());
+            }
+            Ok(Claim::new(events, Box::new(LeasedClaim { store: self.clone() })))
         }
         .boxed()
-    }
-
-    fn mark_published<'a>(&'a self, ids: &'a [i64]) -> BoxFuture<'a, Result<(), StoreError>> {
-        async move {
-            let mut q: QueryBuilder<'_, Sqlite> =
-                QueryBuilder::new("UPDATE outbox SET state = 'published', published_at = ");
-            q.push_bind(now());
-            q.push(
-                ", claimed_until = NULL, error_message = NULL WHERE state = 'pending' AND id IN (",
-            );
-            push_ids(&mut q, ids.iter().copied());
-            q.build().execute(&self.pool).await.map_err(rejected)?;
-            Ok(())
-        }
-        .boxed()
-    }
-
-    fn mark_failed<'a>(
-        &'a self,
-        failures: &'a [PublishFailure],
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.mark_failed_inner(failures).boxed()
     }
 
     fn prune_published(&self, before: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>> {
