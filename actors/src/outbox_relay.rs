@@ -5,16 +5,18 @@
 //!
 //! Each round claims a batch of due rows by state (never an id cursor, which would skip rows
 //! whose transactions commit late), publishes them with their event id as the broker's
-//! dedupe key, waits for the acknowledgements pipelined, then marks the batch. A failed
+//! dedupe key, waits for the acknowledgements pipelined, then settles the claim. Up to
+//! `parallel_rounds` rounds run at once while batches come back full. A failed
 //! publish gets `retry_count + 1` and a `next_retry_at` from the [`RetryPolicy`]; past the
 //! event's `max_retries` it moves to the dead-letter table. A full batch is followed at once
 //! by the next round; an empty one waits for the next tick or wake.
 //!
 //! Failure behaviour: store and broker errors are expected (the database or NATS may be
 //! down); they are logged and the next tick tries again, so the actor does not fail on
-//! them. Several relays (in several daemons) may share a table: claims lease their rows.
-//! A restart loses nothing: unmarked rows are claimed again once their lease expires, and
-//! the broker drops the duplicate publish.
+//! them. Several relays (in several daemons) may share a table: a [`crate::Claim`] keeps
+//! other relays off its rows until the round settles it. A restart loses nothing: an
+//! unsettled claim is released (rolled back, or its lease runs out), its rows are claimed
+//! again, and the broker drops the duplicate publish.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
