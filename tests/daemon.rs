@@ -335,3 +335,40 @@ async fn a_killed_actor_is_restarted_and_a_tree_that_gives_up_exits_non_zero() {
     d.wait_for_log("restart intensity exceeded");
     d.wait_for_log("the supervision tree gave up");
 }
+
+#[test]
+fn a_shutdown_that_overruns_its_deadline_kills_what_is_left_and_exits_1() {
+    use std::io::{Read, Write};
+    let mut d = Daemon::start(&[("PRIMED_SHUTDOWN_TIMEOUT_SECONDS", "1")]);
+    // A request whose body never finishes arriving keeps the HTTP drain busy. The server
+    // answers "100 Continue" when the handler starts reading the body: then it is in flight.
+    let mut slow = std::net::TcpStream::connect(d.addr).unwrap();
+    slow.set_read_timeout(Some(support::WAIT)).unwrap();
+    slow.write_all(
+        b"POST /prime-check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        slow.read_exact(&mut byte).expect("no 100 Continue");
+        seen.push(byte[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 100"),
+        "{seen:?}"
+    );
+    slow.write_all(b"{\"num").unwrap();
+
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit();
+    assert_eq!(status.code(), Some(1), "log:\n{}", d.log.join("\n"));
+    assert!(
+        d.log
+            .iter()
+            .any(|l| l.contains("shutdown did not finish within 1s")),
+        "log:\n{}",
+        d.log.join("\n")
+    );
+}
