@@ -8,6 +8,7 @@ pub mod broker;
 pub mod heartbeat;
 pub mod model;
 pub mod outbox_relay;
+pub mod primality;
 pub mod retry;
 pub mod store;
 
