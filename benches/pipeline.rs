@@ -313,6 +313,7 @@ async fn relay_throughput(db: &str, store: Arc<MysqlStore>, nats: &Nats) {
                 attempt: 1,
                 request_id: e.request_id.clone(),
                 traceparent: None,
+                dlq_id: e.dlq_id,
             })
             .collect();
         let t = Instant::now();

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use actors::{Broker, OutboxStore, RequestStore, RetryPolicy};
+use actors::consumer::Source;
+use actors::dlq::AdvisoryFeed;
+use actors::workers::Mailer;
+use actors::{Broker, DlqStore, OutboxStore, RequestStore, RetryPolicy, WorkerStore};
 use futures::FutureExt;
 use supervision::Backoff;
 
@@ -25,6 +28,31 @@ pub enum BackendError {
     /// The embedded database.
     #[error(transparent)]
     Embedded(#[from] SqliteSetupError),
+    /// The mail transport.
+    #[error(transparent)]
+    Mail(#[from] crate::adapters::mail::MailSetupError),
+    /// A durable consumer could not be bound.
+    #[error("cannot bind to the JetStream consumers: {0}")]
+    Consumer(String),
+}
+
+/// What the consumers and the DLQ need (production mode: MySQL and NATS).
+#[derive(Clone)]
+pub struct WorkerBackends {
+    /// Results, sends, logs, dead letters.
+    pub store: Arc<dyn WorkerStore>,
+    /// The dead-letter queue.
+    pub dlq: Arc<dyn DlqStore>,
+    /// `primecheck.requested`.
+    pub primecheck: Arc<dyn Source>,
+    /// `email.send`.
+    pub email: Arc<dyn Source>,
+    /// Max-deliveries advisories.
+    pub advisories: Option<Arc<dyn AdvisoryFeed>>,
+    /// How mail goes out.
+    pub mailer: Arc<dyn Mailer>,
+    /// Where dead letters are copied (the DLQ stream).
+    pub dlq_broker: Arc<dyn Broker>,
 }
 
 /// The opened backends, whichever they are.
@@ -36,6 +64,10 @@ pub struct Backends {
     pub outbox: Arc<dyn OutboxStore>,
     /// Where the relay publishes.
     pub broker: Arc<dyn Broker>,
+    /// The consumers' and the DLQ's backends, when the store is MySQL and the broker NATS.
+    pub workers: Option<WorkerBackends>,
+    /// The dead-letter queue (for the DLQ API), when the store has one.
+    pub dlq: Option<Arc<dyn DlqStore>>,
     dependencies: Vec<Dependency>,
 }
 
@@ -64,6 +96,7 @@ pub fn mysql(config: &Config) -> Result<Option<MysqlStore>, BackendError> {
 pub async fn open(config: &Config) -> Result<Backends, BackendError> {
     let mut dependencies = Vec::new();
     let mut embedded: Option<SqliteStore> = None;
+    let mut mysql_store: Option<Arc<MysqlStore>> = None;
     let (requests, outbox): (Arc<dyn RequestStore>, Arc<dyn OutboxStore>) = match mysql(config)? {
         Some(store) => {
             if config.tuning.migrate_on_start {
@@ -76,6 +109,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
                 let store = probe.clone();
                 async move { store.ping().await.map_err(|e| e.to_string()) }.boxed()
             }));
+            mysql_store = Some(store.clone());
             (store.clone(), store)
         }
         None => {
@@ -90,11 +124,15 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
             (store.clone(), store)
         }
     };
+    let mut workers = None;
     let broker: Arc<dyn Broker> = match &config.broker {
         BrokerConfig::Nats { url, stream } => {
-            let settings = JetStreamSettings::new(stream);
+            let settings = jetstream_settings(config, stream);
             let (broker, client) = JetStreamBroker::connect(url, &settings).await?;
             broker.ensure_topology(&settings).await?;
+            if let Some(store) = &mysql_store {
+                workers = Some(worker_backends(config, store.clone(), &broker, stream).await?);
+            }
             tracing::info!(stream = %stream, "JetStream streams and consumers are set up");
             dependencies.push(Dependency::new("nats", move || {
                 let client = client.clone();
@@ -110,11 +148,74 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
             Arc::new(EmbeddedQueue::new(&file))
         }
     };
+    if workers.is_none() {
+        tracing::warn!(
+            "the prime-check and email workers run only with MySQL and NATS configured; requests will wait as pending"
+        );
+    }
     Ok(Backends {
         requests,
         outbox,
         broker,
+        workers,
+        dlq: mysql_store.map(|s| s as Arc<dyn DlqStore>),
         dependencies,
+    })
+}
+
+/// The JetStream settings the configuration describes.
+pub fn jetstream_settings(config: &Config, stream: &str) -> JetStreamSettings {
+    let mut settings = JetStreamSettings::new(stream);
+    settings.max_deliver = i64::from(config.workers.max_deliver);
+    settings.ack_wait = config.workers.ack_wait;
+    settings.backoff = config.workers.backoff.clone();
+    settings
+}
+
+async fn worker_backends(
+    config: &Config,
+    store: Arc<MysqlStore>,
+    broker: &JetStreamBroker,
+    stream: &str,
+) -> Result<WorkerBackends, BackendError> {
+    use crate::adapters::nats::{CONSUMER_EMAIL, CONSUMER_PRIMECHECK};
+    use crate::adapters::nats_consumer::{JetStreamAdvisories, JetStreamSource};
+    let js = broker.context();
+    let bind = |durable: &'static str| async move {
+        JetStreamSource::bind(js, stream, durable)
+            .await
+            .map_err(|e| BackendError::Consumer(e.to_string()))
+    };
+    let primecheck = bind(CONSUMER_PRIMECHECK).await?;
+    let email = bind(CONSUMER_EMAIL).await?;
+    let advisories = JetStreamAdvisories::bind(js, stream)
+        .await
+        .map_err(|e| BackendError::Consumer(e.to_string()))?;
+    Ok(WorkerBackends {
+        store: store.clone(),
+        dlq: store,
+        primecheck: Arc::new(primecheck),
+        email: Arc::new(email),
+        advisories: Some(Arc::new(advisories)),
+        mailer: mailer(config)?,
+        dlq_broker: Arc::new(broker.clone()),
+    })
+}
+
+/// The mail transport: SMTP when configured, else `.eml` files under the data directory.
+pub fn mailer(config: &Config) -> Result<Arc<dyn Mailer>, BackendError> {
+    use crate::adapters::mail::{FileMailer, SmtpMailer};
+    Ok(match &config.smtp {
+        Some(smtp) => Arc::new(SmtpMailer::new(
+            smtp,
+            config.workers.smtp_timeout,
+            config.workers.smtp_concurrency,
+        )?),
+        None => {
+            let dir = config.data_dir.join("mail");
+            tracing::info!(dir = %dir.display(), "no SMTP_HOST: result emails are written as .eml files");
+            Arc::new(FileMailer::new(dir, "primed@localhost")?)
+        }
     })
 }
 

@@ -123,6 +123,84 @@ pub const KEYS: &[Key] = &[
         "random spread of retry delays, 0 to 1",
     ),
     key(
+        "PRIMED_PRIMECHECK_WORKERS",
+        false,
+        Some("2"),
+        "prime-check workers (pullers) in this daemon",
+    ),
+    key(
+        "PRIMED_EMAIL_WORKERS",
+        false,
+        Some("2"),
+        "email-send workers (pullers) in this daemon",
+    ),
+    key(
+        "PRIMED_WORKER_BATCH",
+        false,
+        Some("16"),
+        "messages a worker pulls and handles at once",
+    ),
+    key(
+        "PRIMED_PRIME_TIMEOUT_MS",
+        false,
+        Some("10000"),
+        "longest a primality test may run before it is a permanent error",
+    ),
+    key(
+        "PRIMED_MAX_DELIVER",
+        false,
+        Some("3"),
+        "deliveries of a message before a transient failure is dead-lettered",
+    ),
+    key(
+        "PRIMED_ACK_WAIT_SECONDS",
+        false,
+        Some("30"),
+        "time a worker may hold a message before JetStream redelivers it",
+    ),
+    key(
+        "PRIMED_RETRY_BACKOFF",
+        false,
+        Some("1s,2s,4s"),
+        "delays before the 2nd, 3rd, ... delivery after a transient failure",
+    ),
+    key(
+        "PRIMED_SMTP_CONCURRENCY",
+        false,
+        Some("8"),
+        "SMTP sends in flight at once in this daemon",
+    ),
+    key(
+        "PRIMED_SMTP_TIMEOUT_SECONDS",
+        false,
+        Some("10"),
+        "SMTP connect and command timeout",
+    ),
+    key(
+        "PRIMED_SMTP_BREAKER_THRESHOLD",
+        false,
+        Some("5"),
+        "consecutive transient SMTP failures that open the circuit breaker",
+    ),
+    key(
+        "PRIMED_SMTP_BREAKER_COOLDOWN_SECONDS",
+        false,
+        Some("30"),
+        "seconds the SMTP breaker stays open before a probe",
+    ),
+    key(
+        "PRIMED_DLQ_RULES",
+        false,
+        Some(DEFAULT_DLQ_RULES),
+        "automatic DLQ reprocess rules: name:wait:max:subjects:regex, separated by ';' (empty: none)",
+    ),
+    key(
+        "PRIMED_DLQ_RULE_INTERVAL_SECONDS",
+        false,
+        Some("30"),
+        "seconds between applications of the DLQ rules",
+    ),
+    key(
         "DATABASE_URL",
         true,
         None,
@@ -414,6 +492,105 @@ pub struct SmtpConfig {
     pub from: String,
 }
 
+/// The default automatic reprocess rule (seed §3.3.1): network trouble and timeouts are
+/// retried after 30 minutes, at most twice.
+pub const DEFAULT_DLQ_RULES: &str =
+    "network:30m:2::(?i)(timed? ?out|timeout|connection (refused|reset)|network)";
+
+/// One automatic DLQ reprocess rule.
+#[derive(Debug, Clone)]
+pub struct DlqRule {
+    /// Its name.
+    pub name: String,
+    /// Wait before a retry.
+    pub wait: Duration,
+    /// Automatic retries per dead letter.
+    pub max_retries: u32,
+    /// Original subjects (all when empty).
+    pub subjects: Vec<String>,
+    /// Matched against the error message.
+    pub pattern: regex::Regex,
+}
+
+impl PartialEq for DlqRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.wait == other.wait
+            && self.max_retries == other.max_retries
+            && self.subjects == other.subjects
+            && self.pattern.as_str() == other.pattern.as_str()
+    }
+}
+
+/// Parses `name:wait:max:subjects:regex;...`.
+pub fn parse_dlq_rules(spec: &str) -> Result<Vec<DlqRule>, String> {
+    spec.split(';')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|rule| {
+            let mut parts = rule.splitn(5, ':');
+            let mut next = |what: &str| {
+                parts
+                    .next()
+                    .map(str::trim)
+                    .ok_or_else(|| format!("rule {rule:?} has no {what}"))
+            };
+            let name = next("name")?.to_string();
+            let wait = humantime::parse_duration(next("wait")?)
+                .map_err(|e| format!("rule {name:?}: the wait is not a duration like 30m ({e})"))?;
+            let max_retries = next("max")?
+                .parse::<u32>()
+                .map_err(|_| format!("rule {name:?}: the max is not a whole number"))?;
+            let subjects = next("subjects")?
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            let pattern = regex::Regex::new(next("regex")?)
+                .map_err(|e| format!("rule {name:?}: the pattern is not a valid regex ({e})"))?;
+            Ok(DlqRule {
+                name,
+                wait,
+                max_retries,
+                subjects,
+                pattern,
+            })
+        })
+        .collect()
+}
+
+/// The consumers, their retries, SMTP limits and the DLQ rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workers {
+    /// Prime-check workers.
+    pub primecheck_workers: u32,
+    /// Email workers.
+    pub email_workers: u32,
+    /// Messages per pull.
+    pub batch: u32,
+    /// Primality test limit.
+    pub prime_timeout: Duration,
+    /// Deliveries before dead-lettering.
+    pub max_deliver: u32,
+    /// Ack wait.
+    pub ack_wait: Duration,
+    /// NAK delays.
+    pub backoff: Vec<Duration>,
+    /// SMTP sends in flight.
+    pub smtp_concurrency: u32,
+    /// SMTP timeout.
+    pub smtp_timeout: Duration,
+    /// Breaker threshold.
+    pub breaker_threshold: u32,
+    /// Breaker cool-down.
+    pub breaker_cool_down: Duration,
+    /// Automatic reprocess rules.
+    pub dlq_rules: Vec<DlqRule>,
+    /// Rule interval.
+    pub dlq_rule_interval: Duration,
+}
+
 /// Limits, pool sizes, and the outbox relay's and retries' settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tuning {
@@ -460,6 +637,8 @@ pub struct Config {
     pub fault_injection: bool,
     /// Pipeline tuning: limits, pools, outbox and retries.
     pub tuning: Tuning,
+    /// Consumers, their retries, SMTP limits, DLQ rules.
+    pub workers: Workers,
     /// Store.
     pub store: StoreConfig,
     /// Broker.
@@ -618,6 +797,7 @@ impl Config {
 
         let fault_injection = raw.boolean("PRIMED_FAULT_INJECTION")?;
         let tuning = Self::tuning(&raw)?;
+        let workers = Self::workers(&raw)?;
         let store = Self::store(&raw)?;
         let broker = Self::broker(&raw)?;
 
@@ -746,6 +926,7 @@ impl Config {
             heartbeat_interval,
             fault_injection,
             tuning,
+            workers,
             store,
             broker,
             redis,
@@ -756,6 +937,66 @@ impl Config {
             admin_api_keys,
             jwt_secret,
             effective,
+        })
+    }
+
+    fn workers(raw: &Raw) -> Result<Workers, ConfigError> {
+        let secs = |name: &'static str| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(
+                raw.positive(name, "a whole number of seconds, at least 1")?
+                    .into(),
+            ))
+        };
+        let backoff: Vec<Duration> = raw
+            .required("PRIMED_RETRY_BACKOFF")?
+            .split(',')
+            .map(|s| humantime::parse_duration(s.trim()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                raw.invalid(
+                    "PRIMED_RETRY_BACKOFF",
+                    "comma-separated durations, e.g. 1s,2s,4s",
+                )
+            })?;
+        if backoff.is_empty() || backoff.iter().any(Duration::is_zero) {
+            return Err(raw.invalid(
+                "PRIMED_RETRY_BACKOFF",
+                "comma-separated durations, e.g. 1s,2s,4s",
+            ));
+        }
+        let dlq_rules = parse_dlq_rules(raw.get("PRIMED_DLQ_RULES").unwrap_or_default()).map_err(
+            |_| {
+                raw.invalid(
+                    "PRIMED_DLQ_RULES",
+                    "rules name:wait:max:subjects:regex separated by ';', e.g. network:30m:2::timed out",
+                )
+            },
+        )?;
+        Ok(Workers {
+            primecheck_workers: raw
+                .positive("PRIMED_PRIMECHECK_WORKERS", "a whole number, at least 1")?,
+            email_workers: raw.positive("PRIMED_EMAIL_WORKERS", "a whole number, at least 1")?,
+            batch: raw.positive("PRIMED_WORKER_BATCH", "a whole number, at least 1")?,
+            prime_timeout: Duration::from_millis(
+                raw.positive(
+                    "PRIMED_PRIME_TIMEOUT_MS",
+                    "a whole number of milliseconds, at least 1",
+                )?
+                .into(),
+            ),
+            max_deliver: raw.positive("PRIMED_MAX_DELIVER", "a whole number, at least 1")?,
+            ack_wait: secs("PRIMED_ACK_WAIT_SECONDS")?,
+            backoff,
+            smtp_concurrency: raw
+                .positive("PRIMED_SMTP_CONCURRENCY", "a whole number, at least 1")?,
+            smtp_timeout: secs("PRIMED_SMTP_TIMEOUT_SECONDS")?,
+            breaker_threshold: raw.positive(
+                "PRIMED_SMTP_BREAKER_THRESHOLD",
+                "a whole number, at least 1",
+            )?,
+            breaker_cool_down: secs("PRIMED_SMTP_BREAKER_COOLDOWN_SECONDS")?,
+            dlq_rules,
+            dlq_rule_interval: secs("PRIMED_DLQ_RULE_INTERVAL_SECONDS")?,
         })
     }
 

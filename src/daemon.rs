@@ -138,11 +138,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         prune_interval: Duration::from_secs(600),
         wake: wake.clone(),
     });
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let pipeline = backends
+        .workers
+        .as_ref()
+        .map(|w| pipeline(&config, w, wake.clone(), shutdown_rx.clone()));
     app = app.with_requests(
         backends.requests.clone(),
         Some(wake),
         config.tuning.max_digits,
     );
+    if let Some(dlq) = &backends.dlq {
+        app = app.with_dlq(dlq.clone());
+    }
     if config.fault_injection {
         tracing::warn!("PRIMED_FAULT_INJECTION is on: the admin API can kill actors");
     }
@@ -163,6 +171,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         heartbeat_interval,
         health_sinks,
         relay,
+        pipeline,
     };
     let (root, mut root_done) = Supervisor::start(tree::root(&deps))
         .await
@@ -189,6 +198,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     app.set_ready(false);
     systemd::notify_stopping();
+    // Workers release the messages they hold instead of waiting for a dependency.
+    let _ = shutdown_tx.send(true);
     match root
         .stop_and_wait(Some("shutdown".into()), Some(config.shutdown_timeout))
         .await
@@ -201,6 +212,93 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             root.kill();
             Err(DaemonError::ShutdownOverran(config.shutdown_timeout))
         }
+    }
+}
+
+/// The consumers, the DLQ actor and the retry timer.
+fn pipeline(
+    config: &Config,
+    w: &crate::backends::WorkerBackends,
+    wake: RelayWake,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tree::PipelineDeps {
+    use actors::breaker::{BreakerSettings, CircuitBreaker};
+    use actors::consumer::{ConsumerPolicy, WorkerArgs};
+    use actors::dlq::{DlqArgs, ReprocessRule, TimerArgs};
+    use actors::workers::{EmailHandler, PrimeCheckHandler};
+    use tokio::sync::Semaphore;
+
+    let workers = &config.workers;
+    let policy = ConsumerPolicy {
+        max_deliver: workers.max_deliver,
+        backoff: workers.backoff.clone(),
+        ack_wait: workers.ack_wait,
+        ack_backoff: crate::backends::jetstream_settings(config, "")
+            .consumer("", "")
+            .backoff,
+    };
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let worker = |name: &str, source, handler| WorkerArgs {
+        name: name.into(),
+        source,
+        handler,
+        store: w.store.clone(),
+        policy: policy.clone(),
+        batch: workers.batch as usize,
+        expires: Duration::from_secs(1),
+        shutdown: shutdown.clone(),
+    };
+    let primecheck = worker(
+        "primecheck-worker",
+        w.primecheck.clone(),
+        Arc::new(PrimeCheckHandler {
+            store: w.store.clone(),
+            time_limit: workers.prime_timeout,
+            cpu: Arc::new(Semaphore::new(cpus)),
+            wake: Some(wake),
+        }),
+    );
+    let email = worker(
+        "email-worker",
+        w.email.clone(),
+        Arc::new(EmailHandler {
+            store: w.store.clone(),
+            mailer: w.mailer.clone(),
+            breaker: Arc::new(CircuitBreaker::new(BreakerSettings {
+                threshold: workers.breaker_threshold,
+                cool_down: workers.breaker_cool_down,
+            })),
+            concurrency: Arc::new(Semaphore::new(workers.smtp_concurrency as usize)),
+            message_id_domain: "primed".into(),
+        }),
+    );
+    tree::PipelineDeps {
+        primecheck,
+        primecheck_workers: workers.primecheck_workers,
+        email,
+        email_workers: workers.email_workers,
+        dlq: DlqArgs {
+            store: w.dlq.clone(),
+            workers: w.store.clone(),
+            broker: w.dlq_broker.clone(),
+            advisories: w.advisories.clone(),
+            interval: Duration::from_secs(1),
+        },
+        timer: TimerArgs {
+            store: w.dlq.clone(),
+            rules: workers
+                .dlq_rules
+                .iter()
+                .map(|r| ReprocessRule {
+                    name: r.name.clone(),
+                    pattern: r.pattern.clone(),
+                    wait: r.wait,
+                    max_retries: r.max_retries,
+                    subjects: r.subjects.clone(),
+                })
+                .collect(),
+            interval: workers.dlq_rule_interval,
+        },
     }
 }
 

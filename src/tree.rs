@@ -2,18 +2,25 @@
 //!
 //! ```text
 //! primed (one_for_one, 10 restarts / 60 s, backoff 10 ms → 5 s)
-//! ├── heartbeat      permanent  tree liveness → systemd watchdog (→ worker_health_checks, metrics)
-//! ├── outbox-relay   permanent  outbox rows → broker (JetStream, or the embedded queue)
-//! └── http           permanent  public API, /health /ready /admin/* /openapi.json
+//! ├── heartbeat           permanent  tree liveness → systemd watchdog (→ worker_health_checks, metrics)
+//! ├── outbox-relay        permanent  outbox rows → broker (JetStream, or the embedded queue)
+//! ├── dlq                 permanent  dead letters → DEAD_LETTER_QUEUE stream; max-deliveries advisories
+//! ├── retry-timer         permanent  automatic DLQ reprocess rules
+//! ├── primecheck-workers  supervisor (one_for_one): primecheck-worker-1..N
+//! ├── email-workers       supervisor (one_for_one): email-worker-1..N
+//! └── http                permanent  public API, DLQ API, /health /ready /admin/* /openapi.json
 //! ```
 //!
 //! Children start top to bottom and stop bottom to top, so on shutdown HTTP intake stops
-//! first, then the relay (which finishes its round), and the heartbeat last. Consumers,
-//! the retry timer and the DLQ join between heartbeat and HTTP as they arrive.
+//! first, then the workers (which finish or release what they hold), then the DLQ and the
+//! relay (which finishes its round), and the heartbeat last. The DLQ, the timer and the
+//! workers run when the store is MySQL and the broker NATS.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use actors::consumer::{Worker, WorkerArgs};
+use actors::dlq::{Dlq, DlqArgs, RetryTimer, TimerArgs};
 use actors::{HealthSink, Heartbeat, HeartbeatArgs, OutboxRelay, RelayArgs};
 use supervision::{Backoff, ChildSpec, Strategy, SupervisorSpec};
 
@@ -28,6 +35,55 @@ pub const HEARTBEAT: &str = "heartbeat";
 pub const OUTBOX_RELAY: &str = "outbox-relay";
 /// Registered name of the HTTP server actor.
 pub const HTTP: &str = "http";
+/// Registered name of the DLQ actor.
+pub const DLQ: &str = "dlq";
+/// Registered name of the retry timer.
+pub const RETRY_TIMER: &str = "retry-timer";
+/// The prime-check workers' supervisor.
+pub const PRIMECHECK_WORKERS: &str = "primecheck-workers";
+/// The email workers' supervisor.
+pub const EMAIL_WORKERS: &str = "email-workers";
+
+/// The consumers, the DLQ and the retry timer.
+#[derive(Clone)]
+pub struct PipelineDeps {
+    /// A prime-check worker's configuration (its name is set per worker).
+    pub primecheck: WorkerArgs,
+    /// How many.
+    pub primecheck_workers: u32,
+    /// An email worker's configuration.
+    pub email: WorkerArgs,
+    /// How many.
+    pub email_workers: u32,
+    /// The DLQ actor.
+    pub dlq: DlqArgs,
+    /// The retry timer.
+    pub timer: TimerArgs,
+}
+
+fn pool(name: &str, worker: &str, n: u32, args: &WorkerArgs) -> ChildSpec {
+    let children = (1..=n).map(|i| {
+        let name = format!("{worker}-{i}");
+        let args = WorkerArgs {
+            name: name.clone(),
+            ..args.clone()
+        };
+        // A pull ends within `expires`; held messages are released on shutdown.
+        ChildSpec::actor(name, Worker, args).shutdown(Duration::from_secs(15))
+    });
+    ChildSpec::supervisor(
+        SupervisorSpec::new(name, Strategy::OneForOne)
+            .intensity(20, Duration::from_secs(60))
+            .backoff(Backoff {
+                initial: Duration::from_millis(10),
+                max: Duration::from_secs(5),
+                multiplier: 2.0,
+                jitter: 0.2,
+                reset_after: Duration::from_secs(30),
+            })
+            .children(children),
+    )
+}
 
 /// What the tree's actors need from the daemon.
 #[derive(Clone)]
@@ -42,6 +98,8 @@ pub struct TreeDeps {
     pub health_sinks: Vec<Arc<dyn HealthSink>>,
     /// The outbox relay's configuration, when a store and a broker are configured.
     pub relay: Option<RelayArgs>,
+    /// The consumers, DLQ and retry timer, in production mode.
+    pub pipeline: Option<PipelineDeps>,
 }
 
 /// The root of the tree.
@@ -73,6 +131,20 @@ pub fn root(deps: &TreeDeps) -> SupervisorSpec {
             .shutdown(Duration::from_secs(2)),
         )
         .children(relay)
+        .children(deps.pipeline.iter().flat_map(|p| {
+            [
+                ChildSpec::actor(DLQ, Dlq, p.dlq.clone()).shutdown(Duration::from_secs(10)),
+                ChildSpec::actor(RETRY_TIMER, RetryTimer, p.timer.clone())
+                    .shutdown(Duration::from_secs(10)),
+                pool(
+                    PRIMECHECK_WORKERS,
+                    "primecheck-worker",
+                    p.primecheck_workers,
+                    &p.primecheck,
+                ),
+                pool(EMAIL_WORKERS, "email-worker", p.email_workers, &p.email),
+            ]
+        }))
         .child(
             ChildSpec::actor(
                 HTTP,

@@ -17,6 +17,8 @@ pub struct OutgoingMessage {
     pub request_id: Option<String>,
     /// W3C trace context.
     pub traceparent: Option<String>,
+    /// The dead letter this message reprocesses.
+    pub dlq_id: Option<i64>,
 }
 
 /// A publish failed.

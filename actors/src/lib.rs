@@ -4,13 +4,17 @@
 //! trait an adapter in the daemon implements. No actor here knows which backend it talks to.
 #![warn(missing_docs)]
 
+pub mod breaker;
 pub mod broker;
+pub mod consumer;
+pub mod dlq;
 pub mod heartbeat;
 pub mod model;
 pub mod outbox_relay;
 pub mod primality;
 pub mod retry;
 pub mod store;
+pub mod workers;
 
 pub use broker::{Broker, BrokerError, OutgoingMessage};
 pub use heartbeat::{
@@ -18,4 +22,4 @@ pub use heartbeat::{
 };
 pub use outbox_relay::{OutboxRelay, RelayArgs, RelayMsg, RelayWake};
 pub use retry::RetryPolicy;
-pub use store::{Claim, OutboxStore, RequestStore, Settle, StoreError};
+pub use store::{Claim, DlqStore, OutboxStore, RequestStore, Settle, StoreError, WorkerStore};

@@ -139,6 +139,8 @@ pub struct OutboxEvent {
     pub max_retries: u32,
     /// When it was written.
     pub created_at: DateTime<Utc>,
+    /// The dead letter this event reprocesses.
+    pub dlq_id: Option<i64>,
 }
 
 /// A failed publish to record.
@@ -150,4 +152,320 @@ pub struct PublishFailure {
     pub error: String,
     /// When to try again; `None` moves the event to the dead-letter table.
     pub next_retry_at: Option<DateTime<Utc>>,
+}
+
+/// DLQ subject for prime checks that gave up.
+pub const DLQ_PRIMECHECK: &str = "dlq.primecheck";
+/// DLQ subject for emails that gave up.
+pub const DLQ_EMAILSEND: &str = "dlq.emailsend";
+
+/// The DLQ subject for an original subject.
+pub fn dlq_subject(original: &str) -> &'static str {
+    match original {
+        SUBJECT_PRIMECHECK_REQUESTED => DLQ_PRIMECHECK,
+        SUBJECT_EMAIL_SEND => DLQ_EMAILSEND,
+        _ => DLQ_OUTBOX,
+    }
+}
+
+/// How a failure is treated (seed §2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// May succeed later: retried with backoff, dead-lettered past the delivery budget.
+    Transient,
+    /// Will never succeed as is: dead-lettered at once.
+    Permanent,
+    /// Cannot even be decoded: dead-lettered at once, never retried automatically.
+    Poison,
+}
+
+impl ErrorClass {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Poison => "poison",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "transient" => Some(ErrorClass::Transient),
+            "permanent" => Some(ErrorClass::Permanent),
+            "poison" => Some(ErrorClass::Poison),
+            _ => None,
+        }
+    }
+}
+
+/// The payload of `email.send`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailSend {
+    /// The request's id.
+    pub request_id: String,
+    /// The number.
+    pub number: String,
+    /// The recipient.
+    pub email: String,
+    /// The answer.
+    pub is_prime: bool,
+    /// A small factor, when one was found.
+    pub factor: Option<String>,
+    /// Decimal digits of the number.
+    pub digits: usize,
+}
+
+/// A prime-check result to store with its `email.send` event, once per event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrimeResult {
+    /// The `primecheck.requested` event it answers.
+    pub event_id: String,
+    /// The email event to publish (a fresh id).
+    pub email_event_id: String,
+    /// The answer and the email's content.
+    pub email: EmailSend,
+    /// How long the test took.
+    pub duration: std::time::Duration,
+    /// Correlation id.
+    pub request_id: Option<String>,
+    /// Trace context.
+    pub traceparent: Option<String>,
+}
+
+/// A sent email to record, once per event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentEmail {
+    /// The `email.send` event.
+    pub event_id: String,
+    /// The request it answers.
+    pub request_id: String,
+    /// The recipient.
+    pub recipient: String,
+    /// The `Message-ID` header sent.
+    pub message_id: String,
+}
+
+/// What happened to one delivery attempt (a `message_processing_logs` row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptStatus {
+    /// Being processed (written for attempts held while a dependency is down).
+    Processing,
+    /// Done.
+    Success,
+    /// Given up (dead-lettered).
+    Failed,
+    /// Will be retried.
+    Retry,
+}
+
+impl AttemptStatus {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Processing => "processing",
+            AttemptStatus::Success => "success",
+            AttemptStatus::Failed => "failed",
+            AttemptStatus::Retry => "retry",
+        }
+    }
+}
+
+/// One `message_processing_logs` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptLog {
+    /// The event id.
+    pub message_id: String,
+    /// Its subject.
+    pub subject: String,
+    /// The outcome.
+    pub status: AttemptStatus,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// How long the attempt took.
+    pub processing_time: std::time::Duration,
+}
+
+/// A message given up on, to store in `dead_letter_messages`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDeadLetter {
+    /// The subject it was sent on.
+    pub original_subject: String,
+    /// Its event id, when known.
+    pub original_message_id: Option<String>,
+    /// The payload as received (not valid JSON for poison messages: it is then wrapped).
+    pub payload: Vec<u8>,
+    /// Why it was given up.
+    pub error: String,
+    /// Its class.
+    pub error_type: ErrorClass,
+    /// Deliveries so far.
+    pub retry_count: u32,
+    /// When it was first published.
+    pub original_created_at: DateTime<Utc>,
+    /// The request it belongs to, when known.
+    pub request_id: Option<String>,
+    /// Set when this was a reprocess of an existing dead letter: that row is updated
+    /// (back to `pending` with the new error) instead of a new one being added.
+    pub dlq_id: Option<i64>,
+}
+
+/// Status of a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DlqStatus {
+    /// Waiting for an operator or a rule.
+    Pending,
+    /// Republished; waiting for the outcome.
+    Reprocessing,
+    /// The reprocessed message succeeded.
+    Resolved,
+    /// An operator gave up on it.
+    Discarded,
+}
+
+impl DlqStatus {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DlqStatus::Pending => "pending",
+            DlqStatus::Reprocessing => "reprocessing",
+            DlqStatus::Resolved => "resolved",
+            DlqStatus::Discarded => "discarded",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DlqStatus::Pending),
+            "reprocessing" => Some(DlqStatus::Reprocessing),
+            "resolved" => Some(DlqStatus::Resolved),
+            "discarded" => Some(DlqStatus::Discarded),
+            _ => None,
+        }
+    }
+}
+
+/// A stored dead letter.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// Row id.
+    pub id: i64,
+    /// The subject it was sent on.
+    pub original_subject: String,
+    /// Its event id.
+    pub original_message_id: Option<String>,
+    /// `dlq.primecheck`, `dlq.emailsend` or `dlq.outbox`.
+    pub dlq_subject: String,
+    /// The payload (JSON).
+    pub payload: serde_json::Value,
+    /// Why it was given up (the latest failure).
+    pub error_message: String,
+    /// Its class.
+    pub error_type: ErrorClass,
+    /// Deliveries or publish attempts.
+    pub retry_count: u32,
+    /// When the original was published.
+    pub original_created_at: DateTime<Utc>,
+    /// When it was dead-lettered.
+    pub dlq_created_at: DateTime<Utc>,
+    /// When it was last reprocessed.
+    pub last_retry_at: Option<DateTime<Utc>>,
+    /// Where it is.
+    pub status: DlqStatus,
+    /// When it was resolved or discarded.
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// Who resolved (asked for the successful reprocess) or discarded it.
+    pub resolved_by: Option<String>,
+    /// The request it belongs to.
+    pub request_id: Option<String>,
+    /// Who last asked for a reprocess or discard.
+    pub operator: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+    /// Reprocesses so far (manual and automatic).
+    pub reprocess_count: u32,
+    /// Reprocesses by rules so far.
+    pub auto_retry_count: u32,
+}
+
+/// Filters for listing dead letters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DlqQuery {
+    /// Only this original subject (or DLQ subject, `dlq.*`).
+    pub subject: Option<String>,
+    /// Only this class.
+    pub error_type: Option<ErrorClass>,
+    /// Only this status.
+    pub status: Option<DlqStatus>,
+    /// Dead-lettered at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Dead-lettered before.
+    pub until: Option<DateTime<Utc>>,
+    /// At most this many.
+    pub limit: u32,
+    /// Only ids below this one (the previous page's last id).
+    pub before_id: Option<i64>,
+}
+
+/// One `dlq_statistics` bucket.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DlqBucket {
+    /// The hour.
+    pub hour: DateTime<Utc>,
+    /// DLQ subject.
+    pub subject: String,
+    /// Class.
+    pub error_type: ErrorClass,
+    /// Dead letters in that hour.
+    pub count: u64,
+}
+
+/// Current dead letters by status, class and subject, plus hourly history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DlqStats {
+    /// Rows per status.
+    pub by_status: std::collections::BTreeMap<String, u64>,
+    /// Pending rows per class.
+    pub by_error_type: std::collections::BTreeMap<String, u64>,
+    /// Pending rows per DLQ subject.
+    pub by_subject: std::collections::BTreeMap<String, u64>,
+    /// Dead letters per hour, subject and class (from `dlq_statistics`).
+    pub hourly: Vec<DlqBucket>,
+}
+
+/// A reprocess request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reprocess {
+    /// Dead letters to republish.
+    pub ids: Vec<i64>,
+    /// Publish after this delay.
+    pub delay: std::time::Duration,
+    /// Also republish rows that are not `pending` (reprocessing, resolved, discarded).
+    pub force: bool,
+    /// Who asks.
+    pub operator: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// Asked by an automatic rule (counts against the rule's budget).
+    pub automatic: bool,
+}
+
+/// What a reprocess or discard did to one dead letter.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DlqActionResult {
+    /// The dead letter.
+    pub id: i64,
+    /// Whether it was acted on.
+    pub ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The new event id (reprocess).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
 }

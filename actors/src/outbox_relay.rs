@@ -247,6 +247,7 @@ pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Store
             attempt: e.retry_count + 1,
             request_id: e.request_id.clone(),
             traceparent: e.traceparent.clone(),
+            dlq_id: e.dlq_id,
         })
         .collect();
     let results = args.broker.publish_batch(&messages).await;

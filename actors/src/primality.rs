@@ -76,10 +76,9 @@ pub fn check(number: &str, deadline: Option<Instant>) -> Result<Verdict, Primali
         return Err(PrimalityError::NotANumber(truncate(number)));
     }
     let digits = trimmed.len().max(1);
-    if let Ok(n) =
-        trimmed
-            .parse::<u64>()
-            .or_else(|e| if trimmed.is_empty() { Ok(0) } else { Err(e) })
+    if let Ok(n) = trimmed
+        .parse::<u64>()
+        .or_else(|e| if trimmed.is_empty() { Ok(0) } else { Err(e) })
     {
         let (is_prime, factor) = classify_u64(n);
         return Ok(Verdict {

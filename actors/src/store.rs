@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::model::{
-    CreateOutcome, ListQuery, NewRequest, OutboxEvent, PrimeRequest, PublishFailure,
+    AttemptLog, CreateOutcome, DeadLetter, DlqActionResult, DlqQuery, DlqStats, ListQuery,
+    NewDeadLetter, NewRequest, OutboxEvent, PrimeRequest, PrimeResult, PublishFailure, Reprocess,
+    SentEmail,
 };
 
 /// A store operation failed.
@@ -105,4 +107,81 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Makes published events created since `since` due again (after a broker lost
     /// acknowledged messages); returns how many.
     fn replay_since(&self, since: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>>;
+}
+
+/// What the consumers need: effects recorded once per event, attempt logs, dead letters.
+pub trait WorkerStore: Send + Sync + 'static {
+    /// Stores a prime-check result and its `email.send` outbox event in one transaction,
+    /// once per event: returns `false` (and changes nothing) when the event was already
+    /// processed.
+    fn record_result(&self, result: PrimeResult) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Whether an event's effect is already recorded by `consumer`.
+    fn processed<'a>(
+        &'a self,
+        event_id: &'a str,
+        consumer: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Whether the email of an `email.send` event was sent.
+    fn email_sent<'a>(&'a self, event_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Records a sent email (once per event): returns `false` when it was already recorded.
+    fn record_email(&self, sent: SentEmail) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Appends `message_processing_logs` rows.
+    fn log_attempts<'a>(&'a self, logs: &'a [AttemptLog]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Stores a dead letter, counts it in `dlq_statistics` and marks its request failed.
+    /// A reprocess that failed again (`dlq_id` set) updates its row back to `pending`. A
+    /// message already dead-lettered and still pending is not stored twice. Returns the row
+    /// id, or `None` when it was a duplicate.
+    fn dead_letter(&self, letter: NewDeadLetter) -> BoxFuture<'_, Result<Option<i64>, StoreError>>;
+
+    /// A reprocessed message succeeded: its dead letter is resolved.
+    fn resolve_dead_letter(&self, dlq_id: i64) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// The dead-letter queue, as its actor, the API and the rules see it.
+pub trait DlqStore: Send + Sync + 'static {
+    /// Dead letters not yet copied to the DLQ stream (oldest first), with their version.
+    fn unstreamed(&self, limit: u32) -> BoxFuture<'_, Result<Vec<(DeadLetter, u32)>, StoreError>>;
+
+    /// Marks dead letters (at these versions) as copied to the DLQ stream.
+    fn mark_streamed<'a>(&'a self, rows: &'a [(i64, u32)])
+    -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// A page of dead letters, newest first.
+    fn list(&self, query: DlqQuery) -> BoxFuture<'_, Result<Vec<DeadLetter>, StoreError>>;
+
+    /// One dead letter.
+    fn get(&self, id: i64) -> BoxFuture<'_, Result<Option<DeadLetter>, StoreError>>;
+
+    /// Counts.
+    fn stats(&self, since: DateTime<Utc>) -> BoxFuture<'_, Result<DlqStats, StoreError>>;
+
+    /// Republishes dead letters to their original subjects (through the outbox, as new
+    /// events), marking them `reprocessing`.
+    fn reprocess(
+        &self,
+        request: Reprocess,
+    ) -> BoxFuture<'_, Result<Vec<DlqActionResult>, StoreError>>;
+
+    /// Marks dead letters `discarded`.
+    fn discard<'a>(
+        &'a self,
+        ids: &'a [i64],
+        operator: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<DlqActionResult>, StoreError>>;
+
+    /// Pending dead letters dead-lettered before `before`, retried automatically fewer than
+    /// `max_auto` times, on these original subjects (all when empty), oldest first.
+    fn rule_candidates<'a>(
+        &'a self,
+        before: DateTime<Utc>,
+        max_auto: u32,
+        subjects: &'a [String],
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>>;
 }

@@ -1,6 +1,9 @@
 //! Adapters: backends behind the ports of the `actors` crate, one module per backend.
 
+pub mod mail;
 pub mod mysql;
+pub mod mysql_workers;
 pub mod nats;
+pub mod nats_consumer;
 pub mod sqlite;
 pub mod systemd;

@@ -200,7 +200,7 @@ impl MysqlStore {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let rows = sqlx::query(
             "SELECT id, event_id, subject, CAST(payload AS CHAR) AS payload, request_id, traceparent, \
-                    retry_count, max_retries, created_at \
+                    retry_count, max_retries, created_at, dlq_id \
              FROM outbox \
              WHERE state = 'pending' AND (next_retry_at IS NULL OR next_retry_at <= NOW(6)) \
              ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
@@ -315,7 +315,7 @@ async fn record_failures(
 const SELECT_REQUEST: &str = "SELECT id, number, email, status, is_prime, factor, error, created_at, completed_at \
                               FROM prime_check_requests";
 
-fn push_ids(q: &mut QueryBuilder<'_, MySql>, ids: impl Iterator<Item = i64>) {
+pub(crate) fn push_ids(q: &mut QueryBuilder<'_, MySql>, ids: impl Iterator<Item = i64>) {
     let mut sep = q.separated(", ");
     for id in ids {
         sep.push_bind(id);
@@ -323,7 +323,7 @@ fn push_ids(q: &mut QueryBuilder<'_, MySql>, ids: impl Iterator<Item = i64>) {
     sep.push_unseparated(")");
 }
 
-fn now_micros() -> DateTime<Utc> {
+pub(crate) fn now_micros() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
@@ -358,12 +358,13 @@ fn event_from_row(row: &MySqlRow) -> Result<OutboxEvent, StoreError> {
         retry_count: retry_count.max(0) as u32,
         max_retries: max_retries.max(0) as u32,
         created_at: row.try_get("created_at").map_err(classify)?,
+        dlq_id: row.try_get("dlq_id").map_err(classify)?,
     })
 }
 
 /// Maps a driver error to the port's error: connection trouble, timeouts, deadlocks and
 /// lock-wait timeouts can succeed later; anything else is refused.
-fn classify(err: sqlx::Error) -> StoreError {
+pub(crate) fn classify(err: sqlx::Error) -> StoreError {
     match &err {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut

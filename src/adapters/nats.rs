@@ -18,6 +18,8 @@ pub const HEADER_EVENT_ID: &str = "Primed-Event-Id";
 pub const HEADER_ATTEMPT: &str = "Primed-Attempt";
 /// Header carrying the request's correlation id.
 pub const HEADER_REQUEST_ID: &str = "Primed-Request-Id";
+/// Header naming the dead letter a message reprocesses.
+pub const HEADER_DLQ_ID: &str = "Primed-Dlq-Id";
 /// W3C trace context header.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
 
@@ -85,6 +87,24 @@ impl JetStreamSettings {
             num_replicas: 1,
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_messages: 10_000,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        }
+    }
+
+    /// Captures the main stream's max-deliveries advisories (plain NATS messages, lost when
+    /// nobody listens) so the DLQ actor can read them durably.
+    pub fn advisory_stream(&self) -> stream::Config {
+        stream::Config {
+            name: super::nats_consumer::advisory_stream(&self.stream),
+            subjects: vec![format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+                self.stream
+            )],
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_messages: 100_000,
             discard: stream::DiscardPolicy::Old,
             ..Default::default()
         }
@@ -166,7 +186,11 @@ impl JetStreamBroker {
         &self,
         settings: &JetStreamSettings,
     ) -> Result<(), NatsSetupError> {
-        for config in [settings.main_stream(), settings.dlq_stream()] {
+        for config in [
+            settings.main_stream(),
+            settings.dlq_stream(),
+            settings.advisory_stream(),
+        ] {
             let name = config.name.clone();
             self.js
                 .create_or_update_stream(config)
@@ -200,6 +224,25 @@ impl JetStreamBroker {
                     reason: e.to_string(),
                 })?;
         }
+        let advisories = settings.advisory_stream().name;
+        self.js
+            .get_stream(&advisories)
+            .await
+            .map_err(|e| NatsSetupError::Setup {
+                what: format!("stream {advisories}"),
+                reason: e.to_string(),
+            })?
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(super::nats_consumer::CONSUMER_ADVISORIES.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| NatsSetupError::Setup {
+                what: format!("consumer {}", super::nats_consumer::CONSUMER_ADVISORIES),
+                reason: e.to_string(),
+            })?;
         Ok(())
     }
 
@@ -219,6 +262,9 @@ fn headers(message: &OutgoingMessage) -> HeaderMap {
     }
     if let Some(traceparent) = &message.traceparent {
         headers.insert(HEADER_TRACEPARENT, traceparent.as_str());
+    }
+    if let Some(dlq_id) = message.dlq_id {
+        headers.insert(HEADER_DLQ_ID, dlq_id.to_string().as_str());
     }
     headers
 }

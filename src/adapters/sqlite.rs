@@ -367,7 +367,7 @@ impl OutboxStore for SqliteStore {
                      AND (next_retry_at IS NULL OR next_retry_at <= ?) \
                      AND (claimed_until IS NULL OR claimed_until < ?) \
                    ORDER BY id LIMIT ?) \
-                 RETURNING id, event_id, subject, payload, request_id, traceparent, retry_count, max_retries, created_at",
+                 RETURNING id, event_id, subject, payload, request_id, traceparent, retry_count, max_retries, created_at, dlq_id",
             )
             .bind(until)
             .bind(now)
@@ -392,6 +392,7 @@ impl OutboxStore for SqliteStore {
                         retry_count: u32::try_from(retry_count).unwrap_or(0),
                         max_retries: u32::try_from(max_retries).unwrap_or(0),
                         created_at: from_micros(row.try_get("created_at").map_err(rejected)?),
+                        dlq_id: row.try_get("dlq_id").map_err(rejected)?,
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;

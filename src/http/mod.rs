@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod dlq;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use actors::{RelayWake, RequestStore};
+use actors::{DlqStore, RelayWake, RequestStore};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -51,6 +52,8 @@ pub struct AppState {
     pub max_digits: usize,
     /// Dependencies `/health` checks.
     pub dependencies: Vec<health::Dependency>,
+    /// The dead-letter queue.
+    pub dlq: Option<Arc<dyn DlqStore>>,
 }
 
 impl AppState {
@@ -67,6 +70,7 @@ impl AppState {
             relay_wake: None,
             max_digits: 1000,
             dependencies: Vec::new(),
+            dlq: None,
         }
     }
 
@@ -86,6 +90,12 @@ impl AppState {
         self.requests = Some(store);
         self.relay_wake = wake;
         self.max_digits = max_digits;
+        self
+    }
+
+    /// Serves the DLQ API from `store`.
+    pub fn with_dlq(mut self, store: Arc<dyn DlqStore>) -> Self {
+        self.dlq = Some(store);
         self
     }
 
@@ -116,6 +126,7 @@ impl AppState {
         (name = "prime-check", description = "Submit numbers and read results"),
         (name = "operations", description = "Health and readiness"),
         (name = "admin", description = "Supervision tree (bearer token)"),
+        (name = "dlq", description = "Dead-letter queue: browse, count, reprocess, discard (bearer token)"),
     ),
     modifiers(&AdminToken)
 )]
@@ -138,6 +149,11 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(admin::actors))
         .routes(routes!(admin::restart))
         .routes(routes!(admin::kill))
+        .routes(routes!(dlq::list))
+        .routes(routes!(dlq::get_one))
+        .routes(routes!(dlq::reprocess))
+        .routes(routes!(dlq::discard))
+        .routes(routes!(dlq::stats))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,

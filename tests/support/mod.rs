@@ -109,6 +109,14 @@ impl Daemon {
         daemon
     }
 
+    /// Every stdout line so far (reads what has arrived without waiting).
+    pub fn log_so_far(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        self.log.join("\n")
+    }
+
     /// Waits for a stdout line containing `needle` and returns it.
     pub fn wait_for_log(&mut self, needle: &str) -> String {
         if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
@@ -356,5 +364,211 @@ pub async fn stream_messages(url: &str, stream: &str) -> u64 {
     match js.get_stream(stream).await {
         Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
         Err(_) => 0,
+    }
+}
+
+/// Where `scripts/ensure-services.sh` installs maildev (override with `MAILDEV`).
+pub fn maildev_bin() -> PathBuf {
+    std::env::var_os("MAILDEV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/maildev/node_modules/.bin/maildev"))
+}
+
+/// A maildev SMTP server of the test's own, with its HTTP API.
+pub struct MailDev {
+    child: Child,
+    /// SMTP port.
+    pub smtp_port: u16,
+    /// HTTP API port.
+    pub web_port: u16,
+}
+
+impl MailDev {
+    /// Starts one on free ports and waits until both answer.
+    pub fn start() -> Self {
+        Self::start_on(free_addr().port())
+    }
+
+    /// Starts one with its SMTP server on `smtp_port`.
+    pub fn start_on(smtp_port: u16) -> Self {
+        let web_port = free_addr().port();
+        let child = Command::new(maildev_bin())
+            .args(["--ip", "127.0.0.1", "--silent", "-s"])
+            .arg(smtp_port.to_string())
+            .arg("-w")
+            .arg(web_port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("maildev must be installed (scripts/ensure-services.sh installs it)");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", smtp_port)).is_err()
+            || std::net::TcpStream::connect(("127.0.0.1", web_port)).is_err()
+        {
+            assert!(Instant::now() < deadline, "maildev did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            smtp_port,
+            web_port,
+        }
+    }
+
+    /// Every email received, as maildev's JSON.
+    pub async fn emails(&self) -> Vec<serde_json::Value> {
+        reqwest::get(format!("http://127.0.0.1:{}/email", self.web_port))
+            .await
+            .expect("maildev API")
+            .json()
+            .await
+            .expect("maildev JSON")
+    }
+
+    /// SMTP settings for a daemon.
+    pub fn env(&self) -> Vec<(String, String)> {
+        smtp_env(self.smtp_port)
+    }
+}
+
+impl Drop for MailDev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SMTP settings for a plain-text server on a loopback port.
+pub fn smtp_env(port: u16) -> Vec<(String, String)> {
+    vec![
+        ("SMTP_HOST".into(), "127.0.0.1".into()),
+        ("SMTP_PORT".into(), port.to_string()),
+        ("SMTP_TLS".into(), "none".into()),
+        ("SMTP_FROM".into(), "primed@example.com".into()),
+    ]
+}
+
+/// How the scripted SMTP stub answers `RCPT TO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StubMode {
+    /// 250: accept the mail.
+    Accept,
+    /// 451: try again later (transient).
+    Defer,
+    /// 550: no such user (permanent).
+    Reject,
+    /// Close the connection right after accepting it.
+    Drop,
+}
+
+/// A scripted SMTP server: answers by [`StubMode`], records when each `RCPT TO` came and
+/// each accepted message's `Message-ID`.
+pub struct SmtpStub {
+    /// Its port.
+    pub port: u16,
+    mode: std::sync::Arc<std::sync::Mutex<StubMode>>,
+    /// (when, mode answered) per RCPT TO.
+    pub attempts: std::sync::Arc<std::sync::Mutex<Vec<(Instant, StubMode)>>>,
+    /// Message-IDs of accepted messages.
+    pub accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SmtpStub {
+    /// Starts one on a free port (inside a tokio runtime).
+    pub async fn start(mode: StubMode) -> Self {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(Mutex::new(mode));
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let (m, a, acc) = (mode.clone(), attempts.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let (m, a, acc) = (m.clone(), a.clone(), acc.clone());
+                tokio::spawn(async move {
+                    if *m.lock().unwrap() == StubMode::Drop {
+                        return;
+                    }
+                    let (read, mut write) = socket.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    let _ = write.write_all(b"220 stub ESMTP\r\n").await;
+                    let mut in_data = false;
+                    let mut message_id = String::new();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if in_data {
+                            if line == "." {
+                                in_data = false;
+                                acc.lock().unwrap().push(std::mem::take(&mut message_id));
+                                let _ = write.write_all(b"250 2.0.0 queued\r\n").await;
+                            } else if let Some(id) = line
+                                .strip_prefix("Message-ID: ")
+                                .or_else(|| line.strip_prefix("Message-Id: "))
+                            {
+                                message_id = id.trim().to_string();
+                            }
+                            continue;
+                        }
+                        let upper = line.to_ascii_uppercase();
+                        let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO")
+                        {
+                            b"250 stub\r\n"
+                        } else if upper.starts_with("RCPT") {
+                            let mode = *m.lock().unwrap();
+                            a.lock().unwrap().push((Instant::now(), mode));
+                            match mode {
+                                StubMode::Defer => b"451 4.3.0 mailbox busy, deferred\r\n",
+                                StubMode::Reject => b"550 5.1.1 no such user here\r\n",
+                                _ => b"250 2.1.5 ok\r\n",
+                            }
+                        } else if upper.starts_with("DATA") {
+                            in_data = true;
+                            b"354 go ahead\r\n"
+                        } else if upper.starts_with("QUIT") {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            return;
+                        } else {
+                            b"250 ok\r\n"
+                        };
+                        if write.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            mode,
+            attempts,
+            accepted,
+            task,
+        }
+    }
+
+    /// Changes how it answers from now on.
+    pub fn set_mode(&self, mode: StubMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// RCPT TO commands seen.
+    pub fn attempt_times(&self) -> Vec<(Instant, StubMode)> {
+        self.attempts.lock().unwrap().clone()
+    }
+
+    /// Message-IDs accepted.
+    pub fn accepted(&self) -> Vec<String> {
+        self.accepted.lock().unwrap().clone()
+    }
+}
+
+impl Drop for SmtpStub {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -1,0 +1,454 @@
+//! Consumers: a worker actor that pulls messages from a durable consumer and hands them to a
+//! [`Handler`], with the retry policy of DESIGN §5 around it.
+//!
+//! Messages: [`WorkerMsg::Pull`] (the loop: one pull request per message, re-sent by the
+//! worker itself). Each pull asks the broker for up to `batch` messages and handles them as
+//! they arrive, at most `batch` at a time; the pull ends when the batch is full or `expires`
+//! passes, so a stop request waits at most that long plus the work in flight.
+//!
+//! Outcomes, per delivery:
+//! - success: ack; a reprocessed dead letter is resolved.
+//! - transient failure with deliveries left: NAK with the backoff step for this delivery
+//!   (JetStream applies a consumer's BackOff only to ack timeouts, so the delay travels with
+//!   the NAK).
+//! - transient failure on the last delivery, permanent failure, poison: dead-lettered, then
+//!   terminated (no further delivery).
+//! - the dependency is down (SMTP breaker open, database unreachable): the message is held,
+//!   its ack deadline extended with progress acks, and retried once the handler is ready
+//!   again, so an outage burns no deliveries and sends nothing to the DLQ. New pulls wait
+//!   for the handler to be ready. On shutdown held messages are released with a NAK.
+//!
+//! Every attempt becomes a `message_processing_logs` row, written once per pull.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, FuturesUnordered};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::watch;
+
+use crate::broker::BrokerError;
+use crate::model::{AttemptLog, AttemptStatus, ErrorClass, NewDeadLetter};
+use crate::store::WorkerStore;
+
+/// One delivered message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Event id (`Nats-Msg-Id`); empty when the publisher sent none.
+    pub event_id: String,
+    /// Subject.
+    pub subject: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Delivery count, from 1.
+    pub delivery: u32,
+    /// Position in the stream.
+    pub stream_seq: u64,
+    /// When it was published.
+    pub published_at: DateTime<Utc>,
+    /// Correlation id.
+    pub request_id: Option<String>,
+    /// W3C trace context.
+    pub traceparent: Option<String>,
+    /// The dead letter this message reprocesses.
+    pub dlq_id: Option<i64>,
+}
+
+/// A delivered message and the acknowledgements the broker takes for it.
+pub trait Delivery: Send + Sync {
+    /// The message.
+    fn message(&self) -> &Message;
+    /// Done: do not deliver again.
+    fn ack(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Deliver again after `delay`.
+    fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Never deliver again (it was dead-lettered).
+    fn term(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Still working: restart the ack deadline.
+    fn progress(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
+}
+
+/// Where a worker pulls from (a durable consumer shared by all daemons).
+pub trait Source: Send + Sync + 'static {
+    /// A pull request for up to `max` messages, yielded as they arrive, ending when `max`
+    /// have come or `expires` has passed.
+    fn pull(
+        &self,
+        max: usize,
+        expires: Duration,
+    ) -> BoxStream<'static, Result<Box<dyn Delivery>, BrokerError>>;
+}
+
+/// Why a message could not be handled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// How to treat it.
+    pub class: ErrorClass,
+    /// What went wrong, for the logs and the DLQ.
+    pub message: String,
+    /// A dependency is down (not this message's fault): hold it and try again later
+    /// without spending a delivery.
+    pub dependency_down: bool,
+}
+
+impl Failure {
+    /// A transient failure of this message.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Transient,
+            message: message.into(),
+            dependency_down: false,
+        }
+    }
+
+    /// A dependency is down.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Transient,
+            message: message.into(),
+            dependency_down: true,
+        }
+    }
+
+    /// The message can never succeed.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Permanent,
+            message: message.into(),
+            dependency_down: false,
+        }
+    }
+
+    /// The message cannot be decoded.
+    pub fn poison(message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Poison,
+            message: message.into(),
+            dependency_down: false,
+        }
+    }
+}
+
+/// What a worker does with a message.
+pub trait Handler: Send + Sync + 'static {
+    /// `None` when the handler can take work; otherwise how long to wait before asking
+    /// again (a circuit breaker is open).
+    fn not_ready_for(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Handles one message; the effect must be idempotent on the event id.
+    fn handle<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), Failure>>;
+
+    /// For the request this message belongs to, when known (for dead letters).
+    fn request_id(&self, message: &Message) -> Option<String>;
+}
+
+/// Retry settings of one subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerPolicy {
+    /// Deliveries before a transient failure is dead-lettered (JetStream MaxDeliver).
+    pub max_deliver: u32,
+    /// NAK delay after the n-th failed delivery (the last step repeats).
+    pub backoff: Vec<Duration>,
+    /// The consumer's ack wait: held messages send a progress ack well within it.
+    pub ack_wait: Duration,
+    /// The consumer's BackOff (JetStream's redelivery delays after ack timeouts). When set,
+    /// JetStream uses its n-th step instead of the ack wait as the n-th delivery's deadline,
+    /// so progress acks must come more often than its shortest step.
+    pub ack_backoff: Vec<Duration>,
+}
+
+impl ConsumerPolicy {
+    /// How often a message still being worked on (or held) tells the broker so: a third
+    /// of the shortest ack deadline, at least 50 ms.
+    pub fn progress_interval(&self) -> Duration {
+        let shortest = self
+            .ack_backoff
+            .iter()
+            .copied()
+            .chain([self.ack_wait])
+            .min()
+            .unwrap_or(self.ack_wait);
+        (shortest / 3).max(Duration::from_millis(50))
+    }
+
+    /// The NAK delay after failed delivery number `delivery` (from 1).
+    pub fn delay(&self, delivery: u32) -> Duration {
+        let i = (delivery.max(1) - 1) as usize;
+        self.backoff
+            .get(i)
+            .or(self.backoff.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// The worker actor.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Worker;
+
+/// A worker's configuration.
+#[derive(Clone)]
+pub struct WorkerArgs {
+    /// Its name (for logs).
+    pub name: String,
+    /// Where it pulls from.
+    pub source: Arc<dyn Source>,
+    /// What it does.
+    pub handler: Arc<dyn Handler>,
+    /// Logs, dead letters.
+    pub store: Arc<dyn WorkerStore>,
+    /// Retry settings.
+    pub policy: ConsumerPolicy,
+    /// Messages per pull, also the worker's concurrency.
+    pub batch: usize,
+    /// How long a pull waits for messages.
+    pub expires: Duration,
+    /// Set when the daemon shuts down: held messages are released.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Messages the worker handles.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    /// Pull and handle one batch.
+    Pull,
+}
+
+/// The worker's state.
+pub struct WorkerState {
+    args: WorkerArgs,
+    failing_since: Option<Instant>,
+}
+
+impl Actor for Worker {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
+        myself.cast(WorkerMsg::Pull)?;
+        Ok(WorkerState {
+            args,
+            failing_since: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        WorkerMsg::Pull: WorkerMsg,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = &state.args;
+        if *args.shutdown.borrow() {
+            return Ok(());
+        }
+        if let Some(wait) = args.handler.not_ready_for() {
+            // The dependency is down: do not take work we cannot do.
+            let wait = wait.min(args.expires);
+            myself.send_after(wait, || WorkerMsg::Pull);
+            return Ok(());
+        }
+        match pull_once(args).await {
+            Ok(_) => {
+                if let Some(since) = state.failing_since.take() {
+                    tracing::info!(worker = %args.name, after_ms = since.elapsed().as_millis() as u64, "worker can pull again");
+                }
+                myself.cast(WorkerMsg::Pull)?;
+            }
+            Err(err) => {
+                if state.failing_since.is_none() {
+                    state.failing_since = Some(Instant::now());
+                    tracing::warn!(worker = %args.name, error = %err, "worker cannot pull; retrying every second");
+                }
+                myself.send_after(Duration::from_secs(1), || WorkerMsg::Pull);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One pull: handles the messages as they arrive, at most `batch` at once; returns how many.
+pub async fn pull_once(args: &WorkerArgs) -> Result<usize, BrokerError> {
+    let mut pull = args.source.pull(args.batch, args.expires);
+    let mut in_flight = FuturesUnordered::new();
+    let mut logs = Vec::new();
+    let mut handled = 0;
+    let mut pull_error = None;
+    let mut pulling = true;
+    while pulling || !in_flight.is_empty() {
+        tokio::select! {
+            next = pull.next(), if pulling => match next {
+                Some(Ok(delivery)) => in_flight.push(process(args, delivery)),
+                Some(Err(err)) => {
+                    pull_error = Some(err);
+                    pulling = false;
+                }
+                None => pulling = false,
+            },
+            Some(mut attempt_logs) = in_flight.next() => {
+                handled += 1;
+                logs.append(&mut attempt_logs);
+            }
+        }
+    }
+    if !logs.is_empty()
+        && let Err(err) = args.store.log_attempts(&logs).await
+    {
+        tracing::warn!(worker = %args.name, error = %err, rows = logs.len(), "could not write message_processing_logs");
+    }
+    match pull_error {
+        Some(err) if handled == 0 => Err(err),
+        Some(err) => {
+            tracing::debug!(worker = %args.name, error = %err, "pull ended early");
+            Ok(handled)
+        }
+        None => Ok(handled),
+    }
+}
+
+/// Handles one delivery to its end; returns the attempt's log rows.
+async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptLog> {
+    let mut logs = Vec::new();
+    let mut shutdown = args.shutdown.clone();
+    loop {
+        let started = Instant::now();
+        let message = delivery.message();
+        let outcome = {
+            // A long test (a big number) keeps its ack deadline fresh while it runs.
+            let work = args.handler.handle(message);
+            tokio::pin!(work);
+            let mut ticker = tokio::time::interval(args.policy.progress_interval());
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    outcome = &mut work => break outcome,
+                    _ = ticker.tick() => settle(&args.name, "progress", delivery.progress().await),
+                }
+            }
+        };
+        let took = started.elapsed();
+        let log = |status, error: Option<&str>| AttemptLog {
+            message_id: message.event_id.clone(),
+            subject: message.subject.clone(),
+            status,
+            error: error.map(str::to_string),
+            processing_time: took,
+        };
+        match outcome {
+            Ok(()) => {
+                if let Some(dlq_id) = message.dlq_id
+                    && let Err(err) = args.store.resolve_dead_letter(dlq_id).await
+                {
+                    tracing::warn!(dlq_id, error = %err, "could not mark the dead letter resolved");
+                }
+                settle(&args.name, "ack", delivery.ack().await);
+                logs.push(log(AttemptStatus::Success, None));
+                return logs;
+            }
+            Err(failure) if failure.dependency_down => {
+                // Hold: not this message's fault. Keep the ack deadline fresh and wait for
+                // the handler (or the dependency) to come back.
+                if logs.is_empty() {
+                    tracing::warn!(worker = %args.name, event_id = %message.event_id, error = %failure.message, "dependency down; holding the message until it is back");
+                    logs.push(log(AttemptStatus::Processing, Some(&failure.message)));
+                }
+                let wait = args
+                    .handler
+                    .not_ready_for()
+                    .unwrap_or(Duration::from_millis(500))
+                    .clamp(Duration::from_millis(50), args.policy.progress_interval());
+                settle(&args.name, "progress", delivery.progress().await);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopped(&mut shutdown) => {
+                        settle(&args.name, "nak", delivery.nak(Duration::ZERO).await);
+                        return logs;
+                    }
+                }
+            }
+            Err(failure) => {
+                let last = message.delivery >= args.policy.max_deliver;
+                if failure.class == ErrorClass::Transient && !last {
+                    let delay = args.policy.delay(message.delivery);
+                    tracing::info!(worker = %args.name, event_id = %message.event_id, delivery = message.delivery, delay_ms = delay.as_millis() as u64, error = %failure.message, "transient failure; retrying");
+                    settle(&args.name, "nak", delivery.nak(delay).await);
+                    logs.push(log(AttemptStatus::Retry, Some(&failure.message)));
+                    return logs;
+                }
+                let letter = NewDeadLetter {
+                    original_subject: message.subject.clone(),
+                    original_message_id: (!message.event_id.is_empty())
+                        .then(|| message.event_id.clone()),
+                    payload: message.payload.clone(),
+                    error: failure.message.clone(),
+                    error_type: failure.class,
+                    retry_count: message.delivery,
+                    original_created_at: message.published_at,
+                    request_id: args.handler.request_id(message),
+                    dlq_id: message.dlq_id,
+                };
+                match args.store.dead_letter(letter).await {
+                    Ok(id) => {
+                        tracing::warn!(worker = %args.name, event_id = %message.event_id, dlq_id = ?id, class = failure.class.as_str(), error = %failure.message, "message dead-lettered");
+                        settle(&args.name, "term", delivery.term().await);
+                        logs.push(log(AttemptStatus::Failed, Some(&failure.message)));
+                    }
+                    Err(err) => {
+                        // Cannot record it: leave it to a later delivery (or, after the
+                        // last one, to the max-deliveries advisory).
+                        tracing::warn!(worker = %args.name, event_id = %message.event_id, error = %err, "could not dead-letter the message; it will be delivered again");
+                        let delay = args.policy.delay(message.delivery);
+                        settle(&args.name, "nak", delivery.nak(delay).await);
+                        logs.push(log(AttemptStatus::Retry, Some(&failure.message)));
+                    }
+                }
+                return logs;
+            }
+        }
+    }
+}
+
+/// Resolves once the daemon is shutting down.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        // The sender is gone: nobody will ask us to stop; never resolve.
+        std::future::pending::<()>().await;
+    }
+}
+
+fn settle(worker: &str, what: &str, result: Result<(), BrokerError>) {
+    if let Err(err) = result {
+        // The broker redelivers after the ack wait; effects are idempotent.
+        tracing::warn!(worker, what, error = %err, "could not acknowledge a message");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_follow_the_steps_and_repeat_the_last() {
+        let p = ConsumerPolicy {
+            max_deliver: 5,
+            backoff: vec![Duration::from_secs(1), Duration::from_secs(2)],
+            ack_wait: Duration::from_secs(30),
+            ack_backoff: vec![Duration::from_millis(600), Duration::from_secs(2)],
+        };
+        assert_eq!(p.progress_interval(), Duration::from_millis(200));
+        assert_eq!(
+            (1..=4).map(|n| p.delay(n).as_secs()).collect::<Vec<_>>(),
+            vec![1, 2, 2, 2]
+        );
+    }
+}

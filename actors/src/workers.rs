@@ -1,0 +1,299 @@
+//! The two handlers: prime checks and result emails.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
+
+use crate::breaker::CircuitBreaker;
+use crate::consumer::{Failure, Handler, Message};
+use crate::model::{EmailSend, PrimeCheckRequested, PrimeResult, SentEmail};
+use crate::outbox_relay::RelayWake;
+use crate::primality::{self, PrimalityError};
+use crate::store::{StoreError, WorkerStore};
+
+/// Consumer name recorded in `processed_events` for prime checks.
+pub const PRIMECHECK_CONSUMER: &str = "primecheck";
+
+/// Tests the number of a `primecheck.requested` event and stores the result with its
+/// `email.send` event.
+pub struct PrimeCheckHandler {
+    /// Where results go.
+    pub store: Arc<dyn WorkerStore>,
+    /// Longest a single test may run.
+    pub time_limit: Duration,
+    /// Tests running at once in this daemon (CPU-bound, on the blocking pool).
+    pub cpu: Arc<Semaphore>,
+    /// Wakes the outbox relay after a result is stored.
+    pub wake: Option<RelayWake>,
+}
+
+impl PrimeCheckHandler {
+    async fn run(&self, message: &Message) -> Result<(), Failure> {
+        let request: PrimeCheckRequested = decode(message)?;
+        // Big numbers are expensive: skip the work when this event was already done.
+        if request.number.len() > 19
+            && self
+                .store
+                .processed(&message.event_id, PRIMECHECK_CONSUMER)
+                .await
+                .map_err(store_failure)?
+        {
+            return Ok(());
+        }
+        let permit = self
+            .cpu
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Failure::unavailable("the CPU pool is closed (shutting down)"))?;
+        let number = request.number.clone();
+        let limit = self.time_limit;
+        let started = Instant::now();
+        let verdict = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            primality::check(&number, Some(Instant::now() + limit))
+        })
+        .await
+        .map_err(|e| Failure::transient(format!("the primality test crashed: {e}")))?;
+        let duration = started.elapsed();
+        let verdict = verdict.map_err(|e| match e {
+            PrimalityError::NotANumber(_) => Failure::permanent(e.to_string()),
+            PrimalityError::TimedOut { .. } => {
+                Failure::permanent(format!("{e} (limit {})", humantime::format_duration(limit)))
+            }
+        })?;
+        let result = PrimeResult {
+            event_id: message.event_id.clone(),
+            email_event_id: uuid_v7(),
+            email: EmailSend {
+                request_id: request.request_id,
+                number: request.number,
+                email: request.email,
+                is_prime: verdict.is_prime,
+                factor: verdict.factor,
+                digits: verdict.digits,
+            },
+            duration,
+            request_id: message.request_id.clone(),
+            traceparent: message.traceparent.clone(),
+        };
+        let fresh = self
+            .store
+            .record_result(result)
+            .await
+            .map_err(store_failure)?;
+        if fresh && let Some(wake) = &self.wake {
+            wake.wake();
+        }
+        Ok(())
+    }
+}
+
+impl Handler for PrimeCheckHandler {
+    fn handle<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), Failure>> {
+        self.run(message).boxed()
+    }
+
+    fn request_id(&self, message: &Message) -> Option<String> {
+        serde_json::from_slice::<PrimeCheckRequested>(&message.payload)
+            .ok()
+            .map(|r| r.request_id)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(message: &Message) -> Result<T, Failure> {
+    if message.event_id.is_empty() {
+        return Err(Failure::poison(
+            "the message has no event id (Nats-Msg-Id header)",
+        ));
+    }
+    serde_json::from_slice(&message.payload)
+        .map_err(|e| Failure::poison(format!("cannot decode the payload: {e}")))
+}
+
+fn store_failure(err: StoreError) -> Failure {
+    match err {
+        StoreError::Unavailable(e) => {
+            Failure::unavailable(format!("the database is unavailable: {e}"))
+        }
+        StoreError::Rejected(e) => {
+            Failure::transient(format!("the database refused the write: {e}"))
+        }
+    }
+}
+
+/// A time-ordered id for new events.
+fn uuid_v7() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// An email to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Email {
+    /// Recipient.
+    pub to: String,
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text body.
+    pub body: String,
+    /// `Message-ID` header, derived from the event id so that a duplicate can be dropped.
+    pub message_id: String,
+}
+
+/// A send failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct MailError {
+    /// How to treat it.
+    pub class: crate::model::ErrorClass,
+    /// The mail server could not be reached (connection refused or reset, timeout): counts
+    /// towards the circuit breaker and holds the message instead of spending a delivery.
+    pub connection: bool,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Sends email (SMTP, or files in the embedded mode).
+pub trait Mailer: Send + Sync + 'static {
+    /// Sends one email.
+    fn send<'a>(&'a self, email: &'a Email) -> BoxFuture<'a, Result<(), MailError>>;
+}
+
+/// The `Message-ID` of an event's email.
+pub fn message_id(event_id: &str, domain: &str) -> String {
+    format!("<{event_id}@{domain}>")
+}
+
+/// Sends the result email of an `email.send` event through a circuit breaker, with bounded
+/// concurrency, and records it once per event.
+pub struct EmailHandler {
+    /// Where sends are recorded.
+    pub store: Arc<dyn WorkerStore>,
+    /// How mail goes out.
+    pub mailer: Arc<dyn Mailer>,
+    /// Around the mailer.
+    pub breaker: Arc<CircuitBreaker>,
+    /// Sends in flight in this daemon.
+    pub concurrency: Arc<Semaphore>,
+    /// Domain of the `Message-ID`.
+    pub message_id_domain: String,
+}
+
+/// Renders the result email.
+pub fn render(send: &EmailSend, message_id: String) -> Email {
+    let shown = if send.number.len() > 60 {
+        format!(
+            "{}…{} ({} digits)",
+            &send.number[..20],
+            &send.number[send.number.len() - 20..],
+            send.digits
+        )
+    } else {
+        send.number.clone()
+    };
+    let answer = if send.is_prime {
+        "is prime"
+    } else {
+        "is not prime"
+    };
+    let mut body = format!("Hello,\n\nThe number {shown} {answer}.\n");
+    if let Some(factor) = &send.factor {
+        body.push_str(&format!("It is divisible by {factor}.\n"));
+    }
+    body.push_str(&format!(
+        "\nRequest id: {}\n\n-- \nprimed, the prime-checking service\n",
+        send.request_id
+    ));
+    Email {
+        to: send.email.clone(),
+        subject: format!("Prime check result: {shown} {answer}"),
+        body,
+        message_id,
+    }
+}
+
+impl EmailHandler {
+    async fn run(&self, message: &Message) -> Result<(), Failure> {
+        let send: EmailSend = decode(message)?;
+        if self
+            .store
+            .email_sent(&message.event_id)
+            .await
+            .map_err(store_failure)?
+        {
+            return Ok(());
+        }
+        let _permit = self
+            .concurrency
+            .acquire()
+            .await
+            .map_err(|_| Failure::unavailable("the mailer is closed (shutting down)"))?;
+        if !self.breaker.try_acquire() {
+            return Err(Failure::unavailable(
+                "the SMTP circuit breaker is open: the mail server failed repeatedly",
+            ));
+        }
+        let email = render(
+            &send,
+            message_id(&message.event_id, &self.message_id_domain),
+        );
+        match self.mailer.send(&email).await {
+            Ok(()) => self.breaker.success(),
+            Err(err) => {
+                if err.class == crate::model::ErrorClass::Transient {
+                    if self.breaker.failure() {
+                        tracing::warn!(error = %err.message, "SMTP circuit breaker opened");
+                    }
+                } else {
+                    // The server answered: it is up.
+                    self.breaker.success();
+                }
+                return Err(Failure {
+                    class: err.class,
+                    message: err.message,
+                    dependency_down: err.connection,
+                });
+            }
+        }
+        // Sent: record it. Retry the record a few times before giving up, because a later
+        // attempt would send the email again (the shared Message-ID lets mailboxes drop it).
+        let sent = SentEmail {
+            event_id: message.event_id.clone(),
+            request_id: send.request_id.clone(),
+            recipient: send.email.clone(),
+            message_id: email.message_id.clone(),
+        };
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1.. {
+            match self.store.record_email(sent.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(err) if attempt < 5 => {
+                    tracing::warn!(event_id = %message.event_id, error = %err, "sent an email but could not record it yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(err) => return Err(store_failure(err)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Handler for EmailHandler {
+    fn not_ready_for(&self) -> Option<Duration> {
+        self.breaker.blocked_for()
+    }
+
+    fn handle<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), Failure>> {
+        self.run(message).boxed()
+    }
+
+    fn request_id(&self, message: &Message) -> Option<String> {
+        serde_json::from_slice::<EmailSend>(&message.payload)
+            .ok()
+            .map(|r| r.request_id)
+    }
+}

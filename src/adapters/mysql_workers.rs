@@ -1,0 +1,605 @@
+//! The MySQL store, as the consumers and the dead-letter queue see it.
+//!
+//! Effects are recorded once per event: the event id goes into `processed_events` (or
+//! `sent_emails`) in the same transaction as the effect, and a duplicate key means the
+//! event was already handled.
+
+use std::collections::BTreeMap;
+
+use actors::model::{
+    AttemptLog, DeadLetter, DlqActionResult, DlqBucket, DlqQuery, DlqStats, DlqStatus, ErrorClass,
+    NewDeadLetter, PrimeResult, Reprocess, SUBJECT_EMAIL_SEND, SentEmail, dlq_subject,
+};
+use actors::workers::PRIMECHECK_CONSUMER;
+use actors::{DlqStore, StoreError, WorkerStore};
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use sqlx::mysql::MySqlRow;
+use sqlx::{Acquire, MySql, MySqlConnection, QueryBuilder, Row};
+
+use super::mysql::{MysqlStore, classify, now_micros, push_ids};
+
+fn is_duplicate(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// The JSON stored for a payload: the payload itself when it is JSON, else a wrapper with
+/// its text (poison messages).
+fn json_payload(payload: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(_) => String::from_utf8_lossy(payload).into_owned(),
+        Err(_) => {
+            serde_json::json!({ "undecodable": String::from_utf8_lossy(payload) }).to_string()
+        }
+    }
+}
+
+const SELECT_LETTER: &str = "SELECT id, original_subject, original_message_id, dlq_subject, \
+    CAST(payload AS CHAR) AS payload, error_message, error_type, retry_count, original_created_at, \
+    dlq_created_at, last_retry_at, status, resolved_at, resolved_by, request_id, operator, reason, \
+    reprocess_count, auto_retry_count, stream_version FROM dead_letter_messages";
+
+fn letter_from_row(row: &MySqlRow) -> Result<DeadLetter, StoreError> {
+    let payload: String = row.try_get("payload").map_err(classify)?;
+    let error_type: String = row.try_get("error_type").map_err(classify)?;
+    let status: String = row.try_get("status").map_err(classify)?;
+    let count = |name: &str| -> Result<u32, StoreError> {
+        let v: i32 = row.try_get(name).map_err(classify)?;
+        Ok(v.max(0) as u32)
+    };
+    Ok(DeadLetter {
+        id: row.try_get("id").map_err(classify)?,
+        original_subject: row.try_get("original_subject").map_err(classify)?,
+        original_message_id: row.try_get("original_message_id").map_err(classify)?,
+        dlq_subject: row.try_get("dlq_subject").map_err(classify)?,
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+        error_message: row.try_get("error_message").map_err(classify)?,
+        error_type: ErrorClass::parse(&error_type)
+            .ok_or_else(|| StoreError::Rejected(format!("unknown error type {error_type:?}")))?,
+        retry_count: count("retry_count")?,
+        original_created_at: row.try_get("original_created_at").map_err(classify)?,
+        dlq_created_at: row.try_get("dlq_created_at").map_err(classify)?,
+        last_retry_at: row.try_get("last_retry_at").map_err(classify)?,
+        status: DlqStatus::parse(&status)
+            .ok_or_else(|| StoreError::Rejected(format!("unknown DLQ status {status:?}")))?,
+        resolved_at: row.try_get("resolved_at").map_err(classify)?,
+        resolved_by: row.try_get("resolved_by").map_err(classify)?,
+        request_id: row.try_get("request_id").map_err(classify)?,
+        operator: row.try_get("operator").map_err(classify)?,
+        reason: row.try_get("reason").map_err(classify)?,
+        reprocess_count: count("reprocess_count")?,
+        auto_retry_count: count("auto_retry_count")?,
+    })
+}
+
+async fn count_statistic(
+    conn: &mut MySqlConnection,
+    subject: &str,
+    class: ErrorClass,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO dlq_statistics (date_hour, subject, error_type, count) \
+         VALUES (DATE_FORMAT(UTC_TIMESTAMP(), '%Y-%m-%d %H:00:00'), ?, ?, 1) \
+         ON DUPLICATE KEY UPDATE count = count + 1",
+    )
+    .bind(subject)
+    .bind(class.as_str())
+    .execute(conn)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+impl MysqlStore {
+    async fn record_result_inner(&self, r: PrimeResult) -> Result<bool, StoreError> {
+        let payload =
+            serde_json::to_string(&r.email).map_err(|e| StoreError::Rejected(e.to_string()))?;
+        let mut conn = self.pool().acquire().await.map_err(classify)?;
+        let mut tx = conn.begin().await.map_err(classify)?;
+        let first = sqlx::query("INSERT INTO processed_events (event_id, consumer) VALUES (?, ?)")
+            .bind(&r.event_id)
+            .bind(PRIMECHECK_CONSUMER)
+            .execute(&mut *tx)
+            .await;
+        match first {
+            Ok(_) => {}
+            Err(e) if is_duplicate(&e) => {
+                let _ = tx.rollback().await;
+                return Ok(false);
+            }
+            Err(e) => return Err(classify(e)),
+        }
+        sqlx::query(
+            "UPDATE prime_check_requests SET status = 'done', is_prime = ?, factor = ?, error = NULL, \
+             digits = ?, duration_us = ?, completed_at = NOW(6) WHERE id = ?",
+        )
+        .bind(r.email.is_prime)
+        .bind(&r.email.factor)
+        .bind(r.email.digits as i64)
+        .bind(i64::try_from(r.duration.as_micros()).unwrap_or(i64::MAX))
+        .bind(&r.email.request_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query(
+            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.email_event_id)
+        .bind(SUBJECT_EMAIL_SEND)
+        .bind(&payload)
+        .bind(&r.request_id)
+        .bind(&r.traceparent)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn dead_letter_inner(&self, l: NewDeadLetter) -> Result<Option<i64>, StoreError> {
+        let payload = json_payload(&l.payload);
+        let dlq = dlq_subject(&l.original_subject);
+        let mut conn = self.pool().acquire().await.map_err(classify)?;
+        let mut tx = conn.begin().await.map_err(classify)?;
+        let id = if let Some(dlq_id) = l.dlq_id {
+            // A reprocess failed again: back to pending with the new error.
+            let updated = sqlx::query(
+                "UPDATE dead_letter_messages SET status = 'pending', error_message = ?, error_type = ?, \
+                 retry_count = retry_count + ?, streamed_at = NULL, stream_version = stream_version + 1 \
+                 WHERE id = ? AND status IN ('reprocessing', 'pending')",
+            )
+            .bind(&l.error)
+            .bind(l.error_type.as_str())
+            .bind(l.retry_count)
+            .bind(dlq_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            (updated.rows_affected() > 0).then_some(dlq_id)
+        } else {
+            // Not twice for the same message while one is still open.
+            let inserted = sqlx::query(
+                "INSERT INTO dead_letter_messages (original_subject, original_message_id, dlq_subject, \
+                   payload, error_message, error_type, retry_count, original_created_at, request_id) \
+                 SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? FROM DUAL WHERE ? IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM dead_letter_messages WHERE original_message_id = ? \
+                   AND status IN ('pending', 'reprocessing'))",
+            )
+            .bind(&l.original_subject)
+            .bind(&l.original_message_id)
+            .bind(dlq)
+            .bind(&payload)
+            .bind(&l.error)
+            .bind(l.error_type.as_str())
+            .bind(l.retry_count)
+            .bind(l.original_created_at)
+            .bind(&l.request_id)
+            .bind(&l.original_message_id)
+            .bind(&l.original_message_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            (inserted.rows_affected() > 0).then(|| inserted.last_insert_id() as i64)
+        };
+        if id.is_some() {
+            count_statistic(&mut tx, dlq, l.error_type).await?;
+            if let (Some(request_id), true) = (
+                &l.request_id,
+                l.original_subject == actors::model::SUBJECT_PRIMECHECK_REQUESTED,
+            ) {
+                sqlx::query(
+                    "UPDATE prime_check_requests SET status = 'failed', error = ?, completed_at = NOW(6) \
+                     WHERE id = ? AND status <> 'done'",
+                )
+                .bind(&l.error)
+                .bind(request_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            }
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(id)
+    }
+
+    async fn reprocess_inner(&self, r: Reprocess) -> Result<Vec<DlqActionResult>, StoreError> {
+        let mut out = Vec::with_capacity(r.ids.len());
+        let delay_us = i64::try_from(r.delay.as_micros()).unwrap_or(i64::MAX / 2);
+        for &id in &r.ids {
+            let mut conn = self.pool().acquire().await.map_err(classify)?;
+            let mut tx = conn.begin().await.map_err(classify)?;
+            let row = sqlx::query(&format!("{SELECT_LETTER} WHERE id = ? FOR UPDATE"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?;
+            let Some(row) = row else {
+                out.push(refused(id, "no such dead letter"));
+                continue;
+            };
+            let letter = letter_from_row(&row)?;
+            if letter.status != DlqStatus::Pending && !r.force {
+                out.push(refused(
+                    id,
+                    &format!(
+                        "it is {} (use force to reprocess anyway)",
+                        letter.status.as_str()
+                    ),
+                ));
+                continue;
+            }
+            if letter.error_type == ErrorClass::Poison && !r.force {
+                out.push(refused(
+                    id,
+                    "it is poison (it cannot be decoded); use force to republish it anyway",
+                ));
+                continue;
+            }
+            let event_id = uuid::Uuid::now_v7().to_string();
+            sqlx::query(
+                "INSERT INTO outbox (event_id, subject, payload, request_id, created_at, next_retry_at, dlq_id) \
+                 VALUES (?, ?, ?, ?, NOW(6), NOW(6) + INTERVAL ? MICROSECOND, ?)",
+            )
+            .bind(&event_id)
+            .bind(&letter.original_subject)
+            .bind(letter.payload.to_string())
+            .bind(&letter.request_id)
+            .bind(delay_us)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            sqlx::query(
+                "UPDATE dead_letter_messages SET status = 'reprocessing', last_retry_at = NOW(6), \
+                 reprocess_count = reprocess_count + 1, auto_retry_count = auto_retry_count + ?, \
+                 operator = ?, reason = ?, resolved_at = NULL, resolved_by = NULL WHERE id = ?",
+            )
+            .bind(i32::from(r.automatic))
+            .bind(&r.operator)
+            .bind(&r.reason)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            if let Some(request_id) = &letter.request_id
+                && letter.original_subject == actors::model::SUBJECT_PRIMECHECK_REQUESTED
+            {
+                sqlx::query(
+                    "UPDATE prime_check_requests SET status = 'pending', error = NULL, completed_at = NULL \
+                     WHERE id = ? AND status = 'failed'",
+                )
+                .bind(request_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            }
+            tx.commit().await.map_err(classify)?;
+            out.push(DlqActionResult {
+                id,
+                ok: true,
+                error: None,
+                event_id: Some(event_id),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn refused(id: i64, why: &str) -> DlqActionResult {
+    DlqActionResult {
+        id,
+        ok: false,
+        error: Some(why.to_string()),
+        event_id: None,
+    }
+}
+
+impl WorkerStore for MysqlStore {
+    fn record_result(&self, result: PrimeResult) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.record_result_inner(result).boxed()
+    }
+
+    fn processed<'a>(
+        &'a self,
+        event_id: &'a str,
+        consumer: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let row =
+                sqlx::query("SELECT 1 FROM processed_events WHERE event_id = ? AND consumer = ?")
+                    .bind(event_id)
+                    .bind(consumer)
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(classify)?;
+            Ok(row.is_some())
+        }
+        .boxed()
+    }
+
+    fn email_sent<'a>(&'a self, event_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let row = sqlx::query("SELECT 1 FROM sent_emails WHERE event_id = ?")
+                .bind(event_id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(classify)?;
+            Ok(row.is_some())
+        }
+        .boxed()
+    }
+
+    fn record_email(&self, sent: SentEmail) -> BoxFuture<'_, Result<bool, StoreError>> {
+        async move {
+            let done = sqlx::query(
+                "INSERT INTO sent_emails (event_id, request_id, recipient, message_id) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&sent.event_id)
+            .bind(&sent.request_id)
+            .bind(&sent.recipient)
+            .bind(&sent.message_id)
+            .execute(self.pool())
+            .await;
+            match done {
+                Ok(_) => Ok(true),
+                Err(e) if is_duplicate(&e) => Ok(false),
+                Err(e) => Err(classify(e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn log_attempts<'a>(&'a self, logs: &'a [AttemptLog]) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if logs.is_empty() {
+                return Ok(());
+            }
+            let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
+                "INSERT INTO message_processing_logs (message_id, subject, status, error_message, processing_time_ms) ",
+            );
+            q.push_values(logs, |mut b, log| {
+                b.push_bind(&log.message_id)
+                    .push_bind(&log.subject)
+                    .push_bind(log.status.as_str())
+                    .push_bind(&log.error)
+                    .push_bind(i64::try_from(log.processing_time.as_millis()).unwrap_or(i64::MAX));
+            });
+            q.build().execute(self.pool()).await.map_err(classify)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn dead_letter(&self, letter: NewDeadLetter) -> BoxFuture<'_, Result<Option<i64>, StoreError>> {
+        self.dead_letter_inner(letter).boxed()
+    }
+
+    fn resolve_dead_letter(&self, dlq_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            sqlx::query(
+                "UPDATE dead_letter_messages SET status = 'resolved', resolved_at = NOW(6), \
+                 resolved_by = COALESCE(operator, 'reprocess') WHERE id = ? AND status = 'reprocessing'",
+            )
+            .bind(dlq_id)
+            .execute(self.pool())
+            .await
+            .map_err(classify)?;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+impl DlqStore for MysqlStore {
+    fn unstreamed(&self, limit: u32) -> BoxFuture<'_, Result<Vec<(DeadLetter, u32)>, StoreError>> {
+        async move {
+            let rows = sqlx::query(&format!(
+                "{SELECT_LETTER} WHERE streamed_at IS NULL ORDER BY id LIMIT ?"
+            ))
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+            .map_err(classify)?;
+            rows.iter()
+                .map(|row| {
+                    let version: i32 = row.try_get("stream_version").map_err(classify)?;
+                    Ok((letter_from_row(row)?, version.max(0) as u32))
+                })
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn mark_streamed<'a>(
+        &'a self,
+        rows: &'a [(i64, u32)],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            for (id, version) in rows {
+                sqlx::query(
+                    "UPDATE dead_letter_messages SET streamed_at = NOW(6) WHERE id = ? AND stream_version = ?",
+                )
+                .bind(id)
+                .bind(version)
+                .execute(self.pool())
+                .await
+                .map_err(classify)?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn list(&self, query: DlqQuery) -> BoxFuture<'_, Result<Vec<DeadLetter>, StoreError>> {
+        async move {
+            let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(SELECT_LETTER);
+            q.push(" WHERE 1 = 1");
+            if let Some(subject) = &query.subject {
+                q.push(" AND (original_subject = ")
+                    .push_bind(subject.clone())
+                    .push(" OR dlq_subject = ")
+                    .push_bind(subject.clone())
+                    .push(")");
+            }
+            if let Some(t) = query.error_type {
+                q.push(" AND error_type = ").push_bind(t.as_str());
+            }
+            if let Some(s) = query.status {
+                q.push(" AND status = ").push_bind(s.as_str());
+            }
+            if let Some(since) = query.since {
+                q.push(" AND dlq_created_at >= ").push_bind(since);
+            }
+            if let Some(until) = query.until {
+                q.push(" AND dlq_created_at < ").push_bind(until);
+            }
+            if let Some(before) = query.before_id {
+                q.push(" AND id < ").push_bind(before);
+            }
+            q.push(" ORDER BY id DESC LIMIT ").push_bind(query.limit);
+            let rows = q.build().fetch_all(self.pool()).await.map_err(classify)?;
+            rows.iter().map(letter_from_row).collect()
+        }
+        .boxed()
+    }
+
+    fn get(&self, id: i64) -> BoxFuture<'_, Result<Option<DeadLetter>, StoreError>> {
+        async move {
+            let row = sqlx::query(&format!("{SELECT_LETTER} WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(classify)?;
+            row.as_ref().map(letter_from_row).transpose()
+        }
+        .boxed()
+    }
+
+    fn stats(&self, since: DateTime<Utc>) -> BoxFuture<'_, Result<DlqStats, StoreError>> {
+        async move {
+            let mut stats = DlqStats::default();
+            let grouped = |column: &'static str, pending_only: bool| {
+                let filter = if pending_only { " WHERE status = 'pending'" } else { "" };
+                format!(
+                    "SELECT CAST({column} AS CHAR) AS k, COUNT(*) AS n FROM dead_letter_messages{filter} GROUP BY {column}"
+                )
+            };
+            for (column, pending_only, target) in [
+                ("status", false, &mut stats.by_status),
+                ("error_type", true, &mut stats.by_error_type),
+                ("dlq_subject", true, &mut stats.by_subject),
+            ] {
+                let rows = sqlx::query(&grouped(column, pending_only))
+                    .fetch_all(self.pool())
+                    .await
+                    .map_err(classify)?;
+                let mut map = BTreeMap::new();
+                for row in rows {
+                    let k: String = row.try_get("k").map_err(classify)?;
+                    let n: i64 = row.try_get("n").map_err(classify)?;
+                    map.insert(k, n.max(0) as u64);
+                }
+                *target = map;
+            }
+            let rows = sqlx::query(
+                "SELECT date_hour, subject, CAST(error_type AS CHAR) AS error_type, count FROM dlq_statistics \
+                 WHERE date_hour >= ? ORDER BY date_hour, subject, error_type",
+            )
+            .bind(since)
+            .fetch_all(self.pool())
+            .await
+            .map_err(classify)?;
+            for row in rows {
+                let t: String = row.try_get("error_type").map_err(classify)?;
+                let n: i32 = row.try_get("count").map_err(classify)?;
+                stats.hourly.push(DlqBucket {
+                    hour: row.try_get("date_hour").map_err(classify)?,
+                    subject: row.try_get("subject").map_err(classify)?,
+                    error_type: ErrorClass::parse(&t)
+                        .ok_or_else(|| StoreError::Rejected(format!("unknown error type {t:?}")))?,
+                    count: n.max(0) as u64,
+                });
+            }
+            Ok(stats)
+        }
+        .boxed()
+    }
+
+    fn reprocess(
+        &self,
+        request: Reprocess,
+    ) -> BoxFuture<'_, Result<Vec<DlqActionResult>, StoreError>> {
+        self.reprocess_inner(request).boxed()
+    }
+
+    fn discard<'a>(
+        &'a self,
+        ids: &'a [i64],
+        operator: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<DlqActionResult>, StoreError>> {
+        async move {
+            let mut out = Vec::with_capacity(ids.len());
+            for &id in ids {
+                let done = sqlx::query(
+                    "UPDATE dead_letter_messages SET status = 'discarded', resolved_at = NOW(6), \
+                     resolved_by = ?, operator = ?, reason = ? WHERE id = ? AND status IN ('pending', 'reprocessing')",
+                )
+                .bind(operator)
+                .bind(operator)
+                .bind(reason)
+                .bind(id)
+                .execute(self.pool())
+                .await
+                .map_err(classify)?;
+                if done.rows_affected() > 0 {
+                    out.push(DlqActionResult { id, ok: true, error: None, event_id: None });
+                } else {
+                    let why = match DlqStore::get(self, id).await? {
+                        None => "no such dead letter".to_string(),
+                        Some(l) => format!("it is already {}", l.status.as_str()),
+                    };
+                    out.push(refused(id, &why));
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn rule_candidates<'a>(
+        &'a self,
+        before: DateTime<Utc>,
+        max_auto: u32,
+        subjects: &'a [String],
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>> {
+        async move {
+            let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(SELECT_LETTER);
+            q.push(" WHERE status = 'pending' AND error_type <> 'poison' AND COALESCE(last_retry_at, dlq_created_at) <= ")
+                .push_bind(before)
+                .push(" AND auto_retry_count < ")
+                .push_bind(max_auto);
+            if !subjects.is_empty() {
+                q.push(" AND original_subject IN (");
+                let mut sep = q.separated(", ");
+                for s in subjects {
+                    sep.push_bind(s.clone());
+                }
+                sep.push_unseparated(")");
+            }
+            q.push(" ORDER BY id LIMIT ").push_bind(limit);
+            let rows = q.build().fetch_all(self.pool()).await.map_err(classify)?;
+            rows.iter().map(letter_from_row).collect()
+        }
+        .boxed()
+    }
+}
+
+#[allow(dead_code)]
+fn _ids(q: &mut QueryBuilder<'_, MySql>, ids: &[i64]) {
+    push_ids(q, ids.iter().copied());
+}

@@ -1,0 +1,240 @@
+//! JetStream as the consumers' source, and the max-deliveries advisories as the DLQ's feed.
+//!
+//! Advisories are plain NATS messages, lost when nobody listens; they are captured in a
+//! small stream of their own (`<stream>_ADVISORIES`) and read through a durable consumer, so
+//! an advisory that fires while every daemon is down is still handled when one starts.
+
+use std::time::Duration;
+
+use actors::BrokerError;
+use actors::consumer::{Delivery, Message, Source};
+use actors::dlq::{Advisory, AdvisoryFeed};
+use actors::model::{ErrorClass, NewDeadLetter};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use chrono::Utc;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+
+use super::nats::{HEADER_DLQ_ID, HEADER_EVENT_ID, HEADER_REQUEST_ID, HEADER_TRACEPARENT};
+
+/// A durable pull consumer as a worker's source.
+#[derive(Clone)]
+pub struct JetStreamSource {
+    consumer: PullConsumer,
+}
+
+impl JetStreamSource {
+    /// Binds to an existing durable consumer.
+    pub async fn bind(
+        js: &jetstream::Context,
+        stream: &str,
+        durable: &str,
+    ) -> Result<Self, BrokerError> {
+        let consumer = js
+            .get_stream(stream)
+            .await
+            .map_err(|e| BrokerError(format!("stream {stream}: {e}")))?
+            .get_consumer::<jetstream::consumer::pull::Config>(durable)
+            .await
+            .map_err(|e| BrokerError(format!("consumer {durable}: {e}")))?;
+        Ok(Self { consumer })
+    }
+}
+
+fn header(headers: Option<&HeaderMap>, name: &str) -> Option<String> {
+    headers
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_string())
+}
+
+struct JsDelivery {
+    inner: jetstream::Message,
+    message: Message,
+}
+
+impl JsDelivery {
+    fn new(inner: jetstream::Message) -> Self {
+        let headers = inner.headers.as_ref();
+        let (delivery, stream_seq, published_at) = match inner.info() {
+            Ok(info) => (
+                u32::try_from(info.delivered).unwrap_or(1),
+                info.stream_sequence,
+                info.published,
+            ),
+            Err(_) => (1, 0, Utc::now()),
+        };
+        let event_id = header(headers, "Nats-Msg-Id")
+            .or_else(|| header(headers, HEADER_EVENT_ID))
+            .unwrap_or_default();
+        let message = Message {
+            event_id,
+            subject: inner.subject.to_string(),
+            payload: inner.payload.to_vec(),
+            delivery,
+            stream_seq,
+            published_at,
+            request_id: header(headers, HEADER_REQUEST_ID),
+            traceparent: header(headers, HEADER_TRACEPARENT),
+            dlq_id: header(headers, HEADER_DLQ_ID).and_then(|v| v.parse().ok()),
+        };
+        Self { inner, message }
+    }
+
+    async fn ack_kind(&self, kind: AckKind) -> Result<(), BrokerError> {
+        self.inner
+            .ack_with(kind)
+            .await
+            .map_err(|e| BrokerError(e.to_string()))
+    }
+}
+
+impl Delivery for JsDelivery {
+    fn message(&self) -> &Message {
+        &self.message
+    }
+
+    fn ack(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.ack_kind(AckKind::Ack).boxed()
+    }
+
+    fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let delay = (!delay.is_zero()).then_some(delay);
+        self.ack_kind(AckKind::Nak(delay)).boxed()
+    }
+
+    fn term(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.ack_kind(AckKind::Term).boxed()
+    }
+
+    fn progress(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.ack_kind(AckKind::Progress).boxed()
+    }
+}
+
+impl Source for JetStreamSource {
+    fn pull(
+        &self,
+        max: usize,
+        expires: Duration,
+    ) -> BoxStream<'static, Result<Box<dyn Delivery>, BrokerError>> {
+        let consumer = self.consumer.clone();
+        futures::stream::once(async move {
+            consumer
+                .batch()
+                .max_messages(max)
+                .expires(expires)
+                .messages()
+                .await
+                .map_err(|e| BrokerError(e.to_string()))
+        })
+        .map_ok(|batch| {
+            batch.map(|m| {
+                m.map(|m| Box::new(JsDelivery::new(m)) as Box<dyn Delivery>)
+                    .map_err(|e| BrokerError(e.to_string()))
+            })
+        })
+        .try_flatten()
+        .boxed()
+    }
+}
+
+/// The advisory stream's name for a main stream.
+pub fn advisory_stream(stream: &str) -> String {
+    format!("{stream}_ADVISORIES")
+}
+
+/// Durable consumer of the advisory stream.
+pub const CONSUMER_ADVISORIES: &str = "dlq-advisories";
+
+/// Max-deliveries advisories of the main stream's consumers, from their capture stream.
+pub struct JetStreamAdvisories {
+    source: JetStreamSource,
+    stream: jetstream::stream::Stream,
+}
+
+impl JetStreamAdvisories {
+    /// Binds to the advisory stream's durable consumer.
+    pub async fn bind(js: &jetstream::Context, stream: &str) -> Result<Self, BrokerError> {
+        let source =
+            JetStreamSource::bind(js, &advisory_stream(stream), CONSUMER_ADVISORIES).await?;
+        let stream = js
+            .get_stream(stream)
+            .await
+            .map_err(|e| BrokerError(format!("stream {stream}: {e}")))?;
+        Ok(Self { source, stream })
+    }
+
+    async fn advisory(&self, delivery: Box<dyn Delivery>) -> Advisory {
+        #[derive(serde::Deserialize)]
+        struct MaxDeliveries {
+            stream: String,
+            consumer: String,
+            stream_seq: u64,
+            deliveries: u32,
+        }
+        let parsed: Result<MaxDeliveries, _> = serde_json::from_slice(&delivery.message().payload);
+        let Ok(adv) = parsed else {
+            return Advisory {
+                letter: None,
+                summary: "an advisory that cannot be decoded".into(),
+                delivery,
+            };
+        };
+        let summary = format!(
+            "{}/{} stream_seq {} after {} deliveries",
+            adv.stream, adv.consumer, adv.stream_seq, adv.deliveries
+        );
+        let letter = match self.stream.get_raw_message(adv.stream_seq).await {
+            Ok(original) => Some(NewDeadLetter {
+                original_subject: original.subject.to_string(),
+                original_message_id: header(Some(&original.headers), "Nats-Msg-Id"),
+                payload: original.payload.to_vec(),
+                error: format!(
+                    "delivered {} times without an acknowledgement (the worker died, hung or ran past the ack wait)",
+                    adv.deliveries
+                ),
+                error_type: ErrorClass::Transient,
+                retry_count: adv.deliveries,
+                original_created_at: original.time,
+                request_id: serde_json::from_slice::<serde_json::Value>(&original.payload)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("request_id")
+                            .and_then(|r| r.as_str())
+                            .map(str::to_string)
+                    }),
+                dlq_id: header(Some(&original.headers), HEADER_DLQ_ID).and_then(|v| v.parse().ok()),
+            }),
+            Err(_) => None,
+        };
+        Advisory {
+            letter,
+            summary,
+            delivery,
+        }
+    }
+}
+
+impl AdvisoryFeed for JetStreamAdvisories {
+    fn poll(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Advisory>, BrokerError>> {
+        async move {
+            let deliveries: Vec<Box<dyn Delivery>> = self
+                .source
+                .pull(max, wait.max(Duration::from_millis(10)))
+                .try_collect()
+                .await?;
+            let mut out = Vec::with_capacity(deliveries.len());
+            for d in deliveries {
+                out.push(self.advisory(d).await);
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,453 @@
+//! The consumers, the retry policy and the DLQ end to end: a daemon against MariaDB, a
+//! nats-server of each test's own, and maildev or a scripted SMTP stub.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Daemon, MailDev, NatsServer, SmtpStub, StubMode, TestDb, smtp_env};
+
+const TOKEN: &str = "workers-test-token";
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A production-mode daemon with fast retries, on `db`, `nats` and SMTP at `smtp_port`.
+fn daemon(db: &TestDb, nats: &NatsServer, smtp_port: u16, extra: &[(&str, &str)]) -> Daemon {
+    let mut env: Vec<(String, String)> = vec![
+        ("DATABASE_URL".into(), db.url.clone()),
+        ("NATS_URL".into(), nats.url()),
+        ("ADMIN_API_KEYS".into(), TOKEN.into()),
+        ("PRIMED_OUTBOX_POLL_INTERVAL_MS".into(), "100".into()),
+        ("PRIMED_RETRY_BACKOFF".into(), "300ms,600ms".into()),
+        ("PRIMED_SMTP_TIMEOUT_SECONDS".into(), "2".into()),
+        ("PRIMED_DLQ_RULES".into(), String::new()),
+    ];
+    env.extend(smtp_env(smtp_port));
+    for (k, v) in extra {
+        env.retain(|(name, _)| name != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Daemon::start(&env)
+}
+
+async fn submit(d: &Daemon, number: &str, email: &str) -> String {
+    let r = client()
+        .post(d.url("/prime-check"))
+        .json(&json!({"number": number, "email": email}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn request(d: &Daemon, id: &str) -> Value {
+    client()
+        .get(d.url(&format!("/prime-check/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn admin_get(d: &Daemon, path: &str) -> Value {
+    let r = client()
+        .get(d.url(path))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.json().await.unwrap()
+}
+
+async fn dead_letters(d: &Daemon, query: &str) -> Vec<Value> {
+    admin_get(d, &format!("/api/dlq/messages?{query}")).await["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_checked_and_its_result_emailed_once() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let mail = MailDev::start();
+    let d = daemon(&db, &nats, mail.smtp_port, &[]);
+
+    let cases = [
+        ("2", true, None),
+        ("91", false, Some("7")),
+        ("18446744073709551557", true, None),
+        // 2^89 − 1, a Mersenne prime beyond 64 bits (Baillie–PSW path).
+        ("618970019642690137449562111", true, None),
+        ("1000000016000000063", false, None), // 1000000007 × 1000000009
+    ];
+    let mut ids = Vec::new();
+    for (number, _, _) in &cases {
+        ids.push(submit(&d, number, "someone@example.com").await);
+    }
+    for (id, (number, prime, factor)) in ids.iter().zip(&cases) {
+        assert_eventually!(
+            request(&d, id).await["status"] == "done",
+            "request {id} for {number} is done"
+        );
+        let r = request(&d, id).await;
+        assert_eq!(r["is_prime"], json!(prime), "{number}");
+        assert_eq!(r["factor"].as_str(), *factor, "{number}");
+    }
+    assert_eventually!(
+        mail.emails().await.len() == cases.len(),
+        "one email per request"
+    );
+    let emails = mail.emails().await;
+    for e in &emails {
+        let subject = e["subject"].as_str().unwrap();
+        assert!(subject.starts_with("Prime check result: "), "{subject}");
+        assert_eq!(e["to"][0]["address"], "someone@example.com");
+        let message_id = e["messageId"].as_str().unwrap_or_default();
+        assert!(
+            message_id.ends_with("@primed>") || message_id.ends_with("@primed"),
+            "{e}"
+        );
+    }
+    assert!(
+        emails
+            .iter()
+            .any(|e| e["subject"] == "Prime check result: 91 is not prime")
+    );
+
+    // Every effect and every attempt was recorded once per event.
+    assert_eq!(db.count("SELECT COUNT(*) FROM processed_events"), 5);
+    assert_eq!(db.count("SELECT COUNT(*) FROM sent_emails"), 5);
+    // Attempt logs are written when a pull ends.
+    assert_eventually!(
+        db.count("SELECT COUNT(*) FROM message_processing_logs WHERE status = 'success'") == 10,
+        "one success log per event and consumer"
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM dead_letter_messages"), 0);
+    // Nothing more arrives (no duplicate email).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(mail.emails().await.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_address_is_a_permanent_dead_letter_with_its_stream_copy_and_statistics() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Reject).await;
+    let d = daemon(&db, &nats, stub.port, &[]);
+    let id = submit(&d, "97", "nobody@example.com").await;
+
+    assert_eventually!(
+        dead_letters(&d, "subject=dlq.emailsend").await.len() == 1,
+        "the email is dead-lettered"
+    );
+    let letter = &dead_letters(&d, "").await[0];
+    assert_eq!(letter["error_type"], "permanent");
+    assert_eq!(letter["original_subject"], "email.send");
+    assert_eq!(letter["status"], "pending");
+    assert_eq!(letter["retry_count"], 1, "no retry for a permanent failure");
+    assert_eq!(letter["request_id"], id.as_str());
+    assert!(
+        letter["error_message"].as_str().unwrap().contains("550"),
+        "{letter}"
+    );
+    assert_eq!(letter["payload"]["number"], "97");
+    assert_eq!(stub.attempt_times().len(), 1);
+
+    // The result itself stands: only its email failed.
+    assert_eq!(request(&d, &id).await["status"], "done");
+    assert_eventually!(
+        support::stream_messages(&nats.url(), "DEAD_LETTER_QUEUE").await == 1,
+        "the dead letter is copied to dlq.emailsend"
+    );
+    let stats = admin_get(&d, "/api/dlq/stats").await;
+    assert_eq!(stats["by_error_type"]["permanent"], 1);
+    assert_eq!(stats["by_subject"]["dlq.emailsend"], 1);
+    assert_eq!(stats["hourly"][0]["count"], 1);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM message_processing_logs WHERE status = 'failed'"),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_email_is_retried_with_backoff_then_dead_lettered_and_reprocessed() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Defer).await;
+    // The breaker must not open here: three deferrals in a row.
+    let d = daemon(
+        &db,
+        &nats,
+        stub.port,
+        &[("PRIMED_SMTP_BREAKER_THRESHOLD", "10")],
+    );
+    let id = submit(&d, "101", "busy@example.com").await;
+    assert_eventually!(
+        dead_letters(&d, "error_type=transient").await.len() == 1,
+        "dead-lettered after its deliveries"
+    );
+    // Three deliveries (MaxDeliver 3), spaced by the NAK delays 300 ms and 600 ms.
+    let times = stub.attempt_times();
+    assert_eq!(times.len(), 3, "{times:?}");
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert!(gaps[0] >= Duration::from_millis(300), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(600), "{gaps:?}");
+    let logs = || {
+        db.sql(
+            "SELECT status FROM message_processing_logs WHERE subject = 'email.send' ORDER BY id",
+        )
+        .split_whitespace()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    };
+    assert_eventually!(logs().len() == 3, "three attempts logged");
+    assert_eq!(logs(), vec!["retry", "retry", "failed"]);
+    let letter = &dead_letters(&d, "").await[0];
+    assert_eq!(letter["retry_count"], 3);
+    assert!(
+        letter["error_message"].as_str().unwrap().contains("451"),
+        "{letter}"
+    );
+
+    // The mailbox recovers; an operator reprocesses the letter.
+    stub.set_mode(StubMode::Accept);
+    let dlq_id = letter["id"].as_i64().unwrap();
+    let r: Value = client()
+        .post(d.url("/api/dlq/reprocess"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"message_ids": [dlq_id.to_string()], "operator": "alice", "reason": "mailbox fixed"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["succeeded"], 1, "{r}");
+    assert_eventually!(
+        admin_get(&d, &format!("/api/dlq/messages/{dlq_id}")).await["status"] == "resolved",
+        "the reprocessed letter is resolved"
+    );
+    let letter = admin_get(&d, &format!("/api/dlq/messages/{dlq_id}")).await;
+    assert_eq!(letter["resolved_by"], "alice");
+    assert_eq!(letter["reason"], "mailbox fixed");
+    assert!(letter["resolved_at"].is_string());
+    assert_eq!(stub.accepted().len(), 1, "the email went out once");
+    assert_eq!(request(&d, &id).await["status"], "done");
+
+    // A second reprocess of a resolved letter is refused without force.
+    let r: Value = client()
+        .post(d.url("/api/dlq/reprocess"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"message_ids": [dlq_id], "operator": "alice"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["failed"], 1, "{r}");
+    assert!(
+        r["results"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("resolved")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reprocess_that_fails_again_returns_to_pending_and_discard_closes_it() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Reject).await;
+    let d = daemon(&db, &nats, stub.port, &[]);
+    submit(&d, "13", "gone@example.com").await;
+    assert_eventually!(dead_letters(&d, "").await.len() == 1, "dead-lettered");
+    let dlq_id = dead_letters(&d, "").await[0]["id"].as_i64().unwrap();
+
+    let r = client()
+        .post(d.url("/api/dlq/reprocess"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"message_ids": [dlq_id], "operator": "bob", "override_delay": "200ms"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eventually!(
+        {
+            let l = admin_get(&d, &format!("/api/dlq/messages/{dlq_id}")).await;
+            l["status"] == "pending" && l["reprocess_count"] == 1
+        },
+        "the failed reprocess is pending again"
+    );
+    assert_eq!(stub.attempt_times().len(), 2);
+    assert_eq!(
+        dead_letters(&d, "").await.len(),
+        1,
+        "the same row, not a new one"
+    );
+
+    let r: Value = client()
+        .delete(d.url("/api/dlq/discard"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"message_ids": [dlq_id], "operator": "bob", "reason": "address is gone"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["succeeded"], 1, "{r}");
+    let l = admin_get(&d, &format!("/api/dlq/messages/{dlq_id}")).await;
+    assert_eq!(l["status"], "discarded");
+    assert_eq!(l["resolved_by"], "bob");
+    assert_eq!(dead_letters(&d, "status=discarded").await.len(), 1);
+    assert_eq!(dead_letters(&d, "status=pending").await.len(), 0);
+
+    // Bad input is a clear 4xx; no token is a 401.
+    for (body, code) in [
+        (json!({"message_ids": [], "operator": "x"}), "invalid_ids"),
+        (
+            json!({"message_ids": ["abc"], "operator": "x"}),
+            "invalid_ids",
+        ),
+        (
+            json!({"message_ids": [1], "operator": ""}),
+            "invalid_operator",
+        ),
+        (
+            json!({"message_ids": [1], "operator": "x", "override_delay": "soon"}),
+            "invalid_delay",
+        ),
+    ] {
+        let r = client()
+            .post(d.url("/api/dlq/reprocess"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], code);
+    }
+    let r = client()
+        .get(d.url("/api/dlq/messages"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client()
+        .get(d.url("/api/dlq/messages?status=lost"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_smtp_is_down_the_breaker_holds_mail_and_nothing_reaches_the_dlq() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    // Nothing listens on this port yet: connection refused.
+    let port = support::free_addr().port();
+    let d = daemon(
+        &db,
+        &nats,
+        port,
+        &[
+            ("PRIMED_SMTP_BREAKER_THRESHOLD", "2"),
+            ("PRIMED_SMTP_BREAKER_COOLDOWN_SECONDS", "1"),
+            ("PRIMED_ACK_WAIT_SECONDS", "3"),
+        ],
+    );
+    let mut ids = Vec::new();
+    for n in ["3", "4", "5", "6", "7", "8"] {
+        ids.push(submit(&d, n, "patient@example.com").await);
+    }
+    for id in &ids {
+        assert_eventually!(request(&d, id).await["status"] == "done", "{id} checked");
+    }
+    let mut d = d;
+    d.wait_for_log("SMTP circuit breaker opened");
+    // Longer than the ack wait and the retry budget: a naive consumer would have burned
+    // every delivery by now.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(db.count("SELECT COUNT(*) FROM dead_letter_messages"), 0);
+
+    let mail = MailDev::start_on(port);
+    assert_eventually!(
+        mail.emails().await.len() == ids.len(),
+        "every email is sent; daemon log:\n{}",
+        d.log_so_far()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(mail.emails().await.len(), ids.len(), "each once");
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM sent_emails"),
+        ids.len() as i64
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM dead_letter_messages"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_and_over_limit_messages_are_dead_lettered_at_once() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let mail = MailDev::start();
+    let d = daemon(
+        &db,
+        &nats,
+        mail.smtp_port,
+        &[("PRIMED_PRIME_TIMEOUT_MS", "1")],
+    );
+
+    // Something that is not a prime-check request lands on the subject.
+    let client_nats = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client_nats);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "poison-1");
+    js.publish_with_headers("primecheck.requested", headers, "{not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eventually!(
+        dead_letters(&d, "error_type=poison").await.len() == 1,
+        "the poison message is dead-lettered"
+    );
+    let letter = &dead_letters(&d, "error_type=poison").await[0];
+    assert_eq!(letter["original_message_id"], "poison-1");
+    assert_eq!(letter["retry_count"], 1);
+    assert_eq!(letter["payload"]["undecodable"], "{not json");
+
+    // A 600-digit prime cannot be tested within 1 ms: a permanent error with its reason.
+    let big = ((num_bigint::BigUint::from(1u32) << 1999u32) - 1u32).to_string();
+    let id = submit(&d, &big, "patient@example.com").await;
+    assert_eventually!(request(&d, &id).await["status"] == "failed", "{id} failed");
+    let r = request(&d, &id).await;
+    assert!(r["error"].as_str().unwrap().contains("time limit"), "{r}");
+    let letter = &dead_letters(&d, "error_type=permanent").await[0];
+    assert_eq!(letter["dlq_subject"], "dlq.primecheck");
+    assert_eq!(letter["request_id"], id.as_str());
+
+    // Auto rules never touch poison.
+    assert_eq!(mail.emails().await.len(), 0);
+}
