@@ -38,6 +38,15 @@ need_pkg systemd-analyze systemd
 need_pkg mariadb mariadb-client
 need_pkg redis-cli redis-tools
 
+# maildev: the SMTP server with an HTTP API the worker tests send mail to.
+MAILDEV_PREFIX=${MAILDEV_PREFIX:-/opt/maildev}
+if [ ! -x "$MAILDEV_PREFIX/node_modules/.bin/maildev" ]; then
+  need_pkg npm npm
+  log "installing maildev into $MAILDEV_PREFIX"
+  npm install --prefix "$MAILDEV_PREFIX" maildev@2 --no-audit --no-fund --loglevel=error >/dev/null
+fi
+log "maildev is at $MAILDEV_PREFIX/node_modules/.bin/maildev"
+
 if ! mariadb_up; then
   log "starting MariaDB"
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd

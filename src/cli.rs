@@ -40,6 +40,9 @@ pub enum Command {
         #[command(subcommand)]
         action: OutboxAction,
     },
+    /// Browse, count, reprocess and discard dead letters through the running daemon's
+    /// admin API.
+    Dlq(crate::dlq_cli::DlqArgs),
     /// Print the version.
     Version,
 }

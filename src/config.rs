@@ -1311,6 +1311,54 @@ mod tests {
     }
 
     #[test]
+    fn worker_settings_have_the_seeds_defaults_and_rules_parse() {
+        let c = load(&[]).unwrap();
+        let w = &c.workers;
+        assert_eq!((w.max_deliver, w.ack_wait), (3, Duration::from_secs(30)));
+        assert_eq!(
+            w.backoff,
+            vec![
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_secs(4)
+            ]
+        );
+        assert_eq!(w.dlq_rules.len(), 1);
+        let rule = &w.dlq_rules[0];
+        assert_eq!(
+            (rule.wait, rule.max_retries),
+            (Duration::from_secs(1800), 2)
+        );
+        assert!(
+            rule.pattern
+                .is_match("cannot talk to the SMTP server: Connection refused")
+        );
+        assert!(rule.pattern.is_match("network timeout"));
+        assert!(!rule.pattern.is_match("550 no such user"));
+
+        let c = load(&[("PRIMED_DLQ_RULES", "")]).unwrap();
+        assert!(c.workers.dlq_rules.is_empty(), "empty disables the rules");
+        let rules = parse_dlq_rules("a:5m:1:email.send,primecheck.requested:x|y:z; b:1s:3::^boom$")
+            .unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            rules[0].subjects,
+            vec!["email.send", "primecheck.requested"]
+        );
+        assert_eq!(
+            rules[0].pattern.as_str(),
+            "x|y:z",
+            "the pattern may hold ':' and '|'"
+        );
+        assert!(rules[1].subjects.is_empty());
+        for bad in ["a:soon:1::x", "a:1s:many::x", "a:1s:1::(", "a:1s"] {
+            assert!(parse_dlq_rules(bad).is_err(), "{bad}");
+        }
+        let err = load(&[("PRIMED_RETRY_BACKOFF", "1s,0s")]).unwrap_err();
+        assert!(err.to_string().contains("PRIMED_RETRY_BACKOFF"), "{err}");
+    }
+
+    #[test]
     fn the_seeds_production_variables_select_production_mode() {
         let c = load(&[
             ("MYSQL_HOST", "mysql"),

@@ -11,6 +11,7 @@ pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dlq_cli;
 pub mod http;
 pub mod logging;
 pub mod ops;

@@ -59,6 +59,29 @@ fn main() -> ExitCode {
                 println!("{n} outbox events created since {} are due again; a running relay publishes them", since.to_rfc3339());
             }))
         }
+        Command::Dlq(args) => {
+            let config = match load() {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(err) => {
+                    eprintln!("primed: cannot start the async runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(primed::dlq_cli::run(args, &config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("primed: {err}");
+                    ExitCode::from(err.exit_code())
+                }
+            }
+        }
         Command::Run => {
             let config = match load() {
                 Ok(config) => config,

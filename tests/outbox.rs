@@ -18,7 +18,7 @@ use primed::adapters::nats::{CONSUMER_PRIMECHECK, DLQ_STREAM, JetStreamBroker, J
 use primed::config::Secret;
 use serde_json::{Value, json};
 use supervision::Backoff;
-use support::{Daemon, NatsServer, TestDb, stream_messages};
+use support::{Daemon, NatsServer, TestDb, stream_messages, subject_messages};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -134,10 +134,13 @@ async fn accepted_requests_reach_jetstream_once_with_their_headers() {
     let d = daemon(&db, &nats);
     submit(&d, 30).await;
     assert_eventually!(
-        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 30,
+        db.count("SELECT COUNT(*) FROM outbox WHERE subject = 'primecheck.requested' AND state = 'published'") == 30,
         "not all rows were published"
     );
-    assert_eq!(stream_messages(&nats.url(), "PRIME").await, 30);
+    assert_eq!(
+        subject_messages(&nats.url(), "PRIME", "primecheck.requested").await,
+        30
+    );
 
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let stream = js.get_stream("PRIME").await.unwrap();
@@ -229,7 +232,7 @@ async fn with_nats_down_rows_wait_with_backoff_and_go_out_once_it_is_back() {
     let d = daemon(&db, &nats);
     submit(&d, 1).await;
     assert_eventually!(
-        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 1,
+        db.count("SELECT COUNT(*) FROM outbox WHERE subject = 'primecheck.requested' AND state = 'published'") == 1,
         "the first row was not published"
     );
 
@@ -237,7 +240,7 @@ async fn with_nats_down_rows_wait_with_backoff_and_go_out_once_it_is_back() {
     submit(&d, 20).await; // accepted: the database is fine
     assert_eventually!(
         db.count(
-            "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND retry_count >= 1 \
+            "SELECT COUNT(*) FROM outbox WHERE subject = 'primecheck.requested' AND state = 'pending' AND retry_count >= 1 \
                   AND error_message IS NOT NULL AND next_retry_at IS NOT NULL"
         ) == 20,
         "rows did not record their failed attempts"
@@ -245,11 +248,11 @@ async fn with_nats_down_rows_wait_with_backoff_and_go_out_once_it_is_back() {
 
     nats.start_again();
     assert_eventually!(
-        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 21,
+        db.count("SELECT COUNT(*) FROM outbox WHERE subject = 'primecheck.requested' AND state = 'published'") == 21,
         "rows were not published after NATS came back"
     );
     assert_eq!(
-        stream_messages(&nats.url(), "PRIME").await,
+        subject_messages(&nats.url(), "PRIME", "primecheck.requested").await,
         21,
         "none twice, none lost"
     );
@@ -263,7 +266,7 @@ async fn killed_database_connections_are_replaced_without_help() {
     let d = daemon(&db, &nats);
     submit(&d, 1).await;
     assert_eventually!(
-        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 1,
+        db.count("SELECT COUNT(*) FROM outbox WHERE subject = 'primecheck.requested' AND state = 'published'") == 1,
         "the first row was not published"
     );
     let killed = support::mariadb(&format!(
@@ -281,7 +284,7 @@ async fn killed_database_connections_are_replaced_without_help() {
     }
     submit(&d, 5).await;
     assert_eventually!(
-        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 6,
+        db.count("SELECT COUNT(*) FROM outbox WHERE subject = 'primecheck.requested' AND state = 'published'") == 6,
         "the relay did not recover from killed connections"
     );
     let health: Value = client()

@@ -451,3 +451,322 @@ async fn poison_and_over_limit_messages_are_dead_lettered_at_once() {
     // Auto rules never touch poison.
     assert_eq!(mail.emails().await.len(), 0);
 }
+
+fn prime_request_payload(request_id: &str, number: &str) -> bytes::Bytes {
+    serde_json::to_vec(
+        &json!({"request_id": request_id, "number": number, "email": "x@example.com"}),
+    )
+    .unwrap()
+    .into()
+}
+
+/// Pulls one message from the prime-check consumer and drops it without an ack: a worker
+/// that died mid-message.
+async fn pull_and_die(js: &async_nats::jetstream::Context) -> String {
+    use futures::StreamExt;
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("PRIME")
+        .await
+        .unwrap()
+        .get_consumer("primecheck-worker")
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .unwrap();
+    let message = batch.next().await.expect("a message").unwrap();
+    message
+        .headers
+        .as_ref()
+        .unwrap()
+        .get("Nats-Msg-Id")
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_worker_died_is_redelivered_and_after_its_last_delivery_dead_lettered() {
+    use primed::adapters::nats::{JetStreamBroker, JetStreamSettings};
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let mail = MailDev::start();
+    // The daemon's settings: 2 deliveries, redelivery 500 ms after an unacknowledged one.
+    let mut settings = JetStreamSettings::new("PRIME");
+    settings.max_deliver = 2;
+    settings.backoff = vec![Duration::from_millis(500)];
+    let (broker, client) = JetStreamBroker::connect(&nats.url(), &settings)
+        .await
+        .unwrap();
+    broker.ensure_topology(&settings).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let publish = |id: &'static str, number: &'static str| {
+        let js = js.clone();
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id);
+            js.publish_with_headers(
+                "primecheck.requested",
+                headers,
+                prime_request_payload(id, number),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        }
+    };
+
+    // "lost": two workers in a row die holding it; JetStream gives up on it and says so in a
+    // max-deliveries advisory (when it next tries to deliver, i.e. once a worker pulls).
+    publish("lost-event", "7").await;
+    assert_eq!(pull_and_die(&js).await, "lost-event");
+    assert_eq!(pull_and_die(&js).await, "lost-event");
+    // "survivor": one worker dies holding it; a live one gets it after the ack deadline.
+    publish("survivor-event", "11").await;
+    assert_eq!(pull_and_die(&js).await, "survivor-event");
+
+    let d = daemon(
+        &db,
+        &nats,
+        mail.smtp_port,
+        &[
+            ("PRIMED_MAX_DELIVER", "2"),
+            ("PRIMED_RETRY_BACKOFF", "500ms"),
+        ],
+    );
+    assert_eventually!(
+        db.count("SELECT COUNT(*) FROM processed_events WHERE event_id = 'survivor-event'") == 1,
+        "the survivor is processed on its second delivery"
+    );
+    assert_eventually!(mail.emails().await.len() == 1, "and its email sent");
+    assert_eventually!(
+        dead_letters(&d, "").await.len() == 1,
+        "the lost message is dead-lettered from the advisory"
+    );
+    let letter = &dead_letters(&d, "").await[0];
+    assert_eq!(letter["original_message_id"], "lost-event");
+    assert_eq!(letter["error_type"], "transient");
+    assert_eq!(letter["retry_count"], 2);
+    assert_eq!(letter["payload"]["number"], "7");
+    assert!(
+        letter["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("without an acknowledgement"),
+        "{letter}"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM processed_events WHERE event_id = 'lost-event'"),
+        0
+    );
+    assert_eq!(
+        support::stream_messages(&nats.url(), "PRIME_ADVISORIES").await,
+        1,
+        "the advisory was kept in its stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_rule_republishes_matching_dead_letters_up_to_its_budget() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Defer).await;
+    let d = daemon(
+        &db,
+        &nats,
+        stub.port,
+        &[
+            ("PRIMED_SMTP_BREAKER_THRESHOLD", "100"),
+            (
+                "PRIMED_DLQ_RULES",
+                "deferred-mail:1s:1:email.send:(?i)deferred",
+            ),
+            ("PRIMED_DLQ_RULE_INTERVAL_SECONDS", "1"),
+        ],
+    );
+    submit(&d, "29", "later@example.com").await;
+    assert_eventually!(dead_letters(&d, "").await.len() == 1, "dead-lettered");
+    let dlq_id = dead_letters(&d, "").await[0]["id"].as_i64().unwrap();
+    // The rule republishes it once: three more deliveries, then pending again.
+    assert_eventually!(
+        {
+            let l = admin_get(&d, &format!("/api/dlq/messages/{dlq_id}")).await;
+            l["auto_retry_count"] == 1 && l["status"] == "pending"
+        },
+        "the rule retried it once"
+    );
+    let l = admin_get(&d, &format!("/api/dlq/messages/{dlq_id}")).await;
+    assert_eq!(l["operator"], "rule:deferred-mail");
+    assert_eq!(stub.attempt_times().len(), 6);
+    // Its budget is spent: no further retry.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(stub.attempt_times().len(), 6);
+    let l = admin_get(&d, &format!("/api/dlq/messages/{dlq_id}")).await;
+    assert_eq!(
+        (l["auto_retry_count"].as_i64(), l["status"].as_str()),
+        (Some(1), Some("pending"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_are_recorded_once_per_event() {
+    use actors::WorkerStore;
+    use actors::model::{EmailSend, ErrorClass, NewDeadLetter, PrimeResult, SentEmail};
+    use primed::adapters::mysql::{MysqlStore, PoolSettings};
+    let db = TestDb::create();
+    let store = MysqlStore::connect(
+        &primed::config::Secret::new(db.url.clone()),
+        PoolSettings {
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+            outbox_max_retries: 3,
+        },
+    )
+    .unwrap();
+    store.migrate().await.unwrap();
+    let result = |email_event: &str| PrimeResult {
+        event_id: "event-1".into(),
+        email_event_id: email_event.into(),
+        email: EmailSend {
+            request_id: "r-1".into(),
+            number: "5".into(),
+            email: "a@example.com".into(),
+            is_prime: true,
+            factor: None,
+            digits: 1,
+        },
+        duration: Duration::from_micros(3),
+        request_id: None,
+        traceparent: None,
+    };
+    assert!(store.record_result(result("email-1")).await.unwrap());
+    assert!(
+        !store.record_result(result("email-2")).await.unwrap(),
+        "a redelivery changes nothing"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE subject = 'email.send'"),
+        1
+    );
+
+    let sent = SentEmail {
+        event_id: "email-1".into(),
+        request_id: "r-1".into(),
+        recipient: "a@example.com".into(),
+        message_id: "<email-1@primed>".into(),
+    };
+    assert!(!store.email_sent("email-1").await.unwrap());
+    assert!(store.record_email(sent.clone()).await.unwrap());
+    assert!(!store.record_email(sent).await.unwrap());
+    assert!(store.email_sent("email-1").await.unwrap());
+
+    let letter = NewDeadLetter {
+        original_subject: "email.send".into(),
+        original_message_id: Some("email-9".into()),
+        payload: b"{}".to_vec(),
+        error: "boom".into(),
+        error_type: ErrorClass::Transient,
+        retry_count: 3,
+        original_created_at: chrono::Utc::now(),
+        request_id: None,
+        dlq_id: None,
+    };
+    assert!(store.dead_letter(letter.clone()).await.unwrap().is_some());
+    assert_eq!(
+        store.dead_letter(letter).await.unwrap(),
+        None,
+        "not twice while pending"
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM dead_letter_messages"), 1);
+    assert_eq!(db.count("SELECT SUM(count) FROM dlq_statistics"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dlq_cli_lists_reprocesses_in_batches_with_progress_and_discards() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Reject).await;
+    let d = daemon(&db, &nats, stub.port, &[]);
+    for n in ["2", "3", "5"] {
+        submit(&d, n, "nobody@example.com").await;
+    }
+    assert_eventually!(dead_letters(&d, "").await.len() == 3, "three dead letters");
+    let base = d.url("");
+    let cli = |args: &[&str]| {
+        let out = support::primed()
+            .arg("dlq")
+            .args(["--url", base.trim_end_matches('/'), "--token", TOKEN])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, list, _) = cli(&["list", "--status", "pending"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        list.lines().filter(|l| l.contains("email.send")).count(),
+        3,
+        "{list}"
+    );
+    assert!(list.contains("permanent"), "{list}");
+
+    let (code, out, err) = cli(&[
+        "reprocess",
+        "--batch",
+        "2",
+        "--operator",
+        "carol",
+        "--force",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("republished 3 of 3"), "{out}");
+    assert!(
+        err.contains("reprocess: 2/3") && err.contains("reprocess: 3/3"),
+        "{err}"
+    );
+    assert_eventually!(
+        db.count("SELECT SUM(reprocess_count) FROM dead_letter_messages WHERE operator = 'carol'")
+            == 3,
+        "every letter was reprocessed once by carol"
+    );
+    // They fail again (the stub still rejects) and are pending again.
+    assert_eventually!(
+        dead_letters(&d, "status=pending").await.len() == 3,
+        "pending again after failing"
+    );
+    let first = dead_letters(&d, "").await[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let (code, out, _) = cli(&["discard", &first, "--operator", "carol", "--reason", "test"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("discarded 1"), "{out}");
+    let (code, stats, _) = cli(&["stats", "--json"]);
+    assert_eq!(code, Some(0));
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["by_status"]["discarded"], 1);
+    assert_eq!(stats["by_status"]["pending"], 2);
+
+    // A wrong token is refused with a clear message and a non-zero exit.
+    let out = support::primed()
+        .args([
+            "dlq",
+            "--url",
+            base.trim_end_matches('/'),
+            "--token",
+            "wrong",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
+}

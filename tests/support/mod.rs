@@ -572,3 +572,18 @@ impl Drop for SmtpStub {
         self.task.abort();
     }
 }
+
+/// Messages on one subject of a stream (0 when the stream does not exist).
+pub async fn subject_messages(url: &str, stream: &str, subject: &str) -> u64 {
+    use futures::TryStreamExt;
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    let Ok(s) = js.get_stream(stream).await else {
+        return 0;
+    };
+    let Ok(counts) = s.info_with_subjects(subject).await else {
+        return 0;
+    };
+    let counts: Vec<(String, usize)> = counts.try_collect().await.unwrap_or_default();
+    counts.iter().map(|(_, n)| *n as u64).sum()
+}
