@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the local services the tests use are answering on loopback, starting any that
 # is not, the same way the development machines start them. Also installs the tools tests
-# call (systemd-analyze). Safe to run again: it only starts what is down.
+# call (systemd-analyze, and maildev for the worker tests). Safe to run again: it only starts what is down.
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*"; }
