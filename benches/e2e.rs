@@ -164,7 +164,14 @@ async fn run(db: &str) {
     let nats_dir = tempfile::tempdir().unwrap();
     let _nats = Proc(
         Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &nats_port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(nats_dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -169,6 +169,23 @@ pub fn jetstream_settings(config: &Config, stream: &str) -> JetStreamSettings {
     settings.max_deliver = i64::from(config.workers.max_deliver);
     settings.ack_wait = config.workers.ack_wait;
     settings.backoff = config.workers.backoff.clone();
+    for (durable, retry) in [
+        (
+            crate::adapters::nats::CONSUMER_PRIMECHECK,
+            &config.workers.primecheck_retry,
+        ),
+        (
+            crate::adapters::nats::CONSUMER_EMAIL,
+            &config.workers.email_retry,
+        ),
+    ] {
+        settings.overrides.push((
+            durable.to_string(),
+            i64::from(retry.max_deliver),
+            retry.ack_wait,
+            retry.backoff.clone(),
+        ));
+    }
     settings
 }
 

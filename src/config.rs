@@ -165,6 +165,42 @@ pub const KEYS: &[Key] = &[
         "delays before the 2nd, 3rd, ... delivery after a transient failure",
     ),
     key(
+        "PRIMED_PRIMECHECK_MAX_DELIVER",
+        false,
+        None,
+        "primecheck.requested only: deliveries (unset: PRIMED_MAX_DELIVER)",
+    ),
+    key(
+        "PRIMED_PRIMECHECK_ACK_WAIT_SECONDS",
+        false,
+        None,
+        "primecheck.requested only: ack wait (unset: PRIMED_ACK_WAIT_SECONDS)",
+    ),
+    key(
+        "PRIMED_PRIMECHECK_RETRY_BACKOFF",
+        false,
+        None,
+        "primecheck.requested only: retry delays (unset: PRIMED_RETRY_BACKOFF)",
+    ),
+    key(
+        "PRIMED_EMAIL_MAX_DELIVER",
+        false,
+        None,
+        "email.send only: deliveries (unset: PRIMED_MAX_DELIVER)",
+    ),
+    key(
+        "PRIMED_EMAIL_ACK_WAIT_SECONDS",
+        false,
+        None,
+        "email.send only: ack wait (unset: PRIMED_ACK_WAIT_SECONDS)",
+    ),
+    key(
+        "PRIMED_EMAIL_RETRY_BACKOFF",
+        false,
+        None,
+        "email.send only: retry delays (unset: PRIMED_RETRY_BACKOFF)",
+    ),
+    key(
         "PRIMED_SMTP_CONCURRENCY",
         false,
         Some("8"),
@@ -560,6 +596,17 @@ pub fn parse_dlq_rules(spec: &str) -> Result<Vec<DlqRule>, String> {
         .collect()
 }
 
+/// The retry policy of one subject (seed §2.3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubjectRetry {
+    /// Deliveries before a transient failure is dead-lettered.
+    pub max_deliver: u32,
+    /// Ack wait.
+    pub ack_wait: Duration,
+    /// NAK delays after the 1st, 2nd, … failed delivery.
+    pub backoff: Vec<Duration>,
+}
+
 /// The consumers, their retries, SMTP limits and the DLQ rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workers {
@@ -577,6 +624,10 @@ pub struct Workers {
     pub ack_wait: Duration,
     /// NAK delays.
     pub backoff: Vec<Duration>,
+    /// `primecheck.requested`'s policy (the global one unless overridden).
+    pub primecheck_retry: SubjectRetry,
+    /// `email.send`'s policy (the global one unless overridden).
+    pub email_retry: SubjectRetry,
     /// SMTP sends in flight.
     pub smtp_concurrency: u32,
     /// SMTP timeout.
@@ -947,23 +998,51 @@ impl Config {
                     .into(),
             ))
         };
-        let backoff: Vec<Duration> = raw
-            .required("PRIMED_RETRY_BACKOFF")?
-            .split(',')
-            .map(|s| humantime::parse_duration(s.trim()))
-            .collect::<Result<_, _>>()
-            .map_err(|_| {
-                raw.invalid(
-                    "PRIMED_RETRY_BACKOFF",
-                    "comma-separated durations, e.g. 1s,2s,4s",
-                )
-            })?;
-        if backoff.is_empty() || backoff.iter().any(Duration::is_zero) {
-            return Err(raw.invalid(
-                "PRIMED_RETRY_BACKOFF",
-                "comma-separated durations, e.g. 1s,2s,4s",
-            ));
-        }
+        let durations = |name: &'static str, text: &str| -> Result<Vec<Duration>, ConfigError> {
+            let list: Vec<Duration> = text
+                .split(',')
+                .map(|s| humantime::parse_duration(s.trim()))
+                .collect::<Result<_, _>>()
+                .map_err(|_| raw.invalid(name, "comma-separated durations, e.g. 1s,2s,4s"))?;
+            if list.is_empty() || list.iter().any(Duration::is_zero) {
+                return Err(raw.invalid(name, "comma-separated durations, e.g. 1s,2s,4s"));
+            }
+            Ok(list)
+        };
+        let backoff = durations(
+            "PRIMED_RETRY_BACKOFF",
+            raw.required("PRIMED_RETRY_BACKOFF")?,
+        )?;
+        let max_deliver = raw.positive("PRIMED_MAX_DELIVER", "a whole number, at least 1")?;
+        let ack_wait = secs("PRIMED_ACK_WAIT_SECONDS")?;
+        let subject = |deliver: &'static str,
+                       wait: &'static str,
+                       delays: &'static str|
+         -> Result<SubjectRetry, ConfigError> {
+            let set = |name| raw.get(name).is_some_and(|v| !v.trim().is_empty());
+            Ok(SubjectRetry {
+                max_deliver: if set(deliver) {
+                    raw.positive(deliver, "a whole number, at least 1")?
+                } else {
+                    max_deliver
+                },
+                ack_wait: if set(wait) { secs(wait)? } else { ack_wait },
+                backoff: match raw.get(delays).filter(|v| !v.trim().is_empty()) {
+                    Some(text) => durations(delays, text)?,
+                    None => backoff.clone(),
+                },
+            })
+        };
+        let primecheck_retry = subject(
+            "PRIMED_PRIMECHECK_MAX_DELIVER",
+            "PRIMED_PRIMECHECK_ACK_WAIT_SECONDS",
+            "PRIMED_PRIMECHECK_RETRY_BACKOFF",
+        )?;
+        let email_retry = subject(
+            "PRIMED_EMAIL_MAX_DELIVER",
+            "PRIMED_EMAIL_ACK_WAIT_SECONDS",
+            "PRIMED_EMAIL_RETRY_BACKOFF",
+        )?;
         let dlq_rules = parse_dlq_rules(raw.get("PRIMED_DLQ_RULES").unwrap_or_default()).map_err(
             |_| {
                 raw.invalid(
@@ -984,9 +1063,11 @@ impl Config {
                 )?
                 .into(),
             ),
-            max_deliver: raw.positive("PRIMED_MAX_DELIVER", "a whole number, at least 1")?,
-            ack_wait: secs("PRIMED_ACK_WAIT_SECONDS")?,
+            max_deliver,
+            ack_wait,
             backoff,
+            primecheck_retry,
+            email_retry,
             smtp_concurrency: raw
                 .positive("PRIMED_SMTP_CONCURRENCY", "a whole number, at least 1")?,
             smtp_timeout: secs("PRIMED_SMTP_TIMEOUT_SECONDS")?,
@@ -1354,6 +1435,26 @@ mod tests {
         for bad in ["a:soon:1::x", "a:1s:many::x", "a:1s:1::(", "a:1s"] {
             assert!(parse_dlq_rules(bad).is_err(), "{bad}");
         }
+        assert_eq!(c.workers.email_retry, c.workers.primecheck_retry);
+        let c = load(&[
+            ("PRIMED_EMAIL_MAX_DELIVER", "5"),
+            ("PRIMED_EMAIL_RETRY_BACKOFF", "1m,5m"),
+            ("PRIMED_PRIMECHECK_ACK_WAIT_SECONDS", "120"),
+        ])
+        .unwrap();
+        let (p, e) = (&c.workers.primecheck_retry, &c.workers.email_retry);
+        assert_eq!((p.max_deliver, p.ack_wait), (3, Duration::from_secs(120)));
+        assert_eq!(p.backoff.len(), 3, "the global steps");
+        assert_eq!((e.max_deliver, e.ack_wait), (5, Duration::from_secs(30)));
+        assert_eq!(
+            e.backoff,
+            vec![Duration::from_secs(60), Duration::from_secs(300)]
+        );
+        let err = load(&[("PRIMED_EMAIL_RETRY_BACKOFF", "soon")]).unwrap_err();
+        assert!(
+            err.to_string().contains("PRIMED_EMAIL_RETRY_BACKOFF"),
+            "{err}"
+        );
         let err = load(&[("PRIMED_RETRY_BACKOFF", "1s,0s")]).unwrap_err();
         assert!(err.to_string().contains("PRIMED_RETRY_BACKOFF"), "{err}");
     }

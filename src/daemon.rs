@@ -229,21 +229,20 @@ fn pipeline(
     use tokio::sync::Semaphore;
 
     let workers = &config.workers;
-    let policy = ConsumerPolicy {
-        max_deliver: workers.max_deliver,
-        backoff: workers.backoff.clone(),
-        ack_wait: workers.ack_wait,
-        ack_backoff: crate::backends::jetstream_settings(config, "")
-            .consumer("", "")
-            .backoff,
+    let settings = crate::backends::jetstream_settings(config, "");
+    let policy = |durable: &str, retry: &crate::config::SubjectRetry| ConsumerPolicy {
+        max_deliver: retry.max_deliver,
+        backoff: retry.backoff.clone(),
+        ack_wait: retry.ack_wait,
+        ack_backoff: settings.consumer(durable, "").backoff,
     };
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let worker = |name: &str, source, handler| WorkerArgs {
+    let worker = |name: &str, source, handler, policy| WorkerArgs {
         name: name.into(),
         source,
         handler,
         store: w.store.clone(),
-        policy: policy.clone(),
+        policy,
         batch: workers.batch as usize,
         expires: Duration::from_secs(1),
         shutdown: shutdown.clone(),
@@ -257,6 +256,10 @@ fn pipeline(
             cpu: Arc::new(Semaphore::new(cpus)),
             wake: Some(wake),
         }),
+        policy(
+            crate::adapters::nats::CONSUMER_PRIMECHECK,
+            &workers.primecheck_retry,
+        ),
     );
     let email = worker(
         "email-worker",
@@ -271,6 +274,7 @@ fn pipeline(
             concurrency: Arc::new(Semaphore::new(workers.smtp_concurrency as usize)),
             message_id_domain: "primed".into(),
         }),
+        policy(crate::adapters::nats::CONSUMER_EMAIL, &workers.email_retry),
     );
     tree::PipelineDeps {
         primecheck,

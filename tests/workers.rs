@@ -192,12 +192,17 @@ async fn a_deferred_email_is_retried_with_backoff_then_dead_lettered_and_reproce
     let db = TestDb::create();
     let nats = NatsServer::start();
     let stub = SmtpStub::start(StubMode::Defer).await;
-    // The breaker must not open here: three deferrals in a row.
+    // The breaker must not open here: three deferrals in a row. The email subject's own
+    // policy (3 deliveries) wins over the global one (5).
     let d = daemon(
         &db,
         &nats,
         stub.port,
-        &[("PRIMED_SMTP_BREAKER_THRESHOLD", "10")],
+        &[
+            ("PRIMED_SMTP_BREAKER_THRESHOLD", "10"),
+            ("PRIMED_MAX_DELIVER", "5"),
+            ("PRIMED_EMAIL_MAX_DELIVER", "3"),
+        ],
     );
     let id = submit(&d, "101", "busy@example.com").await;
     assert_eventually!(

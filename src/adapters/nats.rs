@@ -43,6 +43,8 @@ pub struct JetStreamSettings {
     pub backoff: Vec<Duration>,
     /// How long a publish waits for its acknowledgement.
     pub publish_timeout: Duration,
+    /// Per durable consumer: (max deliver, ack wait, backoff) instead of the ones above.
+    pub overrides: Vec<(String, i64, Duration, Vec<Duration>)>,
 }
 
 impl JetStreamSettings {
@@ -58,6 +60,7 @@ impl JetStreamSettings {
                 Duration::from_secs(4),
             ],
             publish_timeout: Duration::from_secs(5),
+            overrides: Vec::new(),
         }
     }
 
@@ -112,18 +115,23 @@ impl JetStreamSettings {
 
     /// A durable pull consumer of one subject.
     pub fn consumer(&self, durable: &str, subject: &str) -> consumer::pull::Config {
+        let (max_deliver, ack_wait, backoff) = self
+            .overrides
+            .iter()
+            .find(|(name, ..)| name == durable)
+            .map(|(_, m, a, b)| (*m, *a, b.as_slice()))
+            .unwrap_or((self.max_deliver, self.ack_wait, &self.backoff));
         consumer::pull::Config {
             durable_name: Some(durable.into()),
             filter_subject: subject.into(),
             ack_policy: consumer::AckPolicy::Explicit,
-            max_deliver: self.max_deliver,
-            ack_wait: self.ack_wait,
+            max_deliver,
+            ack_wait,
             // NATS requires MaxDeliver > len(BackOff): the n-th redelivery waits backoff[n-1].
-            backoff: self
-                .backoff
+            backoff: backoff
                 .iter()
                 .copied()
-                .take(usize::try_from(self.max_deliver.saturating_sub(1)).unwrap_or(0))
+                .take(usize::try_from(max_deliver.saturating_sub(1)).unwrap_or(0))
                 .collect(),
             ..Default::default()
         }
