@@ -141,25 +141,76 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
             Arc::new(broker)
         }
         BrokerConfig::Embedded => {
-            let file = match embedded {
+            let both_embedded = embedded.is_some();
+            let file = match embedded.clone() {
                 Some(store) => store,
                 None => open_embedded(config).await?,
             };
-            Arc::new(EmbeddedQueue::new(&file))
+            let queue = EmbeddedQueue::new(&file);
+            if both_embedded {
+                workers = Some(embedded_workers(config, &file, &queue)?);
+            }
+            Arc::new(queue)
         }
     };
     if workers.is_none() {
         tracing::warn!(
-            "the prime-check and email workers run only with MySQL and NATS configured; requests will wait as pending"
+            "the prime-check and email workers need the store and the broker of the same mode (MySQL with NATS, or both embedded); requests will wait as pending"
         );
     }
+    let dlq = match (&workers, mysql_store) {
+        (_, Some(store)) => Some(store as Arc<dyn DlqStore>),
+        (Some(w), None) => Some(w.dlq.clone()),
+        (None, None) => None,
+    };
     Ok(Backends {
         requests,
         outbox,
         broker,
         workers,
-        dlq: mysql_store.map(|s| s as Arc<dyn DlqStore>),
+        dlq,
         dependencies,
+    })
+}
+
+/// The embedded mode's consumers: the queue table as the source, the SQLite file as the
+/// store, `.eml` files (or SMTP when configured) as the mail.
+fn embedded_workers(
+    config: &Config,
+    store: &SqliteStore,
+    queue: &EmbeddedQueue,
+) -> Result<WorkerBackends, BackendError> {
+    use crate::adapters::sqlite_workers::{EmbeddedAdvisories, EmbeddedSource};
+    use actors::model::{SUBJECT_EMAIL_SEND, SUBJECT_PRIMECHECK_REQUESTED};
+    let w = &config.workers;
+    let store = Arc::new(store.clone());
+    Ok(WorkerBackends {
+        store: store.clone(),
+        dlq: store,
+        primecheck: Arc::new(EmbeddedSource::new(
+            queue,
+            SUBJECT_PRIMECHECK_REQUESTED,
+            w.primecheck_retry.ack_wait,
+            w.primecheck_retry.max_deliver,
+        )),
+        email: Arc::new(EmbeddedSource::new(
+            queue,
+            SUBJECT_EMAIL_SEND,
+            w.email_retry.ack_wait,
+            w.email_retry.max_deliver,
+        )),
+        advisories: Some(Arc::new(EmbeddedAdvisories::new(
+            queue,
+            vec![
+                (
+                    SUBJECT_PRIMECHECK_REQUESTED.to_string(),
+                    w.primecheck_retry.max_deliver,
+                ),
+                (SUBJECT_EMAIL_SEND.to_string(), w.email_retry.max_deliver),
+            ],
+        ))),
+        mailer: mailer(config)?,
+        dlq_broker: Arc::new(queue.clone()),
     })
 }
 

@@ -118,7 +118,7 @@ async fn the_embedded_store_keeps_the_outbox_promises() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_no_configuration_a_request_goes_through_and_survives_a_restart() {
+async fn with_no_configuration_a_request_is_checked_mailed_to_a_file_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let http = reqwest::Client::new();
@@ -134,28 +134,58 @@ async fn with_no_configuration_a_request_goes_through_and_survives_a_restart() {
         .as_str()
         .unwrap()
         .to_string();
-    let got: Value = http
-        .get(d.url(&format!("/prime-check/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(got["status"], "pending");
-    assert_eq!(got["number"], "97");
+    let get = |id: String| {
+        let http = http.clone();
+        let url = d.url(&format!("/prime-check/{id}"));
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eventually!(
+        get(id.clone()).await["status"] == "done",
+        "request {id} is checked"
+    );
+    let got = get(id.clone()).await;
+    assert_eq!(
+        (got["number"].as_str(), got["is_prime"].as_bool()),
+        (Some("97"), Some(true))
+    );
+
+    // The result email is an .eml file in the data directory, named by its Message-ID.
+    let mail = data.join("mail");
+    let emails = || -> Vec<String> {
+        std::fs::read_dir(&mail)
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eventually!(emails().len() == 1, "one email file");
+    let email = &emails()[0];
+    assert!(email.contains("The number 97 is prime."), "{email}");
+    assert!(email.contains("To: a@b.co"), "{email}");
+    assert!(email.contains("@primed>"), "{email}");
 
     let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("primed.db").display()))
         .await
         .unwrap();
     assert_eventually!(
-        sqlx::query("SELECT COUNT(*) FROM queue_messages WHERE subject = 'primecheck.requested'")
+        sqlx::query("SELECT COUNT(*) FROM queue_messages")
             .fetch_one(&db)
             .await
             .unwrap()
             .get::<i64, _>(0)
-            == 1,
-        "the relay did not move the event into the embedded queue"
+            == 0,
+        "both messages were acknowledged"
     );
     db.close().await;
 
@@ -170,5 +200,67 @@ async fn with_no_configuration_a_request_goes_through_and_survives_a_restart() {
         .json()
         .await
         .unwrap();
-    assert_eq!(got["id"], id.as_str(), "the request survived the restart");
+    assert_eq!(got["status"], "done", "the result survived the restart");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(emails().len(), 1, "and no email was sent twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_dlq_takes_a_rejected_email_and_a_reprocess_resolves_it() {
+    let stub = support::SmtpStub::start(support::StubMode::Reject).await;
+    let mut env = support::smtp_env(stub.port);
+    env.push(("ADMIN_API_KEYS".into(), "embedded-test-token".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let d = Daemon::start(&env);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(d.url("/prime-check"))
+        .json(&json!({"number": "91", "email": "nobody@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let letters = || {
+        let http = http.clone();
+        let url = d.url("/api/dlq/messages");
+        async move {
+            http.get(url)
+                .bearer_auth("embedded-test-token")
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()["items"]
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    assert_eventually!(
+        letters().await.len() == 1,
+        "the rejected email is dead-lettered"
+    );
+    let letter = &letters().await[0];
+    assert_eq!(letter["error_type"], "permanent");
+    assert_eq!(letter["dlq_subject"], "dlq.emailsend");
+
+    stub.set_mode(support::StubMode::Accept);
+    let r: Value = http
+        .post(d.url("/api/dlq/reprocess"))
+        .bearer_auth("embedded-test-token")
+        .json(&json!({"message_ids": [letter["id"]], "operator": "dana"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["succeeded"], 1, "{r}");
+    assert_eventually!(
+        letters().await[0]["status"] == "resolved",
+        "the reprocessed email went out"
+    );
+    assert_eq!(letters().await[0]["resolved_by"], "dana");
+    assert_eq!(stub.accepted().len(), 1);
 }

@@ -18,3 +18,4 @@ CREATE TABLE sent_emails (
 );
 ALTER TABLE prime_check_requests ADD COLUMN digits INTEGER NULL;
 ALTER TABLE prime_check_requests ADD COLUMN duration_us INTEGER NULL;
+ALTER TABLE queue_messages ADD COLUMN dlq_id INTEGER NULL;

@@ -6,4 +6,5 @@ pub mod mysql_workers;
 pub mod nats;
 pub mod nats_consumer;
 pub mod sqlite;
+pub mod sqlite_workers;
 pub mod systemd;

@@ -46,19 +46,19 @@ pub struct SqliteStore {
     outbox_max_retries: u32,
 }
 
-fn micros(at: DateTime<Utc>) -> i64 {
+pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
-fn from_micros(us: i64) -> DateTime<Utc> {
+pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     micros(Utc::now())
 }
 
-fn rejected(err: sqlx::Error) -> StoreError {
+pub(crate) fn rejected(err: sqlx::Error) -> StoreError {
     match &err {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             StoreError::Unavailable(err.to_string())
@@ -441,6 +441,8 @@ impl OutboxStore for SqliteStore {
 #[derive(Clone, Debug)]
 pub struct EmbeddedQueue {
     pool: SqlitePool,
+    /// Woken after each publish, so pulling workers need not poll fast.
+    pub published: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl EmbeddedQueue {
@@ -448,7 +450,13 @@ impl EmbeddedQueue {
     pub fn new(store: &SqliteStore) -> Self {
         Self {
             pool: store.pool.clone(),
+            published: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// The pool (shared with the store).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// Messages waiting on `subject` (for `/health` and tests).
@@ -473,8 +481,8 @@ impl Broker for EmbeddedQueue {
                 let now = now();
                 for m in messages {
                     sqlx::query(
-                        "INSERT INTO queue_messages (event_id, subject, payload, request_id, traceparent, attempt, visible_at, created_at) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                        "INSERT INTO queue_messages (event_id, subject, payload, request_id, traceparent, attempt, visible_at, created_at, dlq_id) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
                     )
                     .bind(&m.event_id)
                     .bind(&m.subject)
@@ -484,6 +492,7 @@ impl Broker for EmbeddedQueue {
                     .bind(m.attempt)
                     .bind(now)
                     .bind(now)
+                    .bind(m.dlq_id)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -491,7 +500,10 @@ impl Broker for EmbeddedQueue {
             }
             .await;
             match result {
-                Ok(()) => messages.iter().map(|_| Ok(())).collect(),
+                Ok(()) => {
+                    self.published.notify_waiters();
+                    messages.iter().map(|_| Ok(())).collect()
+                }
                 Err(err) => {
                     let err = BrokerError(format!("embedded queue: {err}"));
                     messages.iter().map(|_| Err(err.clone())).collect()

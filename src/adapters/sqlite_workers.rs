@@ -1,0 +1,849 @@
+//! The embedded mode's consumers and dead-letter queue, on the same SQLite file.
+//!
+//! [`EmbeddedSource`] leases messages from `queue_messages` (a lease is the ack wait: an
+//! unacknowledged message becomes visible again when it runs out), counts deliveries, and
+//! deletes a message when it is acknowledged or terminated. A message that reached its
+//! delivery budget without an acknowledgement is reported by [`EmbeddedAdvisories`], the
+//! counterpart of JetStream's max-deliveries advisory. There is no DLQ stream: dead letters
+//! live in their table only.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::consumer::{Delivery, Message, Source};
+use actors::dlq::{Advisory, AdvisoryFeed};
+use actors::model::{
+    AttemptLog, DeadLetter, DlqActionResult, DlqBucket, DlqQuery, DlqStats, DlqStatus, ErrorClass,
+    NewDeadLetter, PrimeResult, Reprocess, SUBJECT_EMAIL_SEND, SUBJECT_PRIMECHECK_REQUESTED,
+    SentEmail, dlq_subject,
+};
+use actors::workers::PRIMECHECK_CONSUMER;
+use actors::{BrokerError, DlqStore, StoreError, WorkerStore};
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::sqlite::{EmbeddedQueue, SqliteStore, from_micros, micros, now, rejected};
+
+fn us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
+}
+
+fn is_duplicate(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn json_payload(payload: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(_) => String::from_utf8_lossy(payload).into_owned(),
+        Err(_) => {
+            serde_json::json!({ "undecodable": String::from_utf8_lossy(payload) }).to_string()
+        }
+    }
+}
+
+const SELECT_LETTER: &str = "SELECT id, original_subject, original_message_id, dlq_subject, payload, \
+    error_message, error_type, retry_count, original_created_at, dlq_created_at, last_retry_at, status, \
+    resolved_at, resolved_by, request_id, operator, reason, reprocess_count, auto_retry_count \
+    FROM dead_letter_messages";
+
+fn letter_from_row(row: &SqliteRow) -> Result<DeadLetter, StoreError> {
+    let payload: String = row.try_get("payload").map_err(rejected)?;
+    let error_type: String = row.try_get("error_type").map_err(rejected)?;
+    let status: String = row.try_get("status").map_err(rejected)?;
+    let count = |name: &str| -> Result<u32, StoreError> {
+        let v: i64 = row.try_get(name).map_err(rejected)?;
+        Ok(u32::try_from(v).unwrap_or(0))
+    };
+    let at = |name: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+        let v: Option<i64> = row.try_get(name).map_err(rejected)?;
+        Ok(v.map(from_micros))
+    };
+    Ok(DeadLetter {
+        id: row.try_get("id").map_err(rejected)?,
+        original_subject: row.try_get("original_subject").map_err(rejected)?,
+        original_message_id: row.try_get("original_message_id").map_err(rejected)?,
+        dlq_subject: row.try_get("dlq_subject").map_err(rejected)?,
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+        error_message: row.try_get("error_message").map_err(rejected)?,
+        error_type: ErrorClass::parse(&error_type)
+            .ok_or_else(|| StoreError::Rejected(format!("unknown error type {error_type:?}")))?,
+        retry_count: count("retry_count")?,
+        original_created_at: at("original_created_at")?.unwrap_or_default(),
+        dlq_created_at: at("dlq_created_at")?.unwrap_or_default(),
+        last_retry_at: at("last_retry_at")?,
+        status: DlqStatus::parse(&status)
+            .ok_or_else(|| StoreError::Rejected(format!("unknown DLQ status {status:?}")))?,
+        resolved_at: at("resolved_at")?,
+        resolved_by: row.try_get("resolved_by").map_err(rejected)?,
+        request_id: row.try_get("request_id").map_err(rejected)?,
+        operator: row.try_get("operator").map_err(rejected)?,
+        reason: row.try_get("reason").map_err(rejected)?,
+        reprocess_count: count("reprocess_count")?,
+        auto_retry_count: count("auto_retry_count")?,
+    })
+}
+
+async fn count_statistic(
+    conn: &mut SqliteConnection,
+    subject: &str,
+    class: ErrorClass,
+) -> Result<(), StoreError> {
+    let now = now();
+    sqlx::query(
+        "INSERT INTO dlq_statistics (date_hour, subject, error_type, count, created_at) VALUES (?, ?, ?, 1, ?) \
+         ON CONFLICT (date_hour, subject, error_type) DO UPDATE SET count = count + 1",
+    )
+    .bind(now - now.rem_euclid(3_600_000_000))
+    .bind(subject)
+    .bind(class.as_str())
+    .bind(now)
+    .execute(conn)
+    .await
+    .map_err(rejected)?;
+    Ok(())
+}
+
+fn refused(id: i64, why: &str) -> DlqActionResult {
+    DlqActionResult {
+        id,
+        ok: false,
+        error: Some(why.to_string()),
+        event_id: None,
+    }
+}
+
+impl SqliteStore {
+    async fn record_result_inner(&self, r: PrimeResult) -> Result<bool, StoreError> {
+        let payload =
+            serde_json::to_string(&r.email).map_err(|e| StoreError::Rejected(e.to_string()))?;
+        let now = now();
+        let mut tx = self.pool().begin().await.map_err(rejected)?;
+        let first = sqlx::query(
+            "INSERT INTO processed_events (event_id, consumer, processed_at) VALUES (?, ?, ?)",
+        )
+        .bind(&r.event_id)
+        .bind(PRIMECHECK_CONSUMER)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match first {
+            Ok(_) => {}
+            Err(e) if is_duplicate(&e) => return Ok(false),
+            Err(e) => return Err(rejected(e)),
+        }
+        sqlx::query(
+            "UPDATE prime_check_requests SET status = 'done', is_prime = ?, factor = ?, error = NULL, \
+             digits = ?, duration_us = ?, completed_at = ? WHERE id = ?",
+        )
+        .bind(r.email.is_prime)
+        .bind(&r.email.factor)
+        .bind(r.email.digits as i64)
+        .bind(us(r.duration))
+        .bind(now)
+        .bind(&r.email.request_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(rejected)?;
+        sqlx::query(
+            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at) \
+             VALUES (?, ?, ?, ?, ?, 3, ?)",
+        )
+        .bind(&r.email_event_id)
+        .bind(SUBJECT_EMAIL_SEND)
+        .bind(&payload)
+        .bind(&r.request_id)
+        .bind(&r.traceparent)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(rejected)?;
+        tx.commit().await.map_err(rejected)?;
+        Ok(true)
+    }
+
+    async fn dead_letter_inner(&self, l: NewDeadLetter) -> Result<Option<i64>, StoreError> {
+        let payload = json_payload(&l.payload);
+        let dlq = dlq_subject(&l.original_subject);
+        let now = now();
+        let mut tx = self.pool().begin().await.map_err(rejected)?;
+        let id = if let Some(dlq_id) = l.dlq_id {
+            let updated = sqlx::query(
+                "UPDATE dead_letter_messages SET status = 'pending', error_message = ?, error_type = ?, \
+                 retry_count = retry_count + ?, updated_at = ? WHERE id = ? AND status IN ('reprocessing', 'pending')",
+            )
+            .bind(&l.error)
+            .bind(l.error_type.as_str())
+            .bind(l.retry_count)
+            .bind(now)
+            .bind(dlq_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(rejected)?;
+            (updated.rows_affected() > 0).then_some(dlq_id)
+        } else {
+            let inserted = sqlx::query(
+                "INSERT INTO dead_letter_messages (original_subject, original_message_id, dlq_subject, payload, \
+                   error_message, error_type, retry_count, original_created_at, dlq_created_at, request_id, streamed_at) \
+                 SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE ? IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM dead_letter_messages WHERE original_message_id = ? \
+                   AND status IN ('pending', 'reprocessing'))",
+            )
+            .bind(&l.original_subject)
+            .bind(&l.original_message_id)
+            .bind(dlq)
+            .bind(&payload)
+            .bind(&l.error)
+            .bind(l.error_type.as_str())
+            .bind(l.retry_count)
+            .bind(micros(l.original_created_at))
+            .bind(now)
+            .bind(&l.request_id)
+            .bind(now)
+            .bind(&l.original_message_id)
+            .bind(&l.original_message_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(rejected)?;
+            (inserted.rows_affected() > 0).then(|| inserted.last_insert_rowid())
+        };
+        if id.is_some() {
+            count_statistic(&mut tx, dlq, l.error_type).await?;
+            if let Some(request_id) = &l.request_id
+                && l.original_subject == SUBJECT_PRIMECHECK_REQUESTED
+            {
+                sqlx::query(
+                    "UPDATE prime_check_requests SET status = 'failed', error = ?, completed_at = ? \
+                     WHERE id = ? AND status <> 'done'",
+                )
+                .bind(&l.error)
+                .bind(now)
+                .bind(request_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(rejected)?;
+            }
+        }
+        tx.commit().await.map_err(rejected)?;
+        Ok(id)
+    }
+
+    async fn reprocess_inner(&self, r: Reprocess) -> Result<Vec<DlqActionResult>, StoreError> {
+        let mut out = Vec::with_capacity(r.ids.len());
+        for &id in &r.ids {
+            let now = now();
+            let mut tx = self.pool().begin().await.map_err(rejected)?;
+            let row = sqlx::query(&format!("{SELECT_LETTER} WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(rejected)?;
+            let Some(row) = row else {
+                out.push(refused(id, "no such dead letter"));
+                continue;
+            };
+            let letter = letter_from_row(&row)?;
+            if letter.status != DlqStatus::Pending && !r.force {
+                out.push(refused(
+                    id,
+                    &format!(
+                        "it is {} (use force to reprocess anyway)",
+                        letter.status.as_str()
+                    ),
+                ));
+                continue;
+            }
+            if letter.error_type == ErrorClass::Poison && !r.force {
+                out.push(refused(
+                    id,
+                    "it is poison (it cannot be decoded); use force to republish it anyway",
+                ));
+                continue;
+            }
+            let event_id = uuid::Uuid::now_v7().to_string();
+            sqlx::query(
+                "INSERT INTO outbox (event_id, subject, payload, request_id, max_retries, created_at, next_retry_at, dlq_id) \
+                 VALUES (?, ?, ?, ?, 3, ?, ?, ?)",
+            )
+            .bind(&event_id)
+            .bind(&letter.original_subject)
+            .bind(letter.payload.to_string())
+            .bind(&letter.request_id)
+            .bind(now)
+            .bind(now + us(r.delay))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(rejected)?;
+            sqlx::query(
+                "UPDATE dead_letter_messages SET status = 'reprocessing', last_retry_at = ?, \
+                 reprocess_count = reprocess_count + 1, auto_retry_count = auto_retry_count + ?, \
+                 operator = ?, reason = ?, resolved_at = NULL, resolved_by = NULL, updated_at = ? WHERE id = ?",
+            )
+            .bind(now)
+            .bind(i64::from(r.automatic))
+            .bind(&r.operator)
+            .bind(&r.reason)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(rejected)?;
+            if let Some(request_id) = &letter.request_id
+                && letter.original_subject == SUBJECT_PRIMECHECK_REQUESTED
+            {
+                sqlx::query(
+                    "UPDATE prime_check_requests SET status = 'pending', error = NULL, completed_at = NULL \
+                     WHERE id = ? AND status = 'failed'",
+                )
+                .bind(request_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(rejected)?;
+            }
+            tx.commit().await.map_err(rejected)?;
+            out.push(DlqActionResult {
+                id,
+                ok: true,
+                error: None,
+                event_id: Some(event_id),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl WorkerStore for SqliteStore {
+    fn record_result(&self, result: PrimeResult) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.record_result_inner(result).boxed()
+    }
+
+    fn processed<'a>(
+        &'a self,
+        event_id: &'a str,
+        consumer: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let row =
+                sqlx::query("SELECT 1 FROM processed_events WHERE event_id = ? AND consumer = ?")
+                    .bind(event_id)
+                    .bind(consumer)
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(rejected)?;
+            Ok(row.is_some())
+        }
+        .boxed()
+    }
+
+    fn email_sent<'a>(&'a self, event_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let row = sqlx::query("SELECT 1 FROM sent_emails WHERE event_id = ?")
+                .bind(event_id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(rejected)?;
+            Ok(row.is_some())
+        }
+        .boxed()
+    }
+
+    fn record_email(&self, sent: SentEmail) -> BoxFuture<'_, Result<bool, StoreError>> {
+        async move {
+            let done = sqlx::query(
+                "INSERT INTO sent_emails (event_id, request_id, recipient, message_id, sent_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&sent.event_id)
+            .bind(&sent.request_id)
+            .bind(&sent.recipient)
+            .bind(&sent.message_id)
+            .bind(now())
+            .execute(self.pool())
+            .await;
+            match done {
+                Ok(_) => Ok(true),
+                Err(e) if is_duplicate(&e) => Ok(false),
+                Err(e) => Err(rejected(e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn log_attempts<'a>(&'a self, logs: &'a [AttemptLog]) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if logs.is_empty() {
+                return Ok(());
+            }
+            let now = now();
+            let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                "INSERT INTO message_processing_logs (message_id, subject, status, error_message, processing_time_ms, created_at) ",
+            );
+            q.push_values(logs, |mut b, log| {
+                b.push_bind(&log.message_id)
+                    .push_bind(&log.subject)
+                    .push_bind(log.status.as_str())
+                    .push_bind(&log.error)
+                    .push_bind(i64::try_from(log.processing_time.as_millis()).unwrap_or(i64::MAX))
+                    .push_bind(now);
+            });
+            q.build().execute(self.pool()).await.map_err(rejected)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn dead_letter(&self, letter: NewDeadLetter) -> BoxFuture<'_, Result<Option<i64>, StoreError>> {
+        self.dead_letter_inner(letter).boxed()
+    }
+
+    fn resolve_dead_letter(&self, dlq_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            let now = now();
+            sqlx::query(
+                "UPDATE dead_letter_messages SET status = 'resolved', resolved_at = ?, updated_at = ?, \
+                 resolved_by = COALESCE(operator, 'reprocess') WHERE id = ? AND status = 'reprocessing'",
+            )
+            .bind(now)
+            .bind(now)
+            .bind(dlq_id)
+            .execute(self.pool())
+            .await
+            .map_err(rejected)?;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+impl DlqStore for SqliteStore {
+    fn unstreamed(&self, _limit: u32) -> BoxFuture<'_, Result<Vec<(DeadLetter, u32)>, StoreError>> {
+        // The embedded mode has no DLQ stream: rows are the dead-letter queue.
+        async { Ok(Vec::new()) }.boxed()
+    }
+
+    fn mark_streamed<'a>(
+        &'a self,
+        _rows: &'a [(i64, u32)],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async { Ok(()) }.boxed()
+    }
+
+    fn list(&self, query: DlqQuery) -> BoxFuture<'_, Result<Vec<DeadLetter>, StoreError>> {
+        async move {
+            let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(SELECT_LETTER);
+            q.push(" WHERE 1 = 1");
+            if let Some(subject) = &query.subject {
+                q.push(" AND (original_subject = ")
+                    .push_bind(subject.clone())
+                    .push(" OR dlq_subject = ")
+                    .push_bind(subject.clone())
+                    .push(")");
+            }
+            if let Some(t) = query.error_type {
+                q.push(" AND error_type = ").push_bind(t.as_str());
+            }
+            if let Some(s) = query.status {
+                q.push(" AND status = ").push_bind(s.as_str());
+            }
+            if let Some(since) = query.since {
+                q.push(" AND dlq_created_at >= ").push_bind(micros(since));
+            }
+            if let Some(until) = query.until {
+                q.push(" AND dlq_created_at < ").push_bind(micros(until));
+            }
+            if let Some(before) = query.before_id {
+                q.push(" AND id < ").push_bind(before);
+            }
+            q.push(" ORDER BY id DESC LIMIT ").push_bind(query.limit);
+            let rows = q.build().fetch_all(self.pool()).await.map_err(rejected)?;
+            rows.iter().map(letter_from_row).collect()
+        }
+        .boxed()
+    }
+
+    fn get(&self, id: i64) -> BoxFuture<'_, Result<Option<DeadLetter>, StoreError>> {
+        async move {
+            let row = sqlx::query(&format!("{SELECT_LETTER} WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(rejected)?;
+            row.as_ref().map(letter_from_row).transpose()
+        }
+        .boxed()
+    }
+
+    fn stats(&self, since: DateTime<Utc>) -> BoxFuture<'_, Result<DlqStats, StoreError>> {
+        async move {
+            let mut stats = DlqStats::default();
+            for (column, pending_only, target) in [
+                ("status", false, &mut stats.by_status),
+                ("error_type", true, &mut stats.by_error_type),
+                ("dlq_subject", true, &mut stats.by_subject),
+            ] {
+                let filter = if pending_only {
+                    " WHERE status = 'pending'"
+                } else {
+                    ""
+                };
+                let rows = sqlx::query(&format!(
+                    "SELECT {column} AS k, COUNT(*) AS n FROM dead_letter_messages{filter} GROUP BY {column}"
+                ))
+                .fetch_all(self.pool())
+                .await
+                .map_err(rejected)?;
+                let mut map = BTreeMap::new();
+                for row in rows {
+                    let k: String = row.try_get("k").map_err(rejected)?;
+                    let n: i64 = row.try_get("n").map_err(rejected)?;
+                    map.insert(k, u64::try_from(n).unwrap_or(0));
+                }
+                *target = map;
+            }
+            let rows = sqlx::query(
+                "SELECT date_hour, subject, error_type, count FROM dlq_statistics WHERE date_hour >= ? \
+                 ORDER BY date_hour, subject, error_type",
+            )
+            .bind(micros(since) - micros(since).rem_euclid(3_600_000_000))
+            .fetch_all(self.pool())
+            .await
+            .map_err(rejected)?;
+            for row in rows {
+                let t: String = row.try_get("error_type").map_err(rejected)?;
+                let n: i64 = row.try_get("count").map_err(rejected)?;
+                stats.hourly.push(DlqBucket {
+                    hour: from_micros(row.try_get("date_hour").map_err(rejected)?),
+                    subject: row.try_get("subject").map_err(rejected)?,
+                    error_type: ErrorClass::parse(&t)
+                        .ok_or_else(|| StoreError::Rejected(format!("unknown error type {t:?}")))?,
+                    count: u64::try_from(n).unwrap_or(0),
+                });
+            }
+            Ok(stats)
+        }
+        .boxed()
+    }
+
+    fn reprocess(
+        &self,
+        request: Reprocess,
+    ) -> BoxFuture<'_, Result<Vec<DlqActionResult>, StoreError>> {
+        self.reprocess_inner(request).boxed()
+    }
+
+    fn discard<'a>(
+        &'a self,
+        ids: &'a [i64],
+        operator: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<DlqActionResult>, StoreError>> {
+        async move {
+            let mut out = Vec::with_capacity(ids.len());
+            for &id in ids {
+                let now = now();
+                let done = sqlx::query(
+                    "UPDATE dead_letter_messages SET status = 'discarded', resolved_at = ?, updated_at = ?, \
+                     resolved_by = ?, operator = ?, reason = ? WHERE id = ? AND status IN ('pending', 'reprocessing')",
+                )
+                .bind(now)
+                .bind(now)
+                .bind(operator)
+                .bind(operator)
+                .bind(reason)
+                .bind(id)
+                .execute(self.pool())
+                .await
+                .map_err(rejected)?;
+                if done.rows_affected() > 0 {
+                    out.push(DlqActionResult {
+                        id,
+                        ok: true,
+                        error: None,
+                        event_id: None,
+                    });
+                } else {
+                    let why = match DlqStore::get(self, id).await? {
+                        None => "no such dead letter".to_string(),
+                        Some(l) => format!("it is already {}", l.status.as_str()),
+                    };
+                    out.push(refused(id, &why));
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn rule_candidates<'a>(
+        &'a self,
+        before: DateTime<Utc>,
+        max_auto: u32,
+        subjects: &'a [String],
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>> {
+        async move {
+            let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(SELECT_LETTER);
+            q.push(" WHERE status = 'pending' AND error_type <> 'poison' AND COALESCE(last_retry_at, dlq_created_at) <= ")
+                .push_bind(micros(before))
+                .push(" AND auto_retry_count < ")
+                .push_bind(max_auto);
+            if !subjects.is_empty() {
+                q.push(" AND original_subject IN (");
+                let mut sep = q.separated(", ");
+                for s in subjects {
+                    sep.push_bind(s.clone());
+                }
+                sep.push_unseparated(")");
+            }
+            q.push(" ORDER BY id LIMIT ").push_bind(limit);
+            let rows = q.build().fetch_all(self.pool()).await.map_err(rejected)?;
+            rows.iter().map(letter_from_row).collect()
+        }
+        .boxed()
+    }
+}
+
+/// Messages of one subject from the embedded queue.
+#[derive(Clone)]
+pub struct EmbeddedSource {
+    pool: SqlitePool,
+    subject: String,
+    lease: Duration,
+    max_deliver: u32,
+    published: Arc<tokio::sync::Notify>,
+}
+
+impl EmbeddedSource {
+    /// A source of `subject`; an unacknowledged delivery is leased for `ack_wait`, and a
+    /// message is delivered at most `max_deliver` times.
+    pub fn new(queue: &EmbeddedQueue, subject: &str, ack_wait: Duration, max_deliver: u32) -> Self {
+        Self {
+            pool: queue.pool().clone(),
+            subject: subject.into(),
+            lease: ack_wait,
+            max_deliver,
+            published: queue.published.clone(),
+        }
+    }
+
+    async fn claim(&self, max: usize) -> Result<Vec<Box<dyn Delivery>>, BrokerError> {
+        let now = now();
+        let rows = sqlx::query(
+            "UPDATE queue_messages SET deliveries = deliveries + 1, visible_at = ? WHERE id IN ( \
+               SELECT id FROM queue_messages WHERE subject = ? AND visible_at <= ? AND deliveries < ? \
+               ORDER BY id LIMIT ?) \
+             RETURNING id, event_id, subject, payload, request_id, traceparent, deliveries, created_at, dlq_id",
+        )
+        .bind(now + us(self.lease))
+        .bind(&self.subject)
+        .bind(now)
+        .bind(self.max_deliver)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| BrokerError(format!("embedded queue: {e}")))?;
+        let mut out: Vec<Box<dyn Delivery>> = Vec::with_capacity(rows.len());
+        for row in rows {
+            let message = queue_message(&row).map_err(|e| BrokerError(e.to_string()))?;
+            out.push(Box::new(QueueDelivery {
+                pool: self.pool.clone(),
+                id: row.try_get("id").map_err(|e| BrokerError(e.to_string()))?,
+                lease: self.lease,
+                message,
+            }));
+        }
+        Ok(out)
+    }
+}
+
+fn queue_message(row: &SqliteRow) -> Result<Message, sqlx::Error> {
+    let payload: String = row.try_get("payload")?;
+    let deliveries: i64 = row.try_get("deliveries")?;
+    let id: i64 = row.try_get("id")?;
+    Ok(Message {
+        event_id: row.try_get("event_id")?,
+        subject: row.try_get("subject")?,
+        payload: payload.into_bytes(),
+        delivery: u32::try_from(deliveries).unwrap_or(1),
+        stream_seq: u64::try_from(id).unwrap_or(0),
+        published_at: from_micros(row.try_get("created_at")?),
+        request_id: row.try_get("request_id")?,
+        traceparent: row.try_get("traceparent")?,
+        dlq_id: row.try_get("dlq_id")?,
+    })
+}
+
+struct QueueDelivery {
+    pool: SqlitePool,
+    id: i64,
+    lease: Duration,
+    message: Message,
+}
+
+impl QueueDelivery {
+    async fn exec(&self, sql: &str, bind: Option<i64>) -> Result<(), BrokerError> {
+        let mut q = sqlx::query(sql);
+        if let Some(v) = bind {
+            q = q.bind(v);
+        }
+        q.bind(self.id)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| BrokerError(format!("embedded queue: {e}")))
+    }
+}
+
+impl Delivery for QueueDelivery {
+    fn message(&self) -> &Message {
+        &self.message
+    }
+
+    fn ack(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.exec("DELETE FROM queue_messages WHERE id = ?", None)
+            .boxed()
+    }
+
+    fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.exec(
+            "UPDATE queue_messages SET visible_at = ? WHERE id = ?",
+            Some(now() + us(delay)),
+        )
+        .boxed()
+    }
+
+    fn term(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.exec("DELETE FROM queue_messages WHERE id = ?", None)
+            .boxed()
+    }
+
+    fn progress(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.exec(
+            "UPDATE queue_messages SET visible_at = ? WHERE id = ?",
+            Some(now() + us(self.lease)),
+        )
+        .boxed()
+    }
+}
+
+impl Source for EmbeddedSource {
+    fn pull(
+        &self,
+        max: usize,
+        expires: Duration,
+    ) -> BoxStream<'static, Result<Box<dyn Delivery>, BrokerError>> {
+        let source = self.clone();
+        futures::stream::once(async move {
+            let deadline = tokio::time::Instant::now() + expires;
+            loop {
+                // Register for a wake before looking, so a publish in between is not missed.
+                let woken = source.published.notified();
+                let found = source.claim(max).await?;
+                if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+                    return Ok(found);
+                }
+                // A NAKed message becomes visible without a publish: look again soon.
+                let nap = tokio::time::Instant::now() + Duration::from_millis(100);
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep_until(nap.min(deadline)) => {}
+                }
+            }
+        })
+        .map(|r: Result<Vec<Box<dyn Delivery>>, BrokerError>| match r {
+            Ok(v) => futures::stream::iter(v.into_iter().map(Ok)).boxed(),
+            Err(e) => futures::stream::iter([Err(e)]).boxed(),
+        })
+        .flatten()
+        .boxed()
+    }
+}
+
+use futures::StreamExt;
+
+/// Messages delivered `max_deliver` times without an acknowledgement whose last lease ran
+/// out: the embedded counterpart of the max-deliveries advisory.
+pub struct EmbeddedAdvisories {
+    pool: SqlitePool,
+    /// (subject, max deliveries)
+    budgets: Vec<(String, u32)>,
+}
+
+impl EmbeddedAdvisories {
+    /// For these subjects and their delivery budgets.
+    pub fn new(queue: &EmbeddedQueue, budgets: Vec<(String, u32)>) -> Self {
+        Self {
+            pool: queue.pool().clone(),
+            budgets,
+        }
+    }
+}
+
+impl AdvisoryFeed for EmbeddedAdvisories {
+    fn poll(
+        &self,
+        max: usize,
+        _wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Advisory>, BrokerError>> {
+        async move {
+            let mut out = Vec::new();
+            let now = now();
+            for (subject, budget) in &self.budgets {
+                let rows = sqlx::query(
+                    "SELECT id, event_id, subject, payload, request_id, traceparent, deliveries, created_at, dlq_id \
+                     FROM queue_messages WHERE subject = ? AND deliveries >= ? AND visible_at <= ? ORDER BY id LIMIT ?",
+                )
+                .bind(subject)
+                .bind(budget)
+                .bind(now)
+                .bind(i64::try_from(max).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| BrokerError(format!("embedded queue: {e}")))?;
+                for row in rows {
+                    let message = queue_message(&row).map_err(|e| BrokerError(e.to_string()))?;
+                    let id: i64 = row.try_get("id").map_err(|e| BrokerError(e.to_string()))?;
+                    let letter = NewDeadLetter {
+                        original_subject: message.subject.clone(),
+                        original_message_id: Some(message.event_id.clone()),
+                        payload: message.payload.clone(),
+                        error: format!(
+                            "delivered {} times without an acknowledgement (the worker died, hung or ran past the ack wait)",
+                            message.delivery
+                        ),
+                        error_type: ErrorClass::Transient,
+                        retry_count: message.delivery,
+                        original_created_at: message.published_at,
+                        request_id: serde_json::from_slice::<serde_json::Value>(&message.payload)
+                            .ok()
+                            .and_then(|v| {
+                                v.get("request_id")
+                                    .and_then(|r| r.as_str())
+                                    .map(str::to_string)
+                            }),
+                        dlq_id: message.dlq_id,
+                    };
+                    out.push(Advisory {
+                        letter: Some(letter),
+                        summary: format!(
+                            "{subject} queue id {id} after {} deliveries",
+                            message.delivery
+                        ),
+                        delivery: Box::new(QueueDelivery {
+                            pool: self.pool.clone(),
+                            id,
+                            lease: Duration::ZERO,
+                            message,
+                        }),
+                    });
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+}
