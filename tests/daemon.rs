@@ -66,10 +66,30 @@ async fn with_no_configuration_it_serves_the_admin_tree_and_exits_0_on_sigterm()
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["heartbeat", "outbox-relay", "http"]);
+    assert_eq!(
+        names,
+        [
+            "heartbeat",
+            "outbox-relay",
+            "dlq",
+            "retry-timer",
+            "primecheck-workers",
+            "email-workers",
+            "http"
+        ]
+    );
     for c in tree["children"].as_array().unwrap() {
         assert_eq!(c["state"], "running");
     }
+    // The worker pools are supervisors of their own, two workers each by default.
+    let pool = &tree["children"][4];
+    let workers: Vec<&str> = pool["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(workers, ["primecheck-worker-1", "primecheck-worker-2"]);
 
     let health = http.get(d.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
