@@ -444,7 +444,7 @@ async fn poison_and_over_limit_messages_are_dead_lettered_at_once() {
     assert_eq!(letter["payload"]["undecodable"], "{not json");
 
     // A 600-digit prime cannot be tested within 1 ms: a permanent error with its reason.
-    let big = ((num_bigint::BigUint::from(1u32) << 1999u32) - 1u32).to_string();
+    let big = ((actors::primality::UBig::ONE << 1999) - actors::primality::UBig::ONE).to_string();
     let id = submit(&d, &big, "patient@example.com").await;
     assert_eventually!(request(&d, &id).await["status"] == "failed", "{id} failed");
     let r = request(&d, &id).await;

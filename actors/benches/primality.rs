@@ -5,9 +5,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use actors::primality::{check, is_prime_big, is_prime_u64};
-use num_bigint::BigUint;
-use num_traits::One;
+use actors::primality::{UBig, check, is_prime_big, is_prime_u64};
 use rand::{Rng, SeedableRng};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -93,22 +91,26 @@ fn main() {
     }
 }
 
-fn random_digits(rng: &mut impl Rng, digits: usize) -> BigUint {
+fn random_digits(rng: &mut impl Rng, digits: usize) -> UBig {
     let mut s = String::with_capacity(digits);
     s.push(char::from(b'1' + rng.random_range(0..9u8)));
     for _ in 1..digits {
         s.push(char::from(b'0' + rng.random_range(0..10u8)));
     }
-    BigUint::parse_bytes(s.as_bytes(), 10).unwrap_or_else(BigUint::one)
+    UBig::from_str_radix(&s, 10).unwrap_or(UBig::ONE)
 }
 
 /// The first probable prime at or above `from` (the search itself is reported).
-fn next_prime(from: &BigUint, digits: usize) -> String {
+fn next_prime(from: &UBig, digits: usize) -> String {
     let t = Instant::now();
-    let mut n = from | BigUint::one();
+    let mut n = if from % 2u64 == 0 {
+        from + UBig::ONE
+    } else {
+        from.clone()
+    };
     let mut tried = 0;
     while !is_prime_big(&n) {
-        n += 2u32;
+        n += UBig::from(2u8);
         tried += 1;
     }
     let took = t.elapsed();

@@ -7,14 +7,16 @@
 //! pseudoprimes), so the answer is exact for `u64`; above that, no counterexample is known.
 //!
 //! 64-bit numbers use Montgomery multiplication (no divisions in the inner loops). Larger
-//! numbers use `num-bigint`, check the deadline between blocks of work and give up with
+//! numbers use `dashu-int`'s residues modulo a precomputed divisor, check the deadline every
+//! 64 exponent bits and give up with
 //! [`PrimalityError::TimedOut`] once it has passed. Everything here is CPU-bound and
 //! synchronous: callers run it on a blocking thread.
 
 use std::time::Instant;
 
-use num_bigint::BigUint;
-use num_traits::{One, ToPrimitive, Zero};
+use dashu_base::{BitTest, SquareRoot};
+pub use dashu_int::UBig;
+use dashu_int::fast_div::ConstDivisor;
 
 /// The answer for one number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,8 +89,8 @@ pub fn check(number: &str, deadline: Option<Instant>) -> Result<Verdict, Primali
             digits,
         });
     }
-    let n = BigUint::parse_bytes(trimmed.as_bytes(), 10)
-        .ok_or_else(|| PrimalityError::NotANumber(truncate(number)))?;
+    let n = UBig::from_str_radix(trimmed, 10)
+        .map_err(|_| PrimalityError::NotANumber(truncate(number)))?;
     let (is_prime, factor) =
         classify_big(&n, deadline).ok_or(PrimalityError::TimedOut { digits })?;
     Ok(Verdict {
@@ -321,17 +323,19 @@ fn is_square_u64(n: u64) -> bool {
 }
 
 /// Whether `n` is prime and a small factor, or `None` when the deadline passed.
-fn classify_big(n: &BigUint, deadline: Option<Instant>) -> Option<(bool, Option<u64>)> {
+fn classify_big(n: &UBig, deadline: Option<Instant>) -> Option<(bool, Option<u64>)> {
     for &p in &SMALL_PRIMES {
-        if (n % u32::from(p)).is_zero() {
+        if n % u64::from(p) == 0 {
             return Some((false, Some(u64::from(p))));
         }
     }
     let clock = Clock { deadline };
-    if !strong_fermat_base2_big(n, &clock)? {
+    // Residues modulo n, reduced with a precomputed divisor (no full division per step).
+    let ring = ConstDivisor::new(n.clone());
+    if !strong_fermat_base2_big(n, &ring, &clock)? {
         return Some((false, None));
     }
-    Some((lucas_big(n, &clock)?, None))
+    Some((lucas_big(n, &ring, &clock)?, None))
 }
 
 struct Clock {
@@ -348,45 +352,43 @@ impl Clock {
     }
 }
 
-/// Bits of exponent handled between deadline checks.
-const BLOCK_BITS: u64 = 256;
+/// Exponent bits handled between deadline checks.
+const BLOCK_BITS: usize = 64;
 
-fn strong_fermat_base2_big(n: &BigUint, clock: &Clock) -> Option<bool> {
-    let one = BigUint::one();
-    let n1 = n - &one;
+fn strong_fermat_base2_big(n: &UBig, ring: &ConstDivisor, clock: &Clock) -> Option<bool> {
+    let n1 = n - UBig::ONE;
     let s = n1.trailing_zeros().unwrap_or(0);
     let d = &n1 >> s;
-    // 2^d mod n in blocks of exponent bits, so the deadline is checked in between:
-    // x ← x^(2^k) · 2^chunk, where modpow works in Montgomery form internally.
-    let bits = d.bits();
-    let mut x = BigUint::one();
-    let mut high = bits;
-    while high > 0 {
-        clock.tick()?;
-        let low = high.saturating_sub(BLOCK_BITS);
-        let width = high - low;
-        let chunk = (&d >> low) & ((BigUint::one() << width) - 1u32);
-        x = x.modpow(&(BigUint::one() << width), n);
-        x = (x * BigUint::from(2u32).modpow(&chunk, n)) % n;
-        high = low;
+    // 2^d, left to right: square, and double where d has a one (the base is 2).
+    let one = ring.reduce(1u8);
+    let minus_one = ring.reduce(n1.clone());
+    let mut x = one.clone();
+    for bit in (0..d.bit_len()).rev() {
+        if bit % BLOCK_BITS == 0 {
+            clock.tick()?;
+        }
+        x = x.sqr();
+        if d.bit(bit) {
+            x = x.dbl();
+        }
     }
-    if x == one || x == n1 {
+    if x == one || x == minus_one {
         return Some(true);
     }
     for _ in 1..s {
         clock.tick()?;
-        x = (&x * &x) % n;
-        if x == n1 {
+        x = x.sqr();
+        if x == minus_one {
             return Some(true);
         }
     }
     Some(false)
 }
 
-fn jacobi_big(a: u64, n: &BigUint) -> i32 {
-    // (a/n) = (n mod a / a) up to reciprocity signs; a is small.
-    let r = (n % a).to_u64().unwrap_or(0);
-    let n_mod8 = (n % 8u32).to_u64().unwrap_or(0);
+fn jacobi_big(a: u64, n: &UBig) -> i32 {
+    // (a/n) for small a: take out the twos, then reciprocity turns it into (n mod a / a).
+    let r = n % a;
+    let n_mod8 = n % 8u64;
     let mut a = a;
     let mut result = 1;
     let z = a.trailing_zeros();
@@ -397,14 +399,13 @@ fn jacobi_big(a: u64, n: &BigUint) -> i32 {
     if a == 1 {
         return result;
     }
-    // Reciprocity between odd a and odd n.
     if a % 4 == 3 && n_mod8 % 4 == 3 {
         result = -result;
     }
-    result * jacobi_u64(r, a)
+    result * jacobi_u64(r % a, a)
 }
 
-fn lucas_big(n: &BigUint, clock: &Clock) -> Option<bool> {
+fn lucas_big(n: &UBig, ring: &ConstDivisor, clock: &Clock) -> Option<bool> {
     let mut p = 3u64;
     loop {
         let d = p * p - 4;
@@ -421,49 +422,47 @@ fn lucas_big(n: &BigUint, clock: &Clock) -> Option<bool> {
             }
         }
     }
-    let s_total = n + 1u32;
+    let s_total = n + UBig::ONE;
     let t = s_total.trailing_zeros().unwrap_or(0);
     let s = &s_total >> t;
-    let two = BigUint::from(2u32);
-    let pb = BigUint::from(p);
-    let n_minus = |x: BigUint, y: &BigUint| -> BigUint {
-        // (x − y) mod n for x, y < n + y.
-        if &x >= y { x - y } else { x + n - y }
-    };
+    let two = ring.reduce(2u8);
+    let pm = ring.reduce(p);
+    // Ladder over (V_k, V_{k+1}) from k = 0.
     let mut vk = two.clone();
-    let mut vk1 = pb.clone();
-    let bits = s.bits();
-    for bit in (0..bits).rev() {
-        if bit % 64 == 0 {
+    let mut vk1 = pm.clone();
+    for bit in (0..s.bit_len()).rev() {
+        if bit % BLOCK_BITS == 0 {
             clock.tick()?;
         }
         if s.bit(bit) {
-            vk = n_minus((&vk * &vk1) % n, &pb);
-            vk1 = n_minus((&vk1 * &vk1) % n, &two);
+            vk = &(&vk * &vk1) - &pm;
+            vk1 = &vk1.sqr() - &two;
         } else {
-            vk1 = n_minus((&vk * &vk1) % n, &pb);
-            vk = n_minus((&vk * &vk) % n, &two);
+            vk1 = &(&vk * &vk1) - &pm;
+            vk = &vk.sqr() - &two;
         }
     }
-    if vk == two || vk == n - &two {
+    let minus_two = ring.reduce(n - UBig::from(2u8));
+    if vk == two || vk == minus_two {
         return Some(true);
     }
+    let zero = ring.reduce(0u8);
     for _ in 1..t {
-        if vk.is_zero() {
+        if vk == zero {
             return Some(true);
         }
         clock.tick()?;
-        vk = n_minus((&vk * &vk) % n, &two);
+        vk = &vk.sqr() - &two;
     }
     Some(false)
 }
 
-/// Whether a `BigUint` is prime, without a deadline (for tests and benchmarks).
-pub fn is_prime_big(n: &BigUint) -> bool {
-    if let Some(small) = n.to_u64() {
-        return is_prime_u64(small);
+/// Whether `n` is prime, without a deadline (for tests and benchmarks).
+pub fn is_prime_big(n: &UBig) -> bool {
+    match u64::try_from(n) {
+        Ok(small) => is_prime_u64(small),
+        Err(_) => classify_big(n, None).is_some_and(|(prime, _)| prime),
     }
-    classify_big(n, None).is_some_and(|(prime, _)| prime)
 }
 
 #[cfg(test)]
@@ -547,15 +546,15 @@ mod tests {
     #[test]
     fn big_numbers() {
         // 2^127 − 1 and 2^521 − 1 are Mersenne primes; 2^128 + 1 is composite (Fermat F7).
-        let m127 = (BigUint::one() << 127u32) - 1u32;
-        let m521 = (BigUint::one() << 521u32) - 1u32;
-        let f7 = (BigUint::one() << 128u32) + 1u32;
+        let m127 = (UBig::ONE << 127) - UBig::ONE;
+        let m521 = (UBig::ONE << 521) - UBig::ONE;
+        let f7 = (UBig::ONE << 128) + UBig::ONE;
         assert!(is_prime_big(&m127));
         assert!(is_prime_big(&m521));
         assert!(!is_prime_big(&f7));
         assert!(!is_prime_big(&(&m127 * &m521)));
         // A product of two 64-bit primes has no small factor: only the strong tests catch it.
-        let pq = BigUint::from(18446744073709551557u64) * BigUint::from(9223372036854775783u64);
+        let pq = UBig::from(18446744073709551557u64) * UBig::from(9223372036854775783u64);
         assert!(!is_prime_big(&pq));
         let v = check(&pq.to_string(), None).unwrap();
         assert_eq!((v.is_prime, v.factor, v.digits), (false, None, 39));
@@ -591,7 +590,7 @@ mod tests {
     #[test]
     fn a_passed_deadline_times_out_big_numbers_only() {
         let past = Some(Instant::now());
-        let m521 = ((BigUint::one() << 521u32) - 1u32).to_string();
+        let m521 = ((UBig::ONE << 521) - UBig::ONE).to_string();
         assert_eq!(
             check(&m521, past),
             Err(PrimalityError::TimedOut { digits: 157 })
@@ -603,7 +602,7 @@ mod tests {
     proptest! {
         #[test]
         fn u64_path_agrees_with_the_big_path(n in any::<u64>()) {
-            let big = BigUint::from(n);
+            let big = UBig::from(n);
             let small = is_prime_u64(n);
             if n > 1_000_000 && n % 2 == 1 {
                 prop_assert_eq!(classify_big(&big, None).map(|r| r.0), Some(small));
@@ -613,7 +612,7 @@ mod tests {
         #[test]
         fn products_are_composite(a in 2u64..u32::MAX as u64, b in 2u64..u32::MAX as u64) {
             prop_assert!(!is_prime_u64(a * b));
-            prop_assert!(!is_prime_big(&(BigUint::from(a) * BigUint::from(b) * BigUint::from(u64::MAX))));
+            prop_assert!(!is_prime_big(&(UBig::from(a) * UBig::from(b) * UBig::from(u64::MAX))));
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Scratch: Baillie–PSW on dashu-int's modular ring, to compare with num-bigint.
 
+use dashu_base::BitTest;
 use dashu_int::UBig;
 use dashu_int::fast_div::ConstDivisor;
 
