@@ -64,15 +64,9 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(code) => return code,
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
                 Ok(rt) => rt,
-                Err(err) => {
-                    eprintln!("primed: cannot start the async runtime: {err}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(primed::dlq_cli::run(args, &config)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -88,15 +82,9 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             logging::init();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
                 Ok(rt) => rt,
-                Err(err) => {
-                    eprintln!("primed: cannot start the async runtime: {err}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(daemon::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -108,6 +96,13 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|err| {
+        eprintln!("primed: cannot start the async runtime: {err}");
+        ExitCode::FAILURE
+    })
 }
 
 fn block_on<T>(

@@ -44,6 +44,16 @@ pub const PRIMECHECK_WORKERS: &str = "primecheck-workers";
 /// The email workers' supervisor.
 pub const EMAIL_WORKERS: &str = "email-workers";
 
+/// Restart backoff of every supervisor in the tree: 10 ms doubling to 5 s, ±20 %, reset
+/// after 30 s up.
+const RESTART_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(10),
+    max: Duration::from_secs(5),
+    multiplier: 2.0,
+    jitter: 0.2,
+    reset_after: Duration::from_secs(30),
+};
+
 /// The consumers, the DLQ and the retry timer.
 #[derive(Clone)]
 pub struct PipelineDeps {
@@ -74,13 +84,7 @@ fn pool(name: &str, worker: &str, n: u32, args: &WorkerArgs) -> ChildSpec {
     ChildSpec::supervisor(
         SupervisorSpec::new(name, Strategy::OneForOne)
             .intensity(20, Duration::from_secs(60))
-            .backoff(Backoff {
-                initial: Duration::from_millis(10),
-                max: Duration::from_secs(5),
-                multiplier: 2.0,
-                jitter: 0.2,
-                reset_after: Duration::from_secs(30),
-            })
+            .backoff(RESTART_BACKOFF)
             .children(children),
     )
 }
@@ -110,13 +114,7 @@ pub fn root(deps: &TreeDeps) -> SupervisorSpec {
     });
     SupervisorSpec::new(ROOT, Strategy::OneForOne)
         .intensity(10, Duration::from_secs(60))
-        .backoff(Backoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_secs(5),
-            multiplier: 2.0,
-            jitter: 0.2,
-            reset_after: Duration::from_secs(30),
-        })
+        .backoff(RESTART_BACKOFF)
         .child(
             ChildSpec::actor(
                 HEARTBEAT,

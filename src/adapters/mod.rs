@@ -1,5 +1,6 @@
 //! Adapters: backends behind the ports of the `actors` crate, one module per backend.
 
+mod common;
 pub mod mail;
 pub mod mysql;
 pub mod mysql_workers;

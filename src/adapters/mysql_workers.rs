@@ -18,22 +18,8 @@ use futures::future::BoxFuture;
 use sqlx::mysql::MySqlRow;
 use sqlx::{Acquire, MySql, MySqlConnection, QueryBuilder, Row};
 
-use super::mysql::{MysqlStore, classify, now_micros, push_ids};
-
-fn is_duplicate(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-/// The JSON stored for a payload: the payload itself when it is JSON, else a wrapper with
-/// its text (poison messages).
-fn json_payload(payload: &[u8]) -> String {
-    match serde_json::from_slice::<serde_json::Value>(payload) {
-        Ok(_) => String::from_utf8_lossy(payload).into_owned(),
-        Err(_) => {
-            serde_json::json!({ "undecodable": String::from_utf8_lossy(payload) }).to_string()
-        }
-    }
-}
+use super::common::{is_duplicate, json_payload, refused};
+use super::mysql::{MysqlStore, classify, now_micros};
 
 const SELECT_LETTER: &str = "SELECT id, original_subject, original_message_id, dlq_subject, \
     CAST(payload AS CHAR) AS payload, error_message, error_type, retry_count, original_created_at, \
@@ -285,15 +271,6 @@ impl MysqlStore {
             });
         }
         Ok(out)
-    }
-}
-
-fn refused(id: i64, why: &str) -> DlqActionResult {
-    DlqActionResult {
-        id,
-        ok: false,
-        error: Some(why.to_string()),
-        event_id: None,
     }
 }
 
@@ -597,9 +574,4 @@ impl DlqStore for MysqlStore {
         }
         .boxed()
     }
-}
-
-#[allow(dead_code)]
-fn _ids(q: &mut QueryBuilder<'_, MySql>, ids: &[i64]) {
-    push_ids(q, ids.iter().copied());
 }

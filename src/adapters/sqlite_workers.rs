@@ -27,23 +27,11 @@ use futures::stream::BoxStream;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
+use super::common::{is_duplicate, json_payload, refused};
 use super::sqlite::{EmbeddedQueue, SqliteStore, from_micros, micros, now, rejected};
 
 fn us(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
-}
-
-fn is_duplicate(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-fn json_payload(payload: &[u8]) -> String {
-    match serde_json::from_slice::<serde_json::Value>(payload) {
-        Ok(_) => String::from_utf8_lossy(payload).into_owned(),
-        Err(_) => {
-            serde_json::json!({ "undecodable": String::from_utf8_lossy(payload) }).to_string()
-        }
-    }
 }
 
 const SELECT_LETTER: &str = "SELECT id, original_subject, original_message_id, dlq_subject, payload, \
@@ -106,15 +94,6 @@ async fn count_statistic(
     .await
     .map_err(rejected)?;
     Ok(())
-}
-
-fn refused(id: i64, why: &str) -> DlqActionResult {
-    DlqActionResult {
-        id,
-        ok: false,
-        error: Some(why.to_string()),
-        event_id: None,
-    }
 }
 
 impl SqliteStore {
