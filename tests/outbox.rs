@@ -309,8 +309,10 @@ async fn an_event_that_cannot_be_published_ends_in_the_dead_letter_table() {
         .unwrap();
     let args = relay_args(store.clone(), Arc::new(broker), 10);
     db.sql(
-        "INSERT INTO outbox (event_id, subject, payload, max_retries) \
-         VALUES ('00000000-0000-7000-8000-000000000001', 'primecheck.requested', '{\"n\":1}', 2)",
+        "INSERT INTO prime_check_requests (id, number, email) VALUES ('r-1', '7', 'a@b.co'); \
+         INSERT INTO outbox (event_id, subject, payload, max_retries) \
+         VALUES ('00000000-0000-7000-8000-000000000001', 'primecheck.requested', \
+                 '{\"request_id\":\"r-1\",\"number\":\"7\",\"email\":\"a@b.co\"}', 2)",
     );
     assert_eventually!(
         {
@@ -335,6 +337,20 @@ async fn an_event_that_cannot_be_published_ends_in_the_dead_letter_table() {
         db.count("SELECT retry_count FROM outbox"),
         3,
         "two retries after the first failure"
+    );
+    // The client sees its request failed, with the reason; the dead letter names it.
+    assert_eq!(
+        db.sql("SELECT CONCAT_WS(' ', status, completed_at IS NOT NULL) FROM prime_check_requests")
+            .trim(),
+        "failed 1"
+    );
+    assert!(
+        db.sql("SELECT error FROM prime_check_requests")
+            .contains("its event could not be published"),
+    );
+    assert_eq!(
+        db.sql("SELECT request_id FROM dead_letter_messages").trim(),
+        "r-1"
     );
 }
 

@@ -287,8 +287,9 @@ async fn record_failures(
                 sqlx::query(
                         "INSERT INTO dead_letter_messages \
                            (original_subject, original_message_id, dlq_subject, payload, error_message, \
-                            error_type, retry_count, original_created_at, last_retry_at) \
-                         SELECT subject, event_id, ?, payload, ?, 'transient', retry_count, created_at, NOW(6) \
+                            error_type, retry_count, original_created_at, last_retry_at, request_id) \
+                         SELECT subject, event_id, ?, payload, ?, 'transient', retry_count, created_at, NOW(6), \
+                                JSON_UNQUOTE(JSON_EXTRACT(payload, '$.request_id')) \
                          FROM outbox WHERE id = ?",
                     )
                     .bind(DLQ_OUTBOX)
@@ -297,6 +298,19 @@ async fn record_failures(
                     .execute(&mut *conn)
                     .await
                     .map_err(classify)?;
+                // A request whose event never reached the broker has failed.
+                sqlx::query(
+                    "UPDATE prime_check_requests SET status = 'failed', completed_at = NOW(6), \
+                       error = CONCAT('its event could not be published: ', ?) \
+                     WHERE status = 'pending' AND id = ( \
+                       SELECT JSON_UNQUOTE(JSON_EXTRACT(payload, '$.request_id')) FROM outbox \
+                       WHERE id = ? AND subject = 'primecheck.requested')",
+                )
+                .bind(&failure.error)
+                .bind(failure.id)
+                .execute(&mut *conn)
+                .await
+                .map_err(classify)?;
                 sqlx::query(
                         "INSERT INTO dlq_statistics (date_hour, subject, error_type, count) \
                          VALUES (DATE_FORMAT(UTC_TIMESTAMP(), '%Y-%m-%d %H:00:00'), ?, 'transient', 1) \

@@ -237,14 +237,30 @@ impl SqliteStore {
                     }
                     sqlx::query(
                         "INSERT INTO dead_letter_messages (original_subject, original_message_id, dlq_subject, payload, \
-                         error_message, error_type, retry_count, original_created_at, dlq_created_at, last_retry_at) \
-                         SELECT subject, event_id, ?, payload, ?, 'transient', retry_count, created_at, ?, ? \
+                         error_message, error_type, retry_count, original_created_at, dlq_created_at, last_retry_at, \
+                         request_id, streamed_at) \
+                         SELECT subject, event_id, ?, payload, ?, 'transient', retry_count, created_at, ?, ?, \
+                                json_extract(payload, '$.request_id'), created_at \
                          FROM outbox WHERE id = ?",
                     )
                     .bind(DLQ_OUTBOX)
                     .bind(&failure.error)
                     .bind(now)
                     .bind(now)
+                    .bind(failure.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(rejected)?;
+                    // A request whose event never reached the queue has failed.
+                    sqlx::query(
+                        "UPDATE prime_check_requests SET status = 'failed', completed_at = ?, \
+                           error = 'its event could not be published: ' || ? \
+                         WHERE status = 'pending' AND id = ( \
+                           SELECT json_extract(payload, '$.request_id') FROM outbox \
+                           WHERE id = ? AND subject = 'primecheck.requested')",
+                    )
+                    .bind(now)
+                    .bind(&failure.error)
                     .bind(failure.id)
                     .execute(&mut *tx)
                     .await

@@ -7,8 +7,6 @@
 
 use std::time::Instant;
 
-mod dashu_bpsw;
-
 use rand::{Rng, SeedableRng};
 use rug::Integer;
 use rug::integer::IsPrime;
@@ -55,16 +53,6 @@ fn main() {
                 })
                 .collect(),
         );
-        let big: dashu_int::UBig = text.parse().expect("digits");
-        let dashu = median(
-            (0..runs)
-                .map(|_| {
-                    let t = Instant::now();
-                    assert!(dashu_bpsw::is_bpsw(&big));
-                    t.elapsed().as_secs_f64() * 1000.0
-                })
-                .collect(),
-        );
-        println!("{digits:>6}  {ours:>9.2}  {gmp:>6.2}  {:>5.2}   (dashu scratch: {dashu:.2} ms)", ours / gmp);
+        println!("{digits:>6}  {ours:>9.2}  {gmp:>6.2}  {:>5.2}", ours / gmp);
     }
 }
