@@ -231,6 +231,14 @@ async fn a_deferred_email_is_retried_with_backoff_then_dead_lettered_and_reproce
         letter["error_message"].as_str().unwrap().contains("451"),
         "{letter}"
     );
+    // Past its deliveries: the row, its stream copy and its hourly count.
+    assert_eventually!(
+        support::subject_messages(&nats.url(), "DEAD_LETTER_QUEUE", "dlq.emailsend").await == 1,
+        "the dead letter is copied to dlq.emailsend"
+    );
+    let stats = admin_get(&d, "/api/dlq/stats").await;
+    assert_eq!(stats["by_error_type"]["transient"], 1, "{stats}");
+    assert_eq!(stats["hourly"][0]["subject"], "dlq.emailsend");
 
     // The mailbox recovers; an operator reprocesses the letter.
     stub.set_mode(StubMode::Accept);
