@@ -264,3 +264,66 @@ async fn the_embedded_dlq_takes_a_rejected_email_and_a_reprocess_resolves_it() {
     assert_eq!(letters().await[0]["resolved_by"], "dana");
     assert_eq!(stub.accepted().len(), 1);
 }
+
+/// A broker that refuses every publish.
+struct Refusing;
+
+impl actors::Broker for Refusing {
+    fn publish_batch<'a>(
+        &'a self,
+        messages: &'a [actors::OutgoingMessage],
+    ) -> futures::future::BoxFuture<'a, Vec<Result<(), actors::BrokerError>>> {
+        Box::pin(async move {
+            messages
+                .iter()
+                .map(|_| Err(actors::BrokerError("no responders".into())))
+                .collect()
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_event_the_embedded_relay_cannot_publish_fails_its_request_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    // No retries: the first failed publish dead-letters the event.
+    let store = SqliteStore::open(&dir.path().join("primed.db"), 0)
+        .await
+        .unwrap();
+    let CreateOutcome::Created(created) = store.create(request("7", None)).await.unwrap() else {
+        panic!("not created")
+    };
+    let args = RelayArgs {
+        store: Arc::new(store.clone()),
+        broker: Arc::new(Refusing),
+        batch_size: 10,
+        parallel_rounds: 1,
+        lease: Duration::from_secs(30),
+        poll_interval: Duration::from_secs(1),
+        retry: RetryPolicy::default(),
+        retention: Duration::from_secs(3600),
+        prune_interval: Duration::from_secs(3600),
+        wake: RelayWake::new("unused"),
+    };
+    assert_eq!(round(&args).await.unwrap().dead, 1);
+    let got = store.get(&created.id).await.unwrap().unwrap();
+    assert_eq!(got.status, actors::model::RequestStatus::Failed);
+    assert!(
+        got.error
+            .as_deref()
+            .unwrap()
+            .contains("its event could not be published: publish failed: no responders"),
+        "{got:?}"
+    );
+    let letter = actors::DlqStore::list(
+        &store,
+        actors::model::DlqQuery {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(letter.len(), 1);
+    assert_eq!(letter[0].request_id.as_deref(), Some(created.id.as_str()));
+    assert_eq!(letter[0].dlq_subject, "dlq.outbox");
+}
