@@ -13,27 +13,16 @@
 // Benchmark code: a failed unwrap is a failed run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{env_count, pct};
+
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn mariadb(sql: &str) {
-    let out = Command::new("mariadb")
-        .args(["-h", "127.0.0.1", "-u", "root", "-N", "-B", "-e", sql])
-        .output()
-        .expect("mariadb client");
-    assert!(out.status.success(), "{sql}");
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -123,26 +112,6 @@ fn daemon(db_url: &str, nats_url: &str, smtp_port: u16, dir: &std::path::Path) -
         .spawn()
         .expect("primed");
     (Proc(child), format!("http://127.0.0.1:{port}"))
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let db = format!("primed_e2e_{:08x}", rand::random::<u32>());
-    mariadb(&format!("CREATE DATABASE {db}"));
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(run(&db))));
-    mariadb(&format!("DROP DATABASE {db}"));
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 async fn post(client: &reqwest::Client, base: &str, n: u64) -> String {
@@ -293,4 +262,8 @@ async fn run(db: &str) {
         latencies[latencies.len() - 1].as_secs_f64() * 1000.0
     );
     drop(daemons);
+}
+
+fn main() {
+    common::with_database("primed_e2e", |db| async move { run(&db).await });
 }

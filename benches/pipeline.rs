@@ -13,10 +13,14 @@
 // Benchmark code: a failed unwrap is a failed run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use common::{env_count, mariadb, pct};
 
 use actors::model::NewRequest;
 use actors::outbox_relay::rounds;
@@ -34,26 +38,6 @@ use ractor::Actor;
 
 const CONCURRENCY: usize = 64;
 const POOL: u32 = 32;
-
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn mariadb(sql: &str) -> String {
-    let out = Command::new("mariadb")
-        .args(["-h", "127.0.0.1", "-u", "root", "-N", "-B", "-e", sql])
-        .output()
-        .expect("mariadb client");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 struct Nats {
     child: Child,
@@ -104,10 +88,6 @@ fn parallel() -> u32 {
     env_count("RELAY_PARALLEL", 4) as u32
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn request(i: usize) -> NewRequest {
     NewRequest {
         id: uuid::Uuid::now_v7().to_string(),
@@ -117,22 +97,6 @@ fn request(i: usize) -> NewRequest {
         request_id: Some(format!("bench-{i}")),
         traceparent: None,
         event_id: uuid::Uuid::now_v7().to_string(),
-    }
-}
-
-fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let db = format!("primed_bench_{:08x}", rand::random::<u32>());
-    mariadb(&format!("CREATE DATABASE {db}"));
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(run(&db))));
-    mariadb(&format!("DROP DATABASE {db}"));
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
     }
 }
 
@@ -495,4 +459,8 @@ async fn relay_lag(db: &str, store: Arc<MysqlStore>, nats: &Nats) {
         pct(&lags, 0.99),
         lags[lags.len() - 1]
     );
+}
+
+fn main() {
+    common::with_database("primed_bench", |db| async move { run(&db).await });
 }

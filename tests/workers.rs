@@ -76,6 +76,22 @@ async fn admin_get(d: &Daemon, path: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// An admin API call with a JSON body: its status and JSON answer.
+async fn admin_send(d: &Daemon, method: reqwest::Method, path: &str, body: &Value) -> (u16, Value) {
+    let r = client()
+        .request(method, d.url(path))
+        .bearer_auth(TOKEN)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn reprocess(d: &Daemon, body: Value) -> (u16, Value) {
+    admin_send(d, reqwest::Method::POST, "/api/dlq/reprocess", &body).await
+}
+
 async fn dead_letters(d: &Daemon, query: &str) -> Vec<Value> {
     admin_get(d, &format!("/api/dlq/messages?{query}")).await["items"]
         .as_array()
@@ -243,16 +259,11 @@ async fn a_deferred_email_is_retried_with_backoff_then_dead_lettered_and_reproce
     // The mailbox recovers; an operator reprocesses the letter.
     stub.set_mode(StubMode::Accept);
     let dlq_id = letter["id"].as_i64().unwrap();
-    let r: Value = client()
-        .post(d.url("/api/dlq/reprocess"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"message_ids": [dlq_id.to_string()], "operator": "alice", "reason": "mailbox fixed"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, r) = reprocess(
+        &d,
+        json!({"message_ids": [dlq_id.to_string()], "operator": "alice", "reason": "mailbox fixed"}),
+    )
+    .await;
     assert_eq!(r["succeeded"], 1, "{r}");
     assert_eventually!(
         admin_get(&d, &format!("/api/dlq/messages/{dlq_id}")).await["status"] == "resolved",
@@ -266,16 +277,7 @@ async fn a_deferred_email_is_retried_with_backoff_then_dead_lettered_and_reproce
     assert_eq!(request(&d, &id).await["status"], "done");
 
     // A second reprocess of a resolved letter is refused without force.
-    let r: Value = client()
-        .post(d.url("/api/dlq/reprocess"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"message_ids": [dlq_id], "operator": "alice"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, r) = reprocess(&d, json!({"message_ids": [dlq_id], "operator": "alice"})).await;
     assert_eq!(r["failed"], 1, "{r}");
     assert!(
         r["results"][0]["error"]
@@ -295,14 +297,12 @@ async fn a_reprocess_that_fails_again_returns_to_pending_and_discard_closes_it()
     assert_eventually!(dead_letters(&d, "").await.len() == 1, "dead-lettered");
     let dlq_id = dead_letters(&d, "").await[0]["id"].as_i64().unwrap();
 
-    let r = client()
-        .post(d.url("/api/dlq/reprocess"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"message_ids": [dlq_id], "operator": "bob", "override_delay": "200ms"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (status, _) = reprocess(
+        &d,
+        json!({"message_ids": [dlq_id], "operator": "bob", "override_delay": "200ms"}),
+    )
+    .await;
+    assert_eq!(status, 200);
     assert_eventually!(
         {
             let l = admin_get(&d, &format!("/api/dlq/messages/{dlq_id}")).await;
@@ -317,16 +317,13 @@ async fn a_reprocess_that_fails_again_returns_to_pending_and_discard_closes_it()
         "the same row, not a new one"
     );
 
-    let r: Value = client()
-        .delete(d.url("/api/dlq/discard"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"message_ids": [dlq_id], "operator": "bob", "reason": "address is gone"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, r) = admin_send(
+        &d,
+        reqwest::Method::DELETE,
+        "/api/dlq/discard",
+        &json!({"message_ids": [dlq_id], "operator": "bob", "reason": "address is gone"}),
+    )
+    .await;
     assert_eq!(r["succeeded"], 1, "{r}");
     let l = admin_get(&d, &format!("/api/dlq/messages/{dlq_id}")).await;
     assert_eq!(l["status"], "discarded");
@@ -350,15 +347,9 @@ async fn a_reprocess_that_fails_again_returns_to_pending_and_discard_closes_it()
             "invalid_delay",
         ),
     ] {
-        let r = client()
-            .post(d.url("/api/dlq/reprocess"))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{body}");
-        assert_eq!(r.json::<Value>().await.unwrap()["error"], code);
+        let (status, r) = reprocess(&d, body.clone()).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(r["error"], code);
     }
     let r = client()
         .get(d.url("/api/dlq/messages"))

@@ -133,15 +133,6 @@ impl CircuitBreaker {
         }
         open
     }
-
-    /// A call that was let through ended without an answer either way (it was never made):
-    /// lets another probe go.
-    pub fn release(&self) {
-        let mut inner = self.lock();
-        if let Inner::HalfOpen { probing } = &mut *inner {
-            *probing = false;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -78,21 +78,19 @@ pub fn check(number: &str, deadline: Option<Instant>) -> Result<Verdict, Primali
         return Err(PrimalityError::NotANumber(truncate(number)));
     }
     let digits = trimmed.len().max(1);
-    if let Ok(n) = trimmed
-        .parse::<u64>()
-        .or_else(|e| if trimmed.is_empty() { Ok(0) } else { Err(e) })
-    {
-        let (is_prime, factor) = classify_u64(n);
-        return Ok(Verdict {
-            is_prime,
-            factor: factor.map(|f| f.to_string()),
-            digits,
-        });
-    }
-    let n = UBig::from_str_radix(trimmed, 10)
-        .map_err(|_| PrimalityError::NotANumber(truncate(number)))?;
-    let (is_prime, factor) =
-        classify_big(&n, deadline).ok_or(PrimalityError::TimedOut { digits })?;
+    let small = if trimmed.is_empty() {
+        Some(0)
+    } else {
+        trimmed.parse::<u64>().ok()
+    };
+    let (is_prime, factor) = match small {
+        Some(n) => classify_u64(n),
+        None => {
+            let n = UBig::from_str_radix(trimmed, 10)
+                .map_err(|_| PrimalityError::NotANumber(truncate(number)))?;
+            classify_big(&n, deadline).ok_or(PrimalityError::TimedOut { digits })?
+        }
+    };
     Ok(Verdict {
         is_prime,
         factor: factor.map(|f| f.to_string()),
