@@ -97,6 +97,8 @@ fn daemon(db_url: &str, nats_url: &str, smtp_port: u16, dir: &std::path::Path) -
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("RUST_LOG", "warn")
+        // The pipeline is measured here; the limiter has its own benchmark.
+        .env("RATE_LIMIT_ENABLED", "false")
         .env("DATABASE_URL", db_url)
         .env("NATS_URL", nats_url)
         .env("SMTP_HOST", "127.0.0.1")

@@ -31,6 +31,11 @@ pub enum BackendError {
     /// The mail transport.
     #[error(transparent)]
     Mail(#[from] crate::adapters::mail::MailSetupError),
+    /// The rate limiter's Redis address is not usable.
+    #[error(
+        "cannot set up the rate limiter's Redis client: {0}; check REDIS_HOST/REDIS_PORT/REDIS_PASSWORD"
+    )]
+    RateLimit(String),
     /// A durable consumer could not be bound.
     #[error("cannot bind to the JetStream consumers: {0}")]
     Consumer(String),

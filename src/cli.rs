@@ -43,8 +43,27 @@ pub enum Command {
     /// Browse, count, reprocess and discard dead letters through the running daemon's
     /// admin API.
     Dlq(crate::dlq_cli::DlqArgs),
+    /// Work on the rate limits kept in Redis.
+    Ratelimit {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: RatelimitAction,
+    },
     /// Print the version.
     Version,
+}
+
+/// `primed ratelimit …`
+#[derive(Debug, Subcommand)]
+pub enum RatelimitAction {
+    /// Delete the buckets whose key matches a pattern, so the clients they count start
+    /// afresh (seed §7.2.1). Keys are `<prefix>:<endpoint>:ip:<address>`,
+    /// `<prefix>:<endpoint>:user:<sub>` and `<prefix>:<endpoint>:global`; the prefix
+    /// (RATE_LIMIT_KEY_PREFIX) is added when the pattern does not start with it.
+    Reset {
+        /// e.g. `prime-check:*`, `*:ip:203.0.113.7`, `prime-check-list:user:alice`, `*`.
+        pattern: String,
+    },
 }
 
 /// `primed outbox …`

@@ -293,6 +293,54 @@ pub const KEYS: &[Key] = &[
         "rate-limit window in seconds",
     ),
     key(
+        "RATE_LIMIT_ENABLED",
+        false,
+        Some("true"),
+        "limit the public API (false: no limits at all)",
+    ),
+    key(
+        "RATE_LIMIT_POLICIES",
+        false,
+        Some(crate::ratelimit::policy::DEFAULT_POLICIES),
+        "per-endpoint policies: 'endpoint: ip|user|global N/unit [burst=B] [penalty=5m] [down=fallback|open|closed], ...; ...'",
+    ),
+    key(
+        "RATE_LIMIT_KEY_PREFIX",
+        false,
+        Some("ratelimit"),
+        "first part of every Redis key (<prefix>:<endpoint>:<identifier>); separate environments sharing a Redis",
+    ),
+    key(
+        "RATE_LIMIT_REDIS_TIMEOUT_MS",
+        false,
+        Some("5"),
+        "longest wait for Redis before a check uses the in-process fallback",
+    ),
+    key(
+        "RATE_LIMIT_INSTANCES",
+        false,
+        Some("1"),
+        "daemons sharing the limits; the fallback gives each 1/N of every limit",
+    ),
+    key(
+        "RATE_LIMIT_TRUSTED_PROXIES",
+        false,
+        None,
+        "comma-separated IPs/CIDRs whose X-Forwarded-For is believed",
+    ),
+    key(
+        "RATE_LIMIT_WHITELIST",
+        false,
+        None,
+        "comma-separated client IPs/CIDRs that are never limited",
+    ),
+    key(
+        "RATE_LIMIT_SERVICE_KEYS",
+        true,
+        None,
+        "comma-separated keys (header X-Service-Key) that bypass the limits",
+    ),
+    key(
         "SMTP_HOST",
         false,
         None,
@@ -373,6 +421,14 @@ pub enum ConfigError {
         value: String,
         /// The expected form.
         expected: &'static str,
+    },
+    /// A structured value (a list of rules or policies) does not parse.
+    #[error("{key} is not valid: {reason}")]
+    Spec {
+        /// The key.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
     },
     /// Two keys that exclude each other are both set.
     #[error("{a} and {b} are both set; set only one of them")]
@@ -498,6 +554,55 @@ pub struct RedisConfig {
     pub port: u16,
     /// password
     pub password: Option<Secret>,
+}
+
+impl RedisConfig {
+    /// `redis://[:password@]host:port/` (the password percent-encoded).
+    pub fn url(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match &self.password {
+            None => format!("redis://{host}:{}/", self.port),
+            Some(p) => {
+                let encoded: String = p
+                    .expose()
+                    .bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect();
+                format!("redis://:{encoded}@{host}:{}/", self.port)
+            }
+        }
+    }
+}
+
+/// The rate limits of the public API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    /// Whether requests are limited at all.
+    pub enabled: bool,
+    /// Per-endpoint policies.
+    pub endpoints: Vec<crate::ratelimit::policy::EndpointPolicies>,
+    /// First part of the Redis keys.
+    pub key_prefix: String,
+    /// Redis wait before falling back.
+    pub redis_timeout: Duration,
+    /// Daemons sharing the limits.
+    pub instances: u32,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Never-limited clients.
+    pub whitelist: Vec<ipnet::IpNet>,
+    /// Bypass keys.
+    pub service_keys: Vec<Secret>,
 }
 
 /// How to talk TLS to the SMTP server.
@@ -700,6 +805,8 @@ pub struct Config {
     pub rate_limit_default_limit: u32,
     /// Window.
     pub rate_limit_window: Duration,
+    /// The public API's rate limits.
+    pub rate_limit: RateLimitConfig,
     /// SMTP; None = .eml files.
     pub smtp: Option<SmtpConfig>,
     /// OTLP endpoint; None = tracing export off.
@@ -888,6 +995,8 @@ impl Config {
             .into(),
         );
 
+        let rate_limit = Self::rate_limit(&raw)?;
+
         let smtp = match raw.host("SMTP_HOST")? {
             None => None,
             Some(host) => {
@@ -983,11 +1092,79 @@ impl Config {
             redis,
             rate_limit_default_limit,
             rate_limit_window,
+            rate_limit,
             smtp,
             otlp_endpoint,
             admin_api_keys,
             jwt_secret,
             effective,
+        })
+    }
+
+    fn rate_limit(raw: &Raw) -> Result<RateLimitConfig, ConfigError> {
+        let endpoints = crate::ratelimit::policy::parse_policies(
+            raw.get("RATE_LIMIT_POLICIES").unwrap_or_default(),
+        )
+        .map_err(|reason| ConfigError::Spec {
+            key: "RATE_LIMIT_POLICIES",
+            reason,
+        })?;
+        let nets = |name: &'static str| -> Result<Vec<ipnet::IpNet>, ConfigError> {
+            raw.get(name)
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| {
+                    n.parse::<ipnet::IpNet>()
+                        .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            raw.invalid(
+                                name,
+                                "comma-separated IP addresses or CIDR networks, e.g. 10.0.0.0/8,192.0.2.1",
+                            )
+                        })
+                })
+                .collect()
+        };
+        let service_keys: Vec<Secret> = raw
+            .get("RATE_LIMIT_SERVICE_KEYS")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| Secret(k.to_string()))
+            .collect();
+        if service_keys.iter().any(|k| k.0.len() < 16) {
+            return Err(raw.invalid(
+                "RATE_LIMIT_SERVICE_KEYS",
+                "comma-separated keys of at least 16 characters each",
+            ));
+        }
+        let key_prefix = raw.required("RATE_LIMIT_KEY_PREFIX")?.trim().to_string();
+        if key_prefix.is_empty()
+            || key_prefix.contains(|c: char| c.is_whitespace() || "*?[]\\".contains(c))
+        {
+            return Err(raw.invalid(
+                "RATE_LIMIT_KEY_PREFIX",
+                "a key prefix without spaces or glob characters, e.g. ratelimit",
+            ));
+        }
+        Ok(RateLimitConfig {
+            enabled: raw.boolean("RATE_LIMIT_ENABLED")?,
+            endpoints,
+            key_prefix,
+            redis_timeout: Duration::from_millis(
+                raw.positive(
+                    "RATE_LIMIT_REDIS_TIMEOUT_MS",
+                    "a whole number of milliseconds, at least 1",
+                )?
+                .into(),
+            ),
+            instances: raw.positive("RATE_LIMIT_INSTANCES", "a whole number, at least 1")?,
+            trusted_proxies: nets("RATE_LIMIT_TRUSTED_PROXIES")?,
+            whitelist: nets("RATE_LIMIT_WHITELIST")?,
+            service_keys,
         })
     }
 

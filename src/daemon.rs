@@ -120,8 +120,26 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
+    let limiter =
+        match crate::ratelimit::RateLimitSettings::from_config(&config, admin_keys.clone()) {
+            Some(settings) => {
+                let limiter = Arc::new(
+                    crate::ratelimit::RateLimiter::new(settings)
+                        .map_err(|e| crate::backends::BackendError::RateLimit(e.to_string()))?,
+                );
+                limiter.spawn_monitor();
+                Some(limiter)
+            }
+            None => {
+                tracing::warn!("RATE_LIMIT_ENABLED is false: the public API is not rate limited");
+                None
+            }
+        };
     let mut app =
         AppState::new(tree::ROOT, admin_keys).with_fault_injection(config.fault_injection);
+    if let Some(limiter) = limiter {
+        app = app.with_limiter(limiter);
+    }
     for dependency in backends.dependencies() {
         app = app.with_dependency(dependency);
     }

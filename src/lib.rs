@@ -14,5 +14,7 @@ pub mod daemon;
 pub mod dlq_cli;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod ops;
+pub mod ratelimit;
 pub mod tree;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use primed::cli::{Cli, Command, ConfigAction, OutboxAction};
+use primed::cli::{Cli, Command, ConfigAction, OutboxAction, RatelimitAction};
 use primed::config::Config;
 use primed::{daemon, logging, ops};
 
@@ -58,6 +58,19 @@ fn main() -> ExitCode {
             report(block_on(ops::outbox_replay(&config, since)).map(|n| {
                 println!("{n} outbox events created since {} are due again; a running relay publishes them", since.to_rfc3339());
             }))
+        }
+        Command::Ratelimit {
+            action: RatelimitAction::Reset { pattern },
+        } => {
+            let config = match load() {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            report(
+                block_on(ops::ratelimit_reset(&config, &pattern)).map(|(glob, n)| {
+                    println!("deleted {n} rate-limit keys matching {glob}");
+                }),
+            )
         }
         Command::Dlq(args) => {
             let config = match load() {

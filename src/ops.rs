@@ -1,5 +1,5 @@
 //! Operator commands that work on the backends without running the daemon:
-//! `primed migrate` and `primed outbox replay`.
+//! `primed migrate`, `primed outbox replay` and `primed ratelimit reset`.
 
 use chrono::{DateTime, Utc};
 
@@ -18,14 +18,27 @@ pub enum OpsError {
     /// The store failed.
     #[error("{0}")]
     Store(#[from] actors::StoreError),
+    /// The command line is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// Redis failed.
+    #[error(
+        "Redis at {addr} failed: {message}; check that it runs and REDIS_HOST/REDIS_PORT/REDIS_PASSWORD"
+    )]
+    Redis {
+        /// host:port
+        addr: String,
+        /// What it said.
+        message: String,
+    },
 }
 
 impl OpsError {
     /// The process exit code.
     pub fn exit_code(&self) -> u8 {
         match self {
-            OpsError::NotConfigured(_) => 64,
-            OpsError::Backend(_) | OpsError::Store(_) => 69,
+            OpsError::NotConfigured(_) | OpsError::Usage(_) => 64,
+            OpsError::Backend(_) | OpsError::Store(_) | OpsError::Redis { .. } => 69,
         }
     }
 }
@@ -47,6 +60,33 @@ pub async fn outbox_replay(config: &Config, since: DateTime<Utc>) -> Result<u64,
         "no MySQL store is configured: set DATABASE_URL or MYSQL_HOST",
     ))?;
     Ok(actors::OutboxStore::replay_since(&store, since).await?)
+}
+
+/// Deletes the rate-limit buckets in Redis whose key matches `pattern` (under the key
+/// prefix; `*` wildcards), so the clients they count start afresh. Returns the glob used and
+/// how many keys were deleted.
+pub async fn ratelimit_reset(config: &Config, pattern: &str) -> Result<(String, u64), OpsError> {
+    let redis = config.redis.as_ref().ok_or(OpsError::NotConfigured(
+        "no Redis is configured (REDIS_HOST or RATE_LIMIT_REDIS_HOST): limits live in each daemon's memory and restart with it",
+    ))?;
+    let glob = crate::ratelimit::reset_pattern(&config.rate_limit.key_prefix, pattern)
+        .map_err(OpsError::Usage)?;
+    let addr = format!("{}:{}", redis.host, redis.port);
+    let fail = |e: &dyn std::fmt::Display| OpsError::Redis {
+        addr: addr.clone(),
+        message: e.to_string(),
+    };
+    let limiter =
+        crate::ratelimit::redis::RedisLimiter::new(&redis.url(), std::time::Duration::from_secs(5))
+            .map_err(|e| fail(&e))?;
+    let deleted = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        limiter.delete_matching(&glob),
+    )
+    .await
+    .map_err(|_| fail(&"no answer within 60 s"))?
+    .map_err(|e| fail(&e))?;
+    Ok((glob, deleted))
 }
 
 /// Parses `--since`: an RFC 3339 time (`2026-11-24T10:00:00Z`) or an age (`90m`, `2h`, `1day`).

@@ -18,6 +18,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::validate::{self, NumberError};
+use crate::ratelimit::layer::RateLimited;
 
 /// The body of `POST /prime-check`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -176,6 +177,8 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid number or email, or an idempotency key reused for another request", body = ErrorBody),
         (status = 503, description = "Database unavailable; nothing stored", body = ErrorBody),
+        (status = 401, description = "An invalid or expired bearer token, or an unknown X-Service-Key", body = ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After and X-RateLimit-*)", body = RateLimited),
     )
 )]
 pub async fn create(
@@ -275,6 +278,8 @@ pub async fn create(
         (status = 200, body = CheckView),
         (status = 400, description = "Not a request id", body = ErrorBody),
         (status = 404, description = "No such request", body = ErrorBody),
+        (status = 401, description = "An invalid or expired bearer token, or an unknown X-Service-Key", body = ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After and X-RateLimit-*)", body = RateLimited),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     )
 )]
@@ -308,6 +313,8 @@ pub async fn get_one(
     responses(
         (status = 200, body = CheckList),
         (status = 400, description = "Bad status, limit or cursor", body = ErrorBody),
+        (status = 401, description = "An invalid or expired bearer token, or an unknown X-Service-Key", body = ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After and X-RateLimit-*)", body = RateLimited),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     )
 )]

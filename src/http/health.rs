@@ -91,7 +91,7 @@ async fn tree_check(state: &AppState) -> Value {
 /// Per-dependency status and response time; 503 when anything is down.
 #[utoipa::path(get, path = "/health", tag = "operations", responses(
     (status = 200, description = "Every dependency is up"),
-    (status = 503, description = "Something is down, or the daemon is starting or stopping"),
+    (status = 503, description = "Something is down or degraded (e.g. the rate limiter runs on its in-process fallback), or the daemon is starting or stopping"),
 ))]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let (tree, deps) = tokio::join!(
@@ -102,6 +102,9 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     checks.insert("supervision_tree".into(), tree);
     for (name, value) in deps {
         checks.insert(name.into(), value);
+    }
+    if let Some(limiter) = &state.limiter {
+        checks.insert("rate_limiter".into(), limiter.health());
     }
     let all_up = checks.values().all(|c| c["status"] == "up");
     let ready = state.is_ready();
@@ -118,5 +121,16 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
             "uptime_seconds": state.started.elapsed().as_secs_f64(),
             "checks": checks,
         })),
+    )
+}
+
+/// The Prometheus metrics, in the text exposition format.
+pub async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
     )
 }

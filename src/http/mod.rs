@@ -27,6 +27,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::Secret;
+use crate::ratelimit::RateLimiter;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub dependencies: Vec<health::Dependency>,
     /// The dead-letter queue.
     pub dlq: Option<Arc<dyn DlqStore>>,
+    /// The rate limiter of the public API; none: unlimited.
+    pub limiter: Option<Arc<RateLimiter>>,
 }
 
 impl AppState {
@@ -71,7 +74,19 @@ impl AppState {
             max_digits: 1000,
             dependencies: Vec::new(),
             dlq: None,
+            limiter: None,
         }
+    }
+
+    /// Limits the public API with `limiter`.
+    pub fn with_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// The admin tokens.
+    pub fn admin_keys(&self) -> &[Secret] {
+        &self.admin_keys
     }
 
     /// Enables or disables the fault-injection endpoint.
@@ -158,10 +173,16 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
             state.clone(),
             admin::require_token,
         ));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let public = OpenApiRouter::new()
         .routes(routes!(api::create))
         .routes(routes!(api::get_one))
         .routes(routes!(api::list))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::ratelimit::layer::limit,
+        ));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(public)
         .routes(routes!(health::ready))
         .routes(routes!(health::health))
         .merge(admin)
@@ -177,6 +198,7 @@ pub fn router(state: AppState) -> Router {
     let (router, doc) = documented(&state).split_for_parts();
     let doc = Arc::new(doc);
     router
+        .route("/metrics", get(health::metrics))
         .route(
             "/openapi.json",
             get(move || {

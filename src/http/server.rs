@@ -61,11 +61,14 @@ impl Actor for HttpServer {
         // The server runs on its own task so that the actor keeps answering; its end is
         // reported back as a message, which fails the actor.
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
+            let served = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
             if let Err(err) = served {
                 let _ = myself.cast(HttpMsg::ServeFailed(err.to_string()));
             }

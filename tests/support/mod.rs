@@ -357,6 +357,83 @@ impl Drop for NatsServer {
     }
 }
 
+/// A redis-server of the test's own, on a free port, keeping nothing on disk. It can be
+/// killed and started again on the same port (a Redis crash: the new one is empty and has
+/// no scripts cached).
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers PING.
+    pub fn start() -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_addr().port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        server.start_again();
+        server
+    }
+
+    /// Starts it again after [`RedisServer::stop`], on the same port.
+    pub fn start_again(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while self.cli(&["PING"]).as_deref() != Some("PONG") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it (SIGKILL, as a crash would) and waits until it is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs one command with redis-cli; its trimmed output, or None when it failed.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        redis_cli(self.port, args)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs one redis-cli command against 127.0.0.1:`port`; its trimmed output, or None when
+/// the server did not answer.
+pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed (scripts/ensure-services.sh installs redis-tools)");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.starts_with("Could not connect") && !text.starts_with("ERR"))
+        .then_some(text)
+}
+
 /// Messages in a stream (0 when it does not exist).
 pub async fn stream_messages(url: &str, stream: &str) -> u64 {
     let client = async_nats::connect(url).await.expect("connect to NATS");
