@@ -10,6 +10,9 @@
 //! `cargo bench --bench ratelimit` (`RL_ROUNDS`, `RL_SECONDS`; Redis at `REDIS_URL`,
 //! default `redis://127.0.0.1:6379/`).
 
+// Benchmark code: a failed unwrap is a failed run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
