@@ -1564,8 +1564,35 @@ mod tests {
         assert_eq!(c.smtp, None);
         assert_eq!(c.rate_limit_default_limit, 100);
         assert_eq!(c.rate_limit_window, Duration::from_secs(60));
+        assert!(c.rate_limit.enabled);
+        assert_eq!(c.rate_limit.endpoints.len(), 2, "the seed's two endpoints");
+        assert_eq!(c.rate_limit.key_prefix, "ratelimit");
+        assert_eq!(c.rate_limit.redis_timeout, Duration::from_millis(5));
+        assert_eq!(c.rate_limit.instances, 1);
+        assert!(c.rate_limit.trusted_proxies.is_empty());
         assert!(c.admin_api_keys.is_empty());
         assert!(c.render().contains("# mode: embedded"));
+    }
+
+    #[test]
+    fn redis_urls_encode_the_password() {
+        let c = load(&[
+            ("REDIS_HOST", "cache"),
+            ("REDIS_PASSWORD", "p@ss:w/rd"),
+            ("RATE_LIMIT_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.redis.unwrap().url(),
+            "redis://:p%40ss%3Aw%2Frd@cache:6379/"
+        );
+        assert_eq!(
+            c.rate_limit.trusted_proxies,
+            vec![
+                "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+                "192.0.2.1/32".parse().unwrap()
+            ]
+        );
     }
 
     #[test]
@@ -1774,6 +1801,34 @@ mod tests {
             (
                 &[("PRIMED_FAULT_INJECTION", "maybe")],
                 r#"PRIMED_FAULT_INJECTION must be true or false, got "maybe""#,
+            ),
+            (
+                &[("RATE_LIMIT_POLICIES", "prime-check: ip 60/fortnight")],
+                "RATE_LIMIT_POLICIES is not valid: prime-check: \"ip 60/fortnight\": the period must be",
+            ),
+            (
+                &[("RATE_LIMIT_TRUSTED_PROXIES", "10.0.0.0/8, lb.internal")],
+                "RATE_LIMIT_TRUSTED_PROXIES must be comma-separated IP addresses or CIDR networks",
+            ),
+            (
+                &[("RATE_LIMIT_WHITELIST", "300.1.1.1")],
+                "RATE_LIMIT_WHITELIST must be comma-separated IP addresses",
+            ),
+            (
+                &[("RATE_LIMIT_SERVICE_KEYS", "short")],
+                "RATE_LIMIT_SERVICE_KEYS must be comma-separated keys of at least 16 characters each, got <redacted>",
+            ),
+            (
+                &[("RATE_LIMIT_REDIS_TIMEOUT_MS", "0")],
+                "RATE_LIMIT_REDIS_TIMEOUT_MS must be a whole number of milliseconds",
+            ),
+            (
+                &[("RATE_LIMIT_KEY_PREFIX", "a b")],
+                "RATE_LIMIT_KEY_PREFIX must be a key prefix without spaces",
+            ),
+            (
+                &[("RATE_LIMIT_ENABLED", "sometimes")],
+                "RATE_LIMIT_ENABLED must be true or false",
             ),
         ];
         for (pairs, want) in cases {

@@ -628,3 +628,66 @@ async fn a_lost_redis_is_replaced_by_the_fallback_until_it_answers_again() {
     let (code, _) = health(&d).await;
     assert_eq!(code, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_penalty_keeps_a_client_out_after_its_refill() {
+    let prefix = Prefix::new("penalty");
+    let d = daemon(
+        &prefix.0,
+        SHARED_REDIS,
+        "prime-check-list: ip 10/s burst=1 penalty=1h",
+        &[],
+    );
+    let c = client_from("127.0.0.2");
+    assert_eq!(list(&c, &d).await.status(), 200);
+    let r = list(&c, &d).await;
+    assert_eq!(r.status(), 429);
+    let retry = num(&r, "retry-after");
+    assert!((3590..=3600).contains(&retry), "the penalty: {retry}");
+    // The bucket refills in 100 ms, but the penalty holds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = list(&c, &d).await;
+    assert_eq!(r.status(), 429);
+    assert!(num(&r, "retry-after") > 3500);
+    // Others are not affected.
+    assert_eq!(list(&client_from("127.0.0.3"), &d).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_hangs_costs_one_timeout_then_the_fallback_decides() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let redis = RedisServer::start();
+    let mut d = daemon(
+        "ratelimit",
+        redis.port,
+        "prime-check-list: ip 3/h",
+        &[("RATE_LIMIT_REDIS_TIMEOUT_MS", "200")],
+    );
+    let c = client_from("127.0.0.2");
+    assert_eq!(codes(&c, &d, 4).await, [200, 200, 200, 429]);
+    let pid = Pid::from_raw(redis.pid() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    // The first request waits out the timeout; the rest are decided in-process at once,
+    // and the limit still holds.
+    assert_eq!(codes(&c, &d, 4).await, [200, 200, 200, 429]);
+    let (code, h) = health(&d).await;
+    assert_eq!(code, 503, "{h}");
+    assert_eq!(h["checks"]["rate_limiter"]["status"], "degraded", "{h}");
+    assert!(
+        h["checks"]["rate_limiter"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 200ms"),
+        "{h}"
+    );
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert_eventually!(
+        health(&d).await.1["checks"]["rate_limiter"]["status"] == "up",
+        "the limiter goes back to Redis once it answers"
+    );
+    d.wait_for_log("Redis answers again");
+    // Redis kept its buckets while it hung: the client is still out.
+    assert_eq!(list(&c, &d).await.status(), 429);
+}

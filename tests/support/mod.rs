@@ -409,6 +409,11 @@ impl RedisServer {
         }
     }
 
+    /// Its process id (to stop and continue it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Runs one command with redis-cli; its trimmed output, or None when it failed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         redis_cli(self.port, args)
