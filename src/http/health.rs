@@ -125,6 +125,9 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// The Prometheus metrics, in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text exposition format", content_type = "text/plain"),
+))]
 pub async fn metrics() -> impl IntoResponse {
     (
         [(

@@ -185,6 +185,7 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(public)
         .routes(routes!(health::ready))
         .routes(routes!(health::health))
+        .routes(routes!(health::metrics))
         .merge(admin)
 }
 
@@ -198,7 +199,6 @@ pub fn router(state: AppState) -> Router {
     let (router, doc) = documented(&state).split_for_parts();
     let doc = Arc::new(doc);
     router
-        .route("/metrics", get(health::metrics))
         .route(
             "/openapi.json",
             get(move || {
