@@ -73,6 +73,8 @@ pub struct Backends {
     pub workers: Option<WorkerBackends>,
     /// The dead-letter queue (for the DLQ API), when the store has one.
     pub dlq: Option<Arc<dyn DlqStore>>,
+    /// Where heartbeats write `worker_health_checks`.
+    pub health: Arc<dyn actors::HealthStore>,
     dependencies: Vec<Dependency>,
 }
 
@@ -102,7 +104,12 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
     let mut dependencies = Vec::new();
     let mut embedded: Option<SqliteStore> = None;
     let mut mysql_store: Option<Arc<MysqlStore>> = None;
-    let (requests, outbox): (Arc<dyn RequestStore>, Arc<dyn OutboxStore>) = match mysql(config)? {
+    type Stores = (
+        Arc<dyn RequestStore>,
+        Arc<dyn OutboxStore>,
+        Arc<dyn actors::HealthStore>,
+    );
+    let (requests, outbox, health): Stores = match mysql(config)? {
         Some(store) => {
             if config.tuning.migrate_on_start {
                 store.migrate().await?;
@@ -115,7 +122,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
                 async move { store.ping().await.map_err(|e| e.to_string()) }.boxed()
             }));
             mysql_store = Some(store.clone());
-            (store.clone(), store)
+            (store.clone(), store.clone(), store)
         }
         None => {
             let store = open_embedded(config).await?;
@@ -126,7 +133,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
             }));
             embedded = Some(store.clone());
             let store = Arc::new(store);
-            (store.clone(), store)
+            (store.clone(), store.clone(), store)
         }
     };
     let mut workers = None;
@@ -174,6 +181,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
         broker,
         workers,
         dlq,
+        health,
         dependencies,
     })
 }

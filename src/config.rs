@@ -39,6 +39,12 @@ pub const KEYS: &[Key] = &[
         "seconds between heartbeats",
     ),
     key(
+        "PRIMED_INSTANCE",
+        false,
+        None,
+        "this daemon's name in worker_health_checks (<instance>/<actor>); unset: <hostname>:<HTTP port>",
+    ),
+    key(
         "PRIMED_FAULT_INJECTION",
         false,
         Some("false"),
@@ -791,6 +797,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Whether the admin API may kill actors (chaos testing).
     pub fault_injection: bool,
+    /// This daemon's name in `worker_health_checks`; None: host:port.
+    pub instance: Option<String>,
     /// Pipeline tuning: limits, pools, outbox and retries.
     pub tuning: Tuning,
     /// Consumers, their retries, SMTP limits, DLQ rules.
@@ -954,6 +962,16 @@ impl Config {
         );
 
         let fault_injection = raw.boolean("PRIMED_FAULT_INJECTION")?;
+        let instance = match raw.get("PRIMED_INSTANCE").map(str::trim) {
+            None | Some("") => None,
+            Some(v) if v.len() > 60 || v.contains(char::is_whitespace) || v.contains('/') => {
+                return Err(raw.invalid(
+                    "PRIMED_INSTANCE",
+                    "a name of at most 60 characters without spaces or '/'",
+                ));
+            }
+            Some(v) => Some(v.to_string()),
+        };
         let tuning = Self::tuning(&raw)?;
         let workers = Self::workers(&raw)?;
         let store = Self::store(&raw)?;
@@ -1085,6 +1103,7 @@ impl Config {
             shutdown_timeout,
             heartbeat_interval,
             fault_injection,
+            instance,
             tuning,
             workers,
             store,

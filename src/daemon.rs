@@ -157,10 +157,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         wake: wake.clone(),
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let pipeline = backends
-        .workers
-        .as_ref()
-        .map(|w| pipeline(&config, w, wake.clone(), shutdown_rx.clone()));
+    let liveness = actors::Liveness::default();
+    let pipeline = backends.workers.as_ref().map(|w| {
+        pipeline(
+            &config,
+            w,
+            wake.clone(),
+            shutdown_rx.clone(),
+            liveness.clone(),
+        )
+    });
     app = app.with_requests(
         backends.requests.clone(),
         Some(wake),
@@ -173,7 +179,34 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracing::warn!("PRIMED_FAULT_INJECTION is on: the admin API can kill actors");
     }
     let mut heartbeat_interval = config.heartbeat_interval;
-    let mut health_sinks: Vec<Arc<dyn HealthSink>> = Vec::new();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let instance = actors::Instance {
+        name: config
+            .instance
+            .clone()
+            .unwrap_or_else(|| format!("{host}:{}", addr.port())),
+        host,
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    // A worker shows progress at least once per ack wait (pulls end within a second, long
+    // work and held messages tick at a third of it); allow two missed heartbeats more.
+    let stale_after = config
+        .workers
+        .primecheck_retry
+        .ack_wait
+        .max(config.workers.email_retry.ack_wait)
+        + 2 * config.heartbeat_interval;
+    let mut health_sinks: Vec<Arc<dyn HealthSink>> = vec![Arc::new(actors::WorkerHealthSink {
+        store: backends.health.clone(),
+        liveness: liveness.clone(),
+        instance,
+        stale_after,
+    })];
     if let Some(period) = systemd::watchdog_period() {
         // Pet the watchdog at least twice per period.
         heartbeat_interval = heartbeat_interval.min(period / 2);
@@ -239,6 +272,7 @@ fn pipeline(
     w: &crate::backends::WorkerBackends,
     wake: RelayWake,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    liveness: actors::Liveness,
 ) -> tree::PipelineDeps {
     use actors::breaker::{BreakerSettings, CircuitBreaker};
     use actors::consumer::{ConsumerPolicy, WorkerArgs};
@@ -264,6 +298,8 @@ fn pipeline(
         batch: workers.batch as usize,
         expires: Duration::from_secs(1),
         shutdown: shutdown.clone(),
+        // Replaced per worker by the tree.
+        stats: Default::default(),
     };
     let primecheck = worker(
         "primecheck-worker",
@@ -299,6 +335,7 @@ fn pipeline(
         primecheck_workers: workers.primecheck_workers,
         email,
         email_workers: workers.email_workers,
+        liveness,
         dlq: DlqArgs {
             store: w.dlq.clone(),
             workers: w.store.clone(),

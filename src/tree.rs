@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! primed (one_for_one, 10 restarts / 60 s, backoff 10 ms → 5 s)
-//! ├── heartbeat           permanent  tree liveness → systemd watchdog (→ worker_health_checks, metrics)
+//! ├── heartbeat           permanent  tree liveness → systemd watchdog, worker_health_checks
 //! ├── outbox-relay        permanent  outbox rows → broker (JetStream, or the embedded queue)
 //! ├── dlq                 permanent  dead letters → DEAD_LETTER_QUEUE stream; max-deliveries advisories
 //! ├── retry-timer         permanent  automatic DLQ reprocess rules
@@ -69,13 +69,22 @@ pub struct PipelineDeps {
     pub dlq: DlqArgs,
     /// The retry timer.
     pub timer: TimerArgs,
+    /// Where each worker's progress is kept (for `worker_health_checks`).
+    pub liveness: actors::Liveness,
 }
 
-fn pool(name: &str, worker: &str, n: u32, args: &WorkerArgs) -> ChildSpec {
+fn pool(
+    name: &str,
+    worker: &str,
+    n: u32,
+    args: &WorkerArgs,
+    liveness: &actors::Liveness,
+) -> ChildSpec {
     let children = (1..=n).map(|i| {
         let name = format!("{worker}-{i}");
         let args = WorkerArgs {
             name: name.clone(),
+            stats: liveness.register(&name),
             ..args.clone()
         };
         // A pull ends within `expires`; held messages are released on shutdown.
@@ -139,8 +148,15 @@ pub fn root(deps: &TreeDeps) -> SupervisorSpec {
                     "primecheck-worker",
                     p.primecheck_workers,
                     &p.primecheck,
+                    &p.liveness,
                 ),
-                pool(EMAIL_WORKERS, "email-worker", p.email_workers, &p.email),
+                pool(
+                    EMAIL_WORKERS,
+                    "email-worker",
+                    p.email_workers,
+                    &p.email,
+                    &p.liveness,
+                ),
             ]
         }))
         .child(

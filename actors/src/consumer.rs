@@ -210,6 +210,8 @@ pub struct WorkerArgs {
     pub expires: Duration,
     /// Set when the daemon shuts down: held messages are released.
     pub shutdown: watch::Receiver<bool>,
+    /// Its progress and counts, read by the heartbeat (`worker_health_checks`).
+    pub stats: Arc<crate::liveness::WorkerStats>,
 }
 
 /// Messages the worker handles.
@@ -249,6 +251,7 @@ impl Actor for Worker {
         state: &mut WorkerState,
     ) -> Result<(), ActorProcessingErr> {
         let args = &state.args;
+        args.stats.touch();
         if *args.shutdown.borrow() {
             return Ok(());
         }
@@ -332,7 +335,10 @@ async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptL
             loop {
                 tokio::select! {
                     outcome = &mut work => break outcome,
-                    _ = ticker.tick() => settle(&args.name, "progress", delivery.progress().await),
+                    _ = ticker.tick() => {
+                        args.stats.touch();
+                        settle(&args.name, "progress", delivery.progress().await);
+                    }
                 }
             }
         };
@@ -352,6 +358,7 @@ async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptL
                     tracing::warn!(dlq_id, error = %err, "could not mark the dead letter resolved");
                 }
                 settle(&args.name, "ack", delivery.ack().await);
+                args.stats.succeeded();
                 logs.push(log(AttemptStatus::Success, None));
                 return logs;
             }
@@ -368,6 +375,8 @@ async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptL
                     .unwrap_or(Duration::from_millis(500))
                     .clamp(Duration::from_millis(50), args.policy.progress_interval());
                 settle(&args.name, "progress", delivery.progress().await);
+                // Waiting for a dependency is not being stuck.
+                args.stats.touch();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stopped(&mut shutdown) => {
@@ -382,6 +391,7 @@ async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptL
                     let delay = args.policy.delay(message.delivery);
                     tracing::info!(worker = %args.name, event_id = %message.event_id, delivery = message.delivery, delay_ms = delay.as_millis() as u64, error = %failure.message, "transient failure; retrying");
                     settle(&args.name, "nak", delivery.nak(delay).await);
+                    args.stats.retried();
                     logs.push(log(AttemptStatus::Retry, Some(&failure.message)));
                     return logs;
                 }
@@ -401,6 +411,7 @@ async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptL
                     Ok(id) => {
                         tracing::warn!(worker = %args.name, event_id = %message.event_id, dlq_id = ?id, class = failure.class.as_str(), error = %failure.message, "message dead-lettered");
                         settle(&args.name, "term", delivery.term().await);
+                        args.stats.failed();
                         logs.push(log(AttemptStatus::Failed, Some(&failure.message)));
                     }
                     Err(err) => {

@@ -2,8 +2,8 @@
 //!
 //! Every `interval` it reads the tree's status from the root supervisor (found by its
 //! registered name, so a restarted root or heartbeat never holds a stale reference), turns
-//! it into a [`HealthReport`] and hands it to each [`HealthSink`] (the systemd watchdog now;
-//! `worker_health_checks` and metrics later).
+//! it into a [`HealthReport`] and hands it to each [`HealthSink`] (the systemd watchdog,
+//! `worker_health_checks` through [`crate::liveness::WorkerHealthSink`]).
 //!
 //! Messages: [`HeartbeatMsg::Beat`] (scheduled), [`HeartbeatMsg::Latest`] (the last report).
 //! Failure behaviour: a sink that fails is logged and tried again at the next beat; the actor

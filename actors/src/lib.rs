@@ -9,6 +9,7 @@ pub mod broker;
 pub mod consumer;
 pub mod dlq;
 pub mod heartbeat;
+pub mod liveness;
 pub mod model;
 pub mod outbox_relay;
 pub mod primality;
@@ -20,6 +21,7 @@ pub use broker::{Broker, BrokerError, OutgoingMessage};
 pub use heartbeat::{
     HealthReport, HealthSink, HealthSinkError, Heartbeat, HeartbeatArgs, HeartbeatMsg,
 };
+pub use liveness::{HealthStore, Instance, Liveness, WorkerHealth, WorkerHealthSink, WorkerStats};
 pub use outbox_relay::{OutboxRelay, RelayArgs, RelayMsg, RelayWake};
 pub use retry::RetryPolicy;
 pub use store::{Claim, DlqStore, OutboxStore, RequestStore, Settle, StoreError, WorkerStore};

@@ -575,3 +575,35 @@ impl DlqStore for MysqlStore {
         .boxed()
     }
 }
+
+impl actors::HealthStore for MysqlStore {
+    fn upsert_health<'a>(
+        &'a self,
+        rows: &'a [actors::WorkerHealth],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut q = QueryBuilder::<MySql>::new(
+                "INSERT INTO worker_health_checks (worker_name, status, last_heartbeat, error_message, metadata) ",
+            );
+            q.push_values(rows, |mut b, r| {
+                b.push_bind(&r.worker_name)
+                    .push_bind(if r.healthy { "healthy" } else { "unhealthy" })
+                    .push_bind(r.last_heartbeat)
+                    .push_bind(r.error_message.as_deref())
+                    .push_bind(r.metadata.to_string());
+            });
+            q.push(
+                " ON DUPLICATE KEY UPDATE status = VALUES(status), last_heartbeat = VALUES(last_heartbeat), error_message = VALUES(error_message), metadata = VALUES(metadata)",
+            );
+            q.build()
+                .execute(self.pool())
+                .await
+                .map_err(classify)?;
+            Ok(())
+        }
+        .boxed()
+    }
+}

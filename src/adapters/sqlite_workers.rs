@@ -826,3 +826,38 @@ impl AdvisoryFeed for EmbeddedAdvisories {
         .boxed()
     }
 }
+
+impl actors::HealthStore for SqliteStore {
+    fn upsert_health<'a>(
+        &'a self,
+        rows: &'a [actors::WorkerHealth],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let at = now();
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO worker_health_checks (worker_name, status, last_heartbeat, error_message, metadata, created_at, updated_at) ",
+            );
+            q.push_values(rows, |mut b, r| {
+                b.push_bind(&r.worker_name)
+                    .push_bind(if r.healthy { "healthy" } else { "unhealthy" })
+                    .push_bind(micros(r.last_heartbeat))
+                    .push_bind(r.error_message.as_deref())
+                    .push_bind(r.metadata.to_string())
+                    .push_bind(at)
+                    .push_bind(at);
+            });
+            q.push(
+                " ON CONFLICT (worker_name) DO UPDATE SET status = excluded.status, last_heartbeat = excluded.last_heartbeat, error_message = excluded.error_message, metadata = excluded.metadata, updated_at = excluded.updated_at",
+            );
+            q.build()
+                .execute(self.pool())
+                .await
+                .map_err(rejected)?;
+            Ok(())
+        }
+        .boxed()
+    }
+}
