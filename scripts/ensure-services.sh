@@ -37,6 +37,13 @@ need_pkg() { # command, debian package
 need_pkg systemd-analyze systemd
 need_pkg mariadb mariadb-client
 need_pkg redis-cli redis-tools
+# promtool, for the alert-rule tests (tests/monitoring.rs); only the package, not its
+# recommended exporters.
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing prometheus (for promtool)"
+  if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 
 # maildev: the SMTP server with an HTTP API the worker tests send mail to.
 MAILDEV_PREFIX=${MAILDEV_PREFIX:-/opt/maildev}

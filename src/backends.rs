@@ -75,6 +75,10 @@ pub struct Backends {
     pub dlq: Option<Arc<dyn DlqStore>>,
     /// Where heartbeats write `worker_health_checks`.
     pub health: Arc<dyn actors::HealthStore>,
+    /// What the metrics gauges read from the store.
+    pub gauges: Arc<dyn actors::GaugeSource>,
+    /// The JetStream consumers' pending counts, with NATS.
+    pub consumer_gauges: Option<crate::adapters::nats::ConsumerGauges>,
     dependencies: Vec<Dependency>,
 }
 
@@ -108,8 +112,10 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
         Arc<dyn RequestStore>,
         Arc<dyn OutboxStore>,
         Arc<dyn actors::HealthStore>,
+        Arc<dyn actors::GaugeSource>,
     );
-    let (requests, outbox, health): Stores = match mysql(config)? {
+    let mut consumer_gauges = None;
+    let (requests, outbox, health, gauges): Stores = match mysql(config)? {
         Some(store) => {
             if config.tuning.migrate_on_start {
                 store.migrate().await?;
@@ -122,7 +128,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
                 async move { store.ping().await.map_err(|e| e.to_string()) }.boxed()
             }));
             mysql_store = Some(store.clone());
-            (store.clone(), store.clone(), store)
+            (store.clone(), store.clone(), store.clone(), store)
         }
         None => {
             let store = open_embedded(config).await?;
@@ -133,7 +139,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
             }));
             embedded = Some(store.clone());
             let store = Arc::new(store);
-            (store.clone(), store.clone(), store)
+            (store.clone(), store.clone(), store.clone(), store)
         }
     };
     let mut workers = None;
@@ -146,6 +152,10 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
                 workers = Some(worker_backends(config, store.clone(), &broker, stream).await?);
             }
             tracing::info!(stream = %stream, "JetStream streams and consumers are set up");
+            consumer_gauges = Some(crate::adapters::nats::ConsumerGauges::new(
+                client.clone(),
+                stream,
+            ));
             dependencies.push(Dependency::new("nats", move || {
                 let client = client.clone();
                 async move { client.flush().await.map_err(|e| e.to_string()) }.boxed()
@@ -182,6 +192,8 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
         workers,
         dlq,
         health,
+        gauges,
+        consumer_gauges,
         dependencies,
     })
 }

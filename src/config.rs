@@ -39,6 +39,12 @@ pub const KEYS: &[Key] = &[
         "seconds between heartbeats",
     ),
     key(
+        "PRIMED_METRICS_INTERVAL_SECONDS",
+        false,
+        Some("5"),
+        "seconds between readings of the gauges (outbox, DLQ, queues, pools, Redis)",
+    ),
+    key(
         "PRIMED_INSTANCE",
         false,
         None,
@@ -795,6 +801,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Heartbeat interval.
     pub heartbeat_interval: Duration,
+    /// Gauge collection interval.
+    pub metrics_interval: Duration,
     /// Whether the admin API may kill actors (chaos testing).
     pub fault_injection: bool,
     /// This daemon's name in `worker_health_checks`; None: host:port.
@@ -960,6 +968,13 @@ impl Config {
             )?
             .into(),
         );
+        let metrics_interval = Duration::from_secs(
+            raw.positive(
+                "PRIMED_METRICS_INTERVAL_SECONDS",
+                "a whole number of seconds, at least 1",
+            )?
+            .into(),
+        );
 
         let fault_injection = raw.boolean("PRIMED_FAULT_INJECTION")?;
         let instance = match raw.get("PRIMED_INSTANCE").map(str::trim) {
@@ -1102,6 +1117,7 @@ impl Config {
             data_dir,
             shutdown_timeout,
             heartbeat_interval,
+            metrics_interval,
             fault_injection,
             instance,
             tuning,

@@ -201,12 +201,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .ack_wait
         .max(config.workers.email_retry.ack_wait)
         + 2 * config.heartbeat_interval;
-    let mut health_sinks: Vec<Arc<dyn HealthSink>> = vec![Arc::new(actors::WorkerHealthSink {
-        store: backends.health.clone(),
-        liveness: liveness.clone(),
-        instance,
-        stale_after,
-    })];
+    let mut health_sinks: Vec<Arc<dyn HealthSink>> = vec![
+        Arc::new(actors::WorkerHealthSink {
+            store: backends.health.clone(),
+            liveness: liveness.clone(),
+            instance,
+            stale_after,
+        }),
+        Arc::new(crate::metrics::ActorMetricsSink::new(liveness.clone())),
+    ];
     if let Some(period) = systemd::watchdog_period() {
         // Pet the watchdog at least twice per period.
         heartbeat_interval = heartbeat_interval.min(period / 2);
@@ -223,6 +226,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         health_sinks,
         relay,
         pipeline,
+        collector: Some(crate::collector::CollectorArgs {
+            store: backends.gauges.clone(),
+            nats: backends.consumer_gauges.clone(),
+            limiter: app.limiter.clone(),
+            interval: config.metrics_interval,
+        }),
     };
     let (root, mut root_done) = Supervisor::start(tree::root(&deps))
         .await

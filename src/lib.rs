@@ -9,6 +9,7 @@
 pub mod adapters;
 pub mod backends;
 pub mod cli;
+pub mod collector;
 pub mod config;
 pub mod daemon;
 pub mod dlq_cli;

@@ -1,17 +1,46 @@
 //! Prometheus metrics, served at `GET /metrics`.
 //!
-//! One process-wide registry. The instruments are named exactly as the seeds name them
-//! (§4.4.1, §5.2), with no exporter renaming in between.
+//! One process-wide registry ([`actors::metrics::registry`], where the pipeline's own
+//! instruments live too). The instruments are named exactly as the seeds name them (§4.4.1,
+//! §5.2), with no exporter renaming in between.
 
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    TextEncoder,
 };
 
 /// The daemon's instruments.
 pub struct Metrics {
-    registry: Registry,
+    /// `http_requests_total{method,route,status}`: route is the route template.
+    pub http_requests: IntCounterVec,
+    /// `http_request_duration_seconds{method,route}`.
+    pub http_request_duration: HistogramVec,
+    /// `actor_up{actor}`: 1 while the actor runs.
+    pub actor_up: IntGaugeVec,
+    /// `actor_restarts_total{actor}`.
+    pub actor_restarts: IntCounterVec,
+    /// `worker_heartbeat_age_seconds{worker}`: since the pulling worker last made progress.
+    pub worker_heartbeat_age: GaugeVec,
+    /// `outbox_pending`: outbox events not yet published.
+    pub outbox_pending: IntGauge,
+    /// `outbox_relay_lag_seconds`: age of the oldest due, unpublished event.
+    pub outbox_relay_lag: prometheus::Gauge,
+    /// `dlq_message_count{status}`: dead letters by status.
+    pub dlq_message_count: IntGaugeVec,
+    /// `message_queue_length{queue_name}`: messages waiting for a consumer.
+    pub message_queue_length: IntGaugeVec,
+    /// `nats_consumer_pending_messages{stream,consumer}`.
+    pub nats_consumer_pending: IntGaugeVec,
+    /// `database_connections{state}`: `active`, `idle`.
+    pub database_connections: IntGaugeVec,
+    /// `redis_connected_clients`.
+    pub redis_connected_clients: IntGauge,
+    /// `metrics_collection_errors_total{source}`: gauges that could not be read.
+    pub collection_errors: IntCounterVec,
+    /// `build_info{version}`: always 1.
+    pub build_info: GaugeVec,
     /// `rate_limit_hits_total{endpoint,result,policy}`: decisions; result is `allowed`,
     /// `limited`, `bypass` (policy = the bypass kind), `unavailable` (fail-closed while Redis
     /// is down) or `rejected` (invalid credentials).
@@ -26,7 +55,75 @@ pub struct Metrics {
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
-    let registry = Registry::new();
+    let registry = actors::metrics::registry();
+    let http_requests = IntCounterVec::new(
+        Opts::new(
+            "http_requests_total",
+            "HTTP requests by method, route and status",
+        ),
+        &["method", "route", "status"],
+    )?;
+    let http_request_duration = HistogramVec::new(
+        HistogramOpts::new("http_request_duration_seconds", "HTTP request duration").buckets(vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]),
+        &["method", "route"],
+    )?;
+    let actor_up = IntGaugeVec::new(
+        Opts::new("actor_up", "1 while the supervised actor runs"),
+        &["actor"],
+    )?;
+    let actor_restarts = IntCounterVec::new(
+        Opts::new("actor_restarts_total", "Restarts of supervised actors"),
+        &["actor"],
+    )?;
+    let worker_heartbeat_age = GaugeVec::new(
+        Opts::new(
+            "worker_heartbeat_age_seconds",
+            "Seconds since the pulling worker last made progress",
+        ),
+        &["worker"],
+    )?;
+    let outbox_pending = IntGauge::new("outbox_pending", "Outbox events not yet published")?;
+    let outbox_relay_lag = prometheus::Gauge::new(
+        "outbox_relay_lag_seconds",
+        "Age of the oldest due outbox event not yet published",
+    )?;
+    let dlq_message_count = IntGaugeVec::new(
+        Opts::new("dlq_message_count", "Dead letters by status"),
+        &["status"],
+    )?;
+    let message_queue_length = IntGaugeVec::new(
+        Opts::new("message_queue_length", "Current message queue length"),
+        &["queue_name"],
+    )?;
+    let nats_consumer_pending = IntGaugeVec::new(
+        Opts::new(
+            "nats_consumer_pending_messages",
+            "NATS consumer pending messages",
+        ),
+        &["stream", "consumer"],
+    )?;
+    let database_connections = IntGaugeVec::new(
+        Opts::new("database_connections", "Current database connections"),
+        &["state"],
+    )?;
+    let redis_connected_clients =
+        IntGauge::new("redis_connected_clients", "Redis connected clients")?;
+    let collection_errors = IntCounterVec::new(
+        Opts::new(
+            "metrics_collection_errors_total",
+            "Gauges that could not be read, by source",
+        ),
+        &["source"],
+    )?;
+    let build_info = GaugeVec::new(
+        Opts::new("build_info", "The daemon's version; always 1"),
+        &["version"],
+    )?;
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1.0);
     let rate_limit_hits = IntCounterVec::new(
         Opts::new(
             "rate_limit_hits_total",
@@ -59,8 +156,39 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(rate_limit_check_duration.clone()))?;
     registry.register(Box::new(rate_limit_fallback_active.clone()))?;
     registry.register(Box::new(rate_limit_backend_switches.clone()))?;
+    for c in [
+        Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(http_request_duration.clone()),
+        Box::new(actor_up.clone()),
+        Box::new(actor_restarts.clone()),
+        Box::new(worker_heartbeat_age.clone()),
+        Box::new(outbox_pending.clone()),
+        Box::new(outbox_relay_lag.clone()),
+        Box::new(dlq_message_count.clone()),
+        Box::new(message_queue_length.clone()),
+        Box::new(nats_consumer_pending.clone()),
+        Box::new(database_connections.clone()),
+        Box::new(redis_connected_clients.clone()),
+        Box::new(collection_errors.clone()),
+        Box::new(build_info.clone()),
+    ] {
+        registry.register(c)?;
+    }
     Ok(Metrics {
-        registry,
+        http_requests,
+        http_request_duration,
+        actor_up,
+        actor_restarts,
+        worker_heartbeat_age,
+        outbox_pending,
+        outbox_relay_lag,
+        dlq_message_count,
+        message_queue_length,
+        nats_consumer_pending,
+        database_connections,
+        redis_connected_clients,
+        collection_errors,
+        build_info,
         rate_limit_hits,
         rate_limit_check_duration,
         rate_limit_fallback_active,
@@ -84,8 +212,106 @@ pub fn metrics() -> &'static Metrics {
 pub fn render() -> String {
     let mut out = Vec::new();
     // Encoding into a Vec fails only on invalid metric families, which `build` prevents.
-    let _ = TextEncoder::new().encode(&metrics().registry.gather(), &mut out);
+    // Make sure the daemon's and the pipeline's instruments exist before the first scrape.
+    let _ = (metrics(), actors::metrics::pipeline());
+    let _ = TextEncoder::new().encode(&actors::metrics::registry().gather(), &mut out);
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// Counts and times every HTTP request by its route template (a `layer` on the router).
+pub async fn http_layer(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let t0 = std::time::Instant::now();
+    let method = request.method().as_str().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    let m = metrics();
+    m.http_requests
+        .with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()])
+        .inc();
+    m.http_request_duration
+        .with_label_values(&[method.as_str(), route.as_str()])
+        .observe(t0.elapsed().as_secs_f64());
+    response
+}
+
+/// The heartbeat sink that turns the tree into `actor_up` and `actor_restarts_total`, and
+/// the workers' progress into `worker_heartbeat_age_seconds`.
+pub struct ActorMetricsSink {
+    seen: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    liveness: actors::Liveness,
+}
+
+impl ActorMetricsSink {
+    /// A sink reading the workers' progress from `liveness`.
+    pub fn new(liveness: actors::Liveness) -> Self {
+        Self {
+            seen: Default::default(),
+            liveness,
+        }
+    }
+
+    fn walk(
+        &self,
+        node: &supervision::ChildStatus,
+        seen: &mut std::collections::HashMap<String, u32>,
+    ) {
+        let m = metrics();
+        let up = i64::from(node.state == supervision::ChildState::Running);
+        m.actor_up.with_label_values(&[node.name.as_str()]).set(up);
+        // Counts restart from zero when a supervisor restarts its children: then the new
+        // count is all new restarts.
+        let before = seen
+            .insert(node.name.clone(), node.restart_count)
+            .unwrap_or(0);
+        let new = if node.restart_count >= before {
+            node.restart_count - before
+        } else {
+            node.restart_count
+        };
+        let restarts = m.actor_restarts.with_label_values(&[node.name.as_str()]);
+        restarts.inc_by(u64::from(new));
+        for child in node.children.iter().flatten() {
+            self.walk(child, seen);
+        }
+    }
+}
+
+impl actors::HealthSink for ActorMetricsSink {
+    fn name(&self) -> &str {
+        "metrics"
+    }
+
+    fn record<'a>(
+        &'a self,
+        report: &'a actors::HealthReport,
+    ) -> futures::future::BoxFuture<'a, Result<(), actors::HealthSinkError>> {
+        Box::pin(async move {
+            if let Some(tree) = &report.tree
+                && let Ok(mut seen) = self.seen.lock()
+            {
+                self.walk(tree, &mut seen);
+            }
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            for name in self.liveness.names() {
+                if let Some(stats) = self.liveness.get(&name) {
+                    let age = now_ms.saturating_sub(stats.snapshot().last_active_ms);
+                    metrics()
+                        .worker_heartbeat_age
+                        .with_label_values(&[name.as_str()])
+                        .set(age as f64 / 1000.0);
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]

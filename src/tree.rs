@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! primed (one_for_one, 10 restarts / 60 s, backoff 10 ms → 5 s)
-//! ├── heartbeat           permanent  tree liveness → systemd watchdog, worker_health_checks
+//! ├── heartbeat           permanent  tree liveness → systemd watchdog, worker_health_checks, actor metrics
+//! ├── metrics-collector   permanent  gauges: outbox backlog and lag, DLQ, queues, pools, Redis
 //! ├── outbox-relay        permanent  outbox rows → broker (JetStream, or the embedded queue)
 //! ├── dlq                 permanent  dead letters → DEAD_LETTER_QUEUE stream; max-deliveries advisories
 //! ├── retry-timer         permanent  automatic DLQ reprocess rules
 //! ├── primecheck-workers  supervisor (one_for_one): primecheck-worker-1..N
 //! ├── email-workers       supervisor (one_for_one): email-worker-1..N
-//! └── http                permanent  public API, DLQ API, /health /ready /admin/* /openapi.json
+//! └── http                permanent  public API, DLQ API, /health /ready /metrics /admin/* /openapi.json
 //! ```
 //!
 //! Children start top to bottom and stop bottom to top, so on shutdown HTTP intake stops
@@ -39,6 +40,8 @@ pub const HTTP: &str = "http";
 pub const DLQ: &str = "dlq";
 /// Registered name of the retry timer.
 pub const RETRY_TIMER: &str = "retry-timer";
+/// Registered name of the metrics collector.
+pub const METRICS_COLLECTOR: &str = "metrics-collector";
 /// The prime-check workers' supervisor.
 pub const PRIMECHECK_WORKERS: &str = "primecheck-workers";
 /// The email workers' supervisor.
@@ -113,6 +116,8 @@ pub struct TreeDeps {
     pub relay: Option<RelayArgs>,
     /// The consumers, DLQ and retry timer, in production mode.
     pub pipeline: Option<PipelineDeps>,
+    /// The gauges' sources, when there is a store to read.
+    pub collector: Option<crate::collector::CollectorArgs>,
 }
 
 /// The root of the tree.
@@ -137,6 +142,10 @@ pub fn root(deps: &TreeDeps) -> SupervisorSpec {
             )
             .shutdown(Duration::from_secs(2)),
         )
+        .children(deps.collector.clone().map(|args| {
+            ChildSpec::actor(METRICS_COLLECTOR, crate::collector::MetricsCollector, args)
+                .shutdown(Duration::from_secs(2))
+        }))
         .children(relay)
         .children(deps.pipeline.iter().flat_map(|p| {
             [

@@ -56,6 +56,7 @@ async fn every_actor_of_every_daemon_heartbeats_into_its_own_row() {
         "email-worker-2",
         "heartbeat",
         "http",
+        "metrics-collector",
         "outbox-relay",
         "primecheck-worker-1",
         "primecheck-worker-2",
@@ -155,8 +156,8 @@ async fn the_embedded_mode_heartbeats_into_its_sqlite_file() {
         .await
         .unwrap()
     };
-    // heartbeat, relay, dlq, retry timer, 2 + 2 workers, http.
-    assert_eventually!(healthy().await == 9, "{} healthy rows", healthy().await);
+    // heartbeat, metrics collector, relay, dlq, retry timer, 2 + 2 workers, http.
+    assert_eventually!(healthy().await == 10, "{} healthy rows", healthy().await);
     let first: i64 = sqlx::query_scalar(
         "SELECT last_heartbeat FROM worker_health_checks WHERE worker_name = 'solo/heartbeat'",
     )
@@ -177,5 +178,5 @@ async fn the_embedded_mode_heartbeats_into_its_sqlite_file() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(rows, 9);
+    assert_eq!(rows, 10);
 }

@@ -31,6 +31,7 @@ async fn peers_reach_restarted_actors_by_name_and_http_keeps_its_socket() {
         health_sinks: Vec::new(),
         relay: None,
         pipeline: None,
+        collector: None,
     };
     let (root, handle) = Supervisor::start(tree::root(&deps)).await.unwrap();
     let http = reqwest::Client::builder()

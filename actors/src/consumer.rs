@@ -319,6 +319,18 @@ pub async fn pull_once(args: &WorkerArgs) -> Result<usize, BrokerError> {
     }
 }
 
+fn processed(subject: &str, outcome: &str) {
+    // Subjects are the pipeline's few fixed ones; anything else is one label value.
+    let subject = match subject {
+        "primecheck.requested" | "email.send" => subject,
+        _ => "other",
+    };
+    crate::metrics::pipeline()
+        .messages_processed
+        .with_label_values(&[subject, outcome])
+        .inc();
+}
+
 /// Handles one delivery to its end; returns the attempt's log rows.
 async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptLog> {
     let mut logs = Vec::new();
@@ -359,6 +371,7 @@ async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptL
                 }
                 settle(&args.name, "ack", delivery.ack().await);
                 args.stats.succeeded();
+                processed(&message.subject, "success");
                 logs.push(log(AttemptStatus::Success, None));
                 return logs;
             }
@@ -392,6 +405,7 @@ async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptL
                     tracing::info!(worker = %args.name, event_id = %message.event_id, delivery = message.delivery, delay_ms = delay.as_millis() as u64, error = %failure.message, "transient failure; retrying");
                     settle(&args.name, "nak", delivery.nak(delay).await);
                     args.stats.retried();
+                    processed(&message.subject, "retry");
                     logs.push(log(AttemptStatus::Retry, Some(&failure.message)));
                     return logs;
                 }
@@ -412,6 +426,7 @@ async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptL
                         tracing::warn!(worker = %args.name, event_id = %message.event_id, dlq_id = ?id, class = failure.class.as_str(), error = %failure.message, "message dead-lettered");
                         settle(&args.name, "term", delivery.term().await);
                         args.stats.failed();
+                        processed(&message.subject, "dead_letter");
                         logs.push(log(AttemptStatus::Failed, Some(&failure.message)));
                     }
                     Err(err) => {

@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod heartbeat;
 pub mod liveness;
+pub mod metrics;
 pub mod model;
 pub mod outbox_relay;
 pub mod primality;
@@ -24,4 +25,7 @@ pub use heartbeat::{
 pub use liveness::{HealthStore, Instance, Liveness, WorkerHealth, WorkerHealthSink, WorkerStats};
 pub use outbox_relay::{OutboxRelay, RelayArgs, RelayMsg, RelayWake};
 pub use retry::RetryPolicy;
-pub use store::{Claim, DlqStore, OutboxStore, RequestStore, Settle, StoreError, WorkerStore};
+pub use store::{
+    Claim, DlqStore, GaugeSource, OutboxStore, RequestStore, Settle, StoreError, StoreGauges,
+    WorkerStore,
+};

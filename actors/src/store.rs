@@ -185,3 +185,26 @@ pub trait DlqStore: Send + Sync + 'static {
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>>;
 }
+
+/// What the metrics gauges read from the store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreGauges {
+    /// Outbox events not yet published.
+    pub outbox_pending: i64,
+    /// Age in seconds of the oldest due, unpublished event (0 when none).
+    pub outbox_lag_seconds: f64,
+    /// Dead letters by status.
+    pub dead_letters: Vec<(String, i64)>,
+    /// Messages waiting in the embedded queue, by subject (empty with JetStream).
+    pub queue: Vec<(String, i64)>,
+    /// Pool connections in use.
+    pub connections_active: i64,
+    /// Pool connections idle.
+    pub connections_idle: i64,
+}
+
+/// Reads [`StoreGauges`].
+pub trait GaugeSource: Send + Sync + 'static {
+    /// The counts now.
+    fn gauges(&self) -> BoxFuture<'_, Result<StoreGauges, StoreError>>;
+}

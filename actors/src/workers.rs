@@ -59,12 +59,25 @@ impl PrimeCheckHandler {
         .await
         .map_err(|e| Failure::transient(format!("the primality test crashed: {e}")))?;
         let duration = started.elapsed();
+        let m = crate::metrics::pipeline();
+        m.prime_check_duration
+            .with_label_values(&[crate::metrics::length_bucket(request.number.len())])
+            .observe(duration.as_secs_f64());
         let verdict = verdict.map_err(|e| match e {
-            PrimalityError::NotANumber(_) => Failure::permanent(e.to_string()),
+            PrimalityError::NotANumber(_) => {
+                m.prime_check_requests
+                    .with_label_values(&["failed", "invalid"])
+                    .inc();
+                Failure::permanent(e.to_string())
+            }
             PrimalityError::TimedOut { .. } => {
+                m.prime_check_requests
+                    .with_label_values(&["failed", "timeout"])
+                    .inc();
                 Failure::permanent(format!("{e} (limit {})", humantime::format_duration(limit)))
             }
         })?;
+        let is_prime = verdict.is_prime;
         let result = PrimeResult {
             event_id: message.event_id.clone(),
             email_event_id: uuid_v7(),
@@ -85,8 +98,13 @@ impl PrimeCheckHandler {
             .record_result(result)
             .await
             .map_err(store_failure)?;
-        if fresh && let Some(wake) = &self.wake {
-            wake.wake();
+        if fresh {
+            m.prime_check_requests
+                .with_label_values(&["success", if is_prime { "prime" } else { "composite" }])
+                .inc();
+            if let Some(wake) = &self.wake {
+                wake.wake();
+            }
         }
         Ok(())
     }
@@ -240,9 +258,20 @@ impl EmailHandler {
             &send,
             message_id(&message.event_id, &self.message_id_domain),
         );
+        let sent_total = &crate::metrics::pipeline().emails_sent;
         match self.mailer.send(&email).await {
-            Ok(()) => self.breaker.success(),
+            Ok(()) => {
+                self.breaker.success();
+                sent_total.with_label_values(&["sent"]).inc();
+            }
             Err(err) => {
+                sent_total
+                    .with_label_values(&[if err.class == crate::model::ErrorClass::Transient {
+                        "deferred"
+                    } else {
+                        "rejected"
+                    }])
+                    .inc();
                 if err.class == crate::model::ErrorClass::Transient {
                     if self.breaker.failure() {
                         tracing::warn!(error = %err.message, "SMTP circuit breaker opened");

@@ -607,3 +607,37 @@ impl actors::HealthStore for MysqlStore {
         .boxed()
     }
 }
+
+impl actors::GaugeSource for MysqlStore {
+    fn gauges(&self) -> BoxFuture<'_, Result<actors::StoreGauges, StoreError>> {
+        async move {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS pending, \
+                 COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN next_retry_at IS NULL OR next_retry_at <= NOW(6) THEN created_at END), NOW(6)), 0) AS lag_us \
+                 FROM outbox WHERE state = 'pending'",
+            )
+            .fetch_one(self.pool())
+            .await
+            .map_err(classify)?;
+            let pending: i64 = row.try_get("pending").map_err(classify)?;
+            let lag_us: i64 = row.try_get("lag_us").map_err(classify)?;
+            let dead_letters: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT CAST(status AS CHAR), COUNT(*) FROM dead_letter_messages GROUP BY status",
+            )
+            .fetch_all(self.pool())
+            .await
+            .map_err(classify)?;
+            let size = i64::from(self.pool().size());
+            let idle = self.pool().num_idle() as i64;
+            Ok(actors::StoreGauges {
+                outbox_pending: pending,
+                outbox_lag_seconds: lag_us.max(0) as f64 / 1e6,
+                dead_letters,
+                queue: Vec::new(),
+                connections_active: (size - idle).max(0),
+                connections_idle: idle,
+            })
+        }
+        .boxed()
+    }
+}

@@ -310,3 +310,43 @@ impl Broker for JetStreamBroker {
         .boxed()
     }
 }
+
+/// Reads the pending counts of the pipeline's durable consumers, for the metrics gauges.
+#[derive(Clone)]
+pub struct ConsumerGauges {
+    js: jetstream::Context,
+    stream: String,
+}
+
+impl ConsumerGauges {
+    /// Gauges of the consumers on `stream`, through `client`.
+    pub fn new(client: async_nats::Client, stream: &str) -> Self {
+        Self {
+            js: jetstream::new(client),
+            stream: stream.to_string(),
+        }
+    }
+
+    /// The stream's name.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// `(consumer, messages not yet delivered, delivered but not acknowledged)` of the
+    /// prime-check and email consumers.
+    pub async fn pending(&self) -> Result<Vec<(&'static str, u64, u64)>, String> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for name in [CONSUMER_PRIMECHECK, CONSUMER_EMAIL] {
+            let mut consumer: jetstream::consumer::PullConsumer =
+                stream.get_consumer(name).await.map_err(|e| e.to_string())?;
+            let info = consumer.info().await.map_err(|e| e.to_string())?;
+            out.push((name, info.num_pending, info.num_ack_pending as u64));
+        }
+        Ok(out)
+    }
+}

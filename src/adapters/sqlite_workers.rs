@@ -861,3 +861,40 @@ impl actors::HealthStore for SqliteStore {
         .boxed()
     }
 }
+
+impl actors::GaugeSource for SqliteStore {
+    fn gauges(&self) -> BoxFuture<'_, Result<actors::StoreGauges, StoreError>> {
+        async move {
+            let at = now();
+            let (pending, oldest): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COUNT(*), MIN(CASE WHEN next_retry_at IS NULL OR next_retry_at <= ? THEN created_at END) \
+                 FROM outbox WHERE state = 'pending'",
+            )
+            .bind(at)
+            .fetch_one(self.pool())
+            .await
+            .map_err(rejected)?;
+            let dead_letters: Vec<(String, i64)> =
+                sqlx::query_as("SELECT status, COUNT(*) FROM dead_letter_messages GROUP BY status")
+                    .fetch_all(self.pool())
+                    .await
+                    .map_err(rejected)?;
+            let queue: Vec<(String, i64)> =
+                sqlx::query_as("SELECT subject, COUNT(*) FROM queue_messages GROUP BY subject")
+                    .fetch_all(self.pool())
+                    .await
+                    .map_err(rejected)?;
+            let size = i64::from(self.pool().size());
+            let idle = self.pool().num_idle() as i64;
+            Ok(actors::StoreGauges {
+                outbox_pending: pending,
+                outbox_lag_seconds: oldest.map_or(0.0, |c| (at - c).max(0) as f64 / 1e6),
+                dead_letters,
+                queue,
+                connections_active: (size - idle).max(0),
+                connections_idle: idle,
+            })
+        }
+        .boxed()
+    }
+}

@@ -151,6 +151,11 @@ impl RateLimiter {
             .map_or(&self.default[..], Vec::as_slice)
     }
 
+    /// The Redis limiter, when configured.
+    pub fn redis(&self) -> Option<&RedisLimiter> {
+        self.redis.as_ref()
+    }
+
     /// Whether Redis is configured.
     pub fn has_redis(&self) -> bool {
         self.redis.is_some()

@@ -183,3 +183,21 @@ impl RedisLimiter {
         }
     }
 }
+
+impl RedisLimiter {
+    /// `connected_clients` from `INFO clients`.
+    pub async fn connected_clients(&self) -> Result<i64, RedisLimiterError> {
+        let mut conn = self.conn.clone();
+        let info: String = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("INFO").arg("clients").query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| RedisLimiterError::Timeout(Duration::from_secs(1)))??;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+}

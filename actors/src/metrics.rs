@@ -1,0 +1,103 @@
+//! The process-wide Prometheus registry and the pipeline's instruments (seed §5.2.1).
+//!
+//! The daemon registers its own instruments (HTTP, rate limiting, gauges) into the same
+//! [`registry`] and serves it at `GET /metrics`.
+
+use std::sync::LazyLock;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// The pipeline's instruments.
+pub struct PipelineMetrics {
+    /// `prime_check_requests_total{status,result}`: status `success` or `failed`; result
+    /// `prime`, `composite`, `timeout` or `invalid`.
+    pub prime_check_requests: IntCounterVec,
+    /// `prime_check_duration_seconds{number_length}`: time of the primality test, by digit
+    /// count bucket (`1-10`, `11-20`, `21-50`, `51-100`, `101-500`, `501+`).
+    pub prime_check_duration: HistogramVec,
+    /// `emails_sent_total{status}`: `sent`, `deferred` (transient, retried) or `rejected`.
+    pub emails_sent: IntCounterVec,
+    /// `messages_processed_total{subject,outcome}`: consumer outcomes (`success`, `retry`,
+    /// `dead_letter`).
+    pub messages_processed: IntCounterVec,
+}
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+/// The registry every instrument of the process is registered in.
+pub fn registry() -> &'static Registry {
+    &REGISTRY
+}
+
+fn build() -> Result<PipelineMetrics, prometheus::Error> {
+    let prime_check_requests = IntCounterVec::new(
+        Opts::new("prime_check_requests_total", "Total prime check requests"),
+        &["status", "result"],
+    )?;
+    let prime_check_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "prime_check_duration_seconds",
+            "Prime check processing duration",
+        )
+        .buckets(vec![0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+        &["number_length"],
+    )?;
+    let emails_sent = IntCounterVec::new(
+        Opts::new("emails_sent_total", "Total emails sent"),
+        &["status"],
+    )?;
+    let messages_processed = IntCounterVec::new(
+        Opts::new(
+            "messages_processed_total",
+            "Consumed messages by subject and outcome",
+        ),
+        &["subject", "outcome"],
+    )?;
+    let r = registry();
+    r.register(Box::new(prime_check_requests.clone()))?;
+    r.register(Box::new(prime_check_duration.clone()))?;
+    r.register(Box::new(emails_sent.clone()))?;
+    r.register(Box::new(messages_processed.clone()))?;
+    Ok(PipelineMetrics {
+        prime_check_requests,
+        prime_check_duration,
+        emails_sent,
+        messages_processed,
+    })
+}
+
+static PIPELINE: LazyLock<PipelineMetrics> = LazyLock::new(|| match build() {
+    Ok(m) => m,
+    // Constant names and labels: a failure is a programming error every test run shows.
+    Err(e) => panic!("pipeline metric definitions are invalid: {e}"),
+});
+
+/// The pipeline's instruments.
+pub fn pipeline() -> &'static PipelineMetrics {
+    &PIPELINE
+}
+
+/// The `number_length` label of a number with `digits` digits (bounded).
+pub fn length_bucket(digits: usize) -> &'static str {
+    match digits {
+        0..=10 => "1-10",
+        11..=20 => "11-20",
+        21..=50 => "21-50",
+        51..=100 => "51-100",
+        101..=500 => "101-500",
+        _ => "501+",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_buckets_are_bounded() {
+        assert_eq!(length_bucket(1), "1-10");
+        assert_eq!(length_bucket(19), "11-20");
+        assert_eq!(length_bucket(100), "51-100");
+        assert_eq!(length_bucket(100_000), "501+");
+    }
+}
