@@ -185,6 +185,13 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
         (Some(w), None) => Some(w.dlq.clone()),
         (None, None) => None,
     };
+    if let Some(smtp) = &config.smtp {
+        let (host, port) = (smtp.host.clone(), smtp.port);
+        dependencies.push(Dependency::optional("smtp", move || {
+            let host = host.clone();
+            async move { crate::adapters::mail::smtp_probe(&host, port).await }.boxed()
+        }));
+    }
     Ok(Backends {
         requests,
         outbox,

@@ -138,6 +138,25 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut app =
         AppState::new(tree::ROOT, admin_keys).with_fault_injection(config.fault_injection);
     if let Some(limiter) = limiter {
+        if limiter.has_redis() {
+            let probe = limiter.clone();
+            app = app.with_dependency(crate::http::health::Dependency::optional(
+                "redis",
+                move || {
+                    let probe = probe.clone();
+                    Box::pin(async move {
+                        match probe.redis() {
+                            Some(redis) => redis
+                                .ping(Duration::from_secs(1))
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string()),
+                            None => Ok(()),
+                        }
+                    })
+                },
+            ));
+        }
         app = app.with_limiter(limiter);
     }
     for dependency in backends.dependencies() {

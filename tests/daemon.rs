@@ -70,6 +70,7 @@ async fn with_no_configuration_it_serves_the_admin_tree_and_exits_0_on_sigterm()
         names,
         [
             "heartbeat",
+            "metrics-collector",
             "outbox-relay",
             "dlq",
             "retry-timer",
@@ -82,7 +83,7 @@ async fn with_no_configuration_it_serves_the_admin_tree_and_exits_0_on_sigterm()
         assert_eq!(c["state"], "running");
     }
     // The worker pools are supervisors of their own, two workers each by default.
-    let pool = &tree["children"][4];
+    let pool = &tree["children"][5];
     let workers: Vec<&str> = pool["children"]
         .as_array()
         .unwrap()
@@ -94,9 +95,9 @@ async fn with_no_configuration_it_serves_the_admin_tree_and_exits_0_on_sigterm()
     let health = http.get(d.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let health: Value = health.json().await.unwrap();
-    assert_eq!(health["status"], "healthy");
-    assert_eq!(health["checks"]["supervision_tree"]["status"], "up");
-    assert_eq!(health["checks"]["database"]["status"], "up");
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["checks"]["supervision_tree"]["status"], "ok");
+    assert_eq!(health["checks"]["database"]["status"], "ok");
 
     let missing = http.get(d.url("/nope")).send().await.unwrap();
     assert_eq!(missing.status(), 404);

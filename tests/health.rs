@@ -180,3 +180,62 @@ async fn the_embedded_mode_heartbeats_into_its_sqlite_file() {
         .unwrap();
     assert_eq!(rows, 10);
 }
+
+async fn get(d: &Daemon, path: &str) -> (u16, Value) {
+    let r = reqwest::get(d.url(path)).await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_every_dependency_and_ready_needs_the_store_and_broker() {
+    let db = TestDb::create();
+    let mut nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Accept).await;
+    let mut redis = support::RedisServer::start();
+    let port = redis.port.to_string();
+    let mut env: Vec<(String, String)> = vec![
+        ("DATABASE_URL".into(), db.url.clone()),
+        ("NATS_URL".into(), nats.url()),
+        ("REDIS_HOST".into(), "127.0.0.1".into()),
+        ("REDIS_PORT".into(), port),
+    ];
+    env.extend(smtp_env(stub.port));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let d = Daemon::start(&env);
+
+    let (code, h) = get(&d, "/health").await;
+    assert_eq!(code, 200, "{h}");
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["ready"], true);
+    assert!(h["timestamp"].as_str().unwrap().ends_with('Z'));
+    for check in ["supervision_tree", "database", "nats", "redis", "smtp", "rate_limiter"] {
+        assert_eq!(h["checks"][check]["status"], "ok", "{check}: {h}");
+    }
+    for check in ["database", "nats", "redis", "smtp"] {
+        assert!(h["checks"][check]["response_time_ms"].as_f64().unwrap() >= 0.0);
+    }
+    assert_eq!(get(&d, "/ready").await.0, 200);
+
+    // Without Redis the daemon is degraded but still ready: limits fall back in-process.
+    redis.stop();
+    let (code, h) = get(&d, "/health").await;
+    assert_eq!(code, 503);
+    assert_eq!(h["status"], "degraded");
+    assert_eq!(h["checks"]["redis"]["status"], "error", "{h}");
+    assert_eq!(get(&d, "/ready").await.0, 200);
+    redis.start_again();
+
+    // Without NATS it cannot serve requests through: not ready, saying why.
+    nats.stop();
+    let (code, r) = get(&d, "/ready").await;
+    assert_eq!(code, 503, "{r}");
+    assert_eq!(r["checks"]["nats"]["status"], "error", "{r}");
+    assert!(r["checks"]["database"].is_null(), "only failing checks are listed: {r}");
+    nats.start_again();
+    assert_eventually!(get(&d, "/ready").await.0 == 200, "ready again once NATS is back");
+    assert_eventually!(
+        get(&d, "/health").await.1["status"] == "ok",
+        "healthy again: {}",
+        get(&d, "/health").await.1
+    );
+}

@@ -295,7 +295,7 @@ async fn killed_database_connections_are_replaced_without_help() {
         .json()
         .await
         .unwrap();
-    assert_eq!(health["checks"]["database"]["status"], "up");
+    assert_eq!(health["checks"]["database"]["status"], "ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,3 +184,26 @@ impl Mailer for FileMailer {
         .boxed()
     }
 }
+
+/// Connects to the SMTP server, reads its `220` greeting and says `QUIT`: the `/health`
+/// probe (no mail, no authentication).
+pub async fn smtp_probe(host: &str, port: u16) -> Result<(), String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let mut reader = BufReader::new(stream);
+    let mut greeting = String::new();
+    reader
+        .read_line(&mut greeting)
+        .await
+        .map_err(|e| format!("no greeting from {host}:{port}: {e}"))?;
+    if !greeting.starts_with("220") {
+        return Err(format!(
+            "{host}:{port} greeted with {:?} instead of 220",
+            greeting.trim_end()
+        ));
+    }
+    let _ = reader.get_mut().write_all(b"QUIT\r\n").await;
+    Ok(())
+}

@@ -304,7 +304,7 @@ impl RateLimiter {
     /// The `/health` entry: `up`, or `degraded` while the fallback decides.
     pub fn health(&self) -> Value {
         if self.redis.is_none() {
-            return json!({"status": "up", "backend": "in-process"});
+            return json!({"status": "ok", "backend": "in-process"});
         }
         let since = self.down_since.lock().ok().and_then(|s| s.clone());
         match (self.is_degraded(), since) {
@@ -315,7 +315,7 @@ impl RateLimiter {
                 "fallback_seconds": at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
             }),
             (true, None) => json!({"status": "degraded", "backend": "in-process fallback"}),
-            (false, _) => json!({"status": "up", "backend": "redis"}),
+            (false, _) => json!({"status": "ok", "backend": "redis"}),
         }
     }
 
