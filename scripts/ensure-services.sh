@@ -37,12 +37,17 @@ need_pkg() { # command, debian package
 need_pkg systemd-analyze systemd
 need_pkg mariadb mariadb-client
 need_pkg redis-cli redis-tools
-# promtool, for the alert-rule tests (tests/monitoring.rs); only the package, not its
-# recommended exporters.
+# promtool and amtool, for the monitoring tests (tests/monitoring.rs); only the packages,
+# not their recommended exporters.
 if ! command -v promtool >/dev/null 2>&1; then
   log "installing prometheus (for promtool)"
   if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+if ! command -v amtool >/dev/null 2>&1; then
+  log "installing prometheus-alertmanager (for amtool)"
+  if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null
 fi
 
 # maildev: the SMTP server with an HTTP API the worker tests send mail to.
