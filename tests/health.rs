@@ -208,7 +208,14 @@ async fn health_reports_every_dependency_and_ready_needs_the_store_and_broker() 
     assert_eq!(h["status"], "ok");
     assert_eq!(h["ready"], true);
     assert!(h["timestamp"].as_str().unwrap().ends_with('Z'));
-    for check in ["supervision_tree", "database", "nats", "redis", "smtp", "rate_limiter"] {
+    for check in [
+        "supervision_tree",
+        "database",
+        "nats",
+        "redis",
+        "smtp",
+        "rate_limiter",
+    ] {
         assert_eq!(h["checks"][check]["status"], "ok", "{check}: {h}");
     }
     for check in ["database", "nats", "redis", "smtp"] {
@@ -230,9 +237,15 @@ async fn health_reports_every_dependency_and_ready_needs_the_store_and_broker() 
     let (code, r) = get(&d, "/ready").await;
     assert_eq!(code, 503, "{r}");
     assert_eq!(r["checks"]["nats"]["status"], "error", "{r}");
-    assert!(r["checks"]["database"].is_null(), "only failing checks are listed: {r}");
+    assert!(
+        r["checks"]["database"].is_null(),
+        "only failing checks are listed: {r}"
+    );
     nats.start_again();
-    assert_eventually!(get(&d, "/ready").await.0 == 200, "ready again once NATS is back");
+    assert_eventually!(
+        get(&d, "/ready").await.0 == 200,
+        "ready again once NATS is back"
+    );
     assert_eventually!(
         get(&d, "/health").await.1["status"] == "ok",
         "healthy again: {}",
