@@ -13,6 +13,7 @@ use supervision::Backoff;
 use crate::adapters::mysql::{MysqlSetupError, MysqlStore, PoolSettings};
 use crate::adapters::nats::{JetStreamBroker, JetStreamSettings, NatsSetupError};
 use crate::adapters::sqlite::{EmbeddedQueue, SqliteSetupError, SqliteStore};
+use crate::adapters::timed::Timed;
 use crate::config::{BrokerConfig, Config, StoreConfig};
 use crate::http::health::Dependency;
 
@@ -128,7 +129,8 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
                 async move { store.ping().await.map_err(|e| e.to_string()) }.boxed()
             }));
             mysql_store = Some(store.clone());
-            (store.clone(), store.clone(), store.clone(), store)
+            let timed = Arc::new(Timed(store.clone()));
+            (timed.clone(), timed, store.clone(), store)
         }
         None => {
             let store = open_embedded(config).await?;
@@ -139,7 +141,8 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
             }));
             embedded = Some(store.clone());
             let store = Arc::new(store);
-            (store.clone(), store.clone(), store.clone(), store)
+            let timed = Arc::new(Timed(store.clone()));
+            (timed.clone(), timed, store.clone(), store)
         }
     };
     let mut workers = None;
@@ -181,7 +184,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
         );
     }
     let dlq = match (&workers, mysql_store) {
-        (_, Some(store)) => Some(store as Arc<dyn DlqStore>),
+        (_, Some(store)) => Some(Arc::new(Timed(store)) as Arc<dyn DlqStore>),
         (Some(w), None) => Some(w.dlq.clone()),
         (None, None) => None,
     };
@@ -215,7 +218,7 @@ fn embedded_workers(
     use crate::adapters::sqlite_workers::{EmbeddedAdvisories, EmbeddedSource};
     use actors::model::{SUBJECT_EMAIL_SEND, SUBJECT_PRIMECHECK_REQUESTED};
     let w = &config.workers;
-    let store = Arc::new(store.clone());
+    let store = Arc::new(Timed(Arc::new(store.clone())));
     Ok(WorkerBackends {
         store: store.clone(),
         dlq: store,
@@ -292,8 +295,8 @@ async fn worker_backends(
         .await
         .map_err(|e| BackendError::Consumer(e.to_string()))?;
     Ok(WorkerBackends {
-        store: store.clone(),
-        dlq: store,
+        store: Arc::new(Timed(store.clone())),
+        dlq: Arc::new(Timed(store)),
         primecheck: Arc::new(primecheck),
         email: Arc::new(email),
         advisories: Some(Arc::new(advisories)),

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub database_connections: IntGaugeVec,
     /// `redis_connected_clients`.
     pub redis_connected_clients: IntGauge,
+    /// `database_query_duration_seconds{query_type}`: store calls by port method.
+    pub database_query_duration: HistogramVec,
     /// `metrics_collection_errors_total{source}`: gauges that could not be read.
     pub collection_errors: IntCounterVec,
     /// `build_info{version}`: always 1.
@@ -110,6 +112,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     let redis_connected_clients =
         IntGauge::new("redis_connected_clients", "Redis connected clients")?;
+    let database_query_duration = HistogramVec::new(
+        HistogramOpts::new("database_query_duration_seconds", "Database query duration"),
+        &["query_type"],
+    )?;
     let collection_errors = IntCounterVec::new(
         Opts::new(
             "metrics_collection_errors_total",
@@ -169,6 +175,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(nats_consumer_pending.clone()),
         Box::new(database_connections.clone()),
         Box::new(redis_connected_clients.clone()),
+        Box::new(database_query_duration.clone()),
         Box::new(collection_errors.clone()),
         Box::new(build_info.clone()),
     ] {
@@ -187,6 +194,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         nats_consumer_pending,
         database_connections,
         redis_connected_clients,
+        database_query_duration,
         collection_errors,
         build_info,
         rate_limit_hits,
