@@ -130,6 +130,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
     build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1.0);
+    // Series that alerts and dashboards query exist from the start, at 0, rather than
+    // appearing with their first event.
+    for source in ["database", "nats", "redis", "timeout"] {
+        collection_errors.with_label_values(&[source]);
+    }
     let rate_limit_hits = IntCounterVec::new(
         Opts::new(
             "rate_limit_hits_total",
@@ -158,6 +163,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["to"],
     )?;
+    for to in ["fallback", "redis"] {
+        rate_limit_backend_switches.with_label_values(&[to]);
+    }
     registry.register(Box::new(rate_limit_hits.clone()))?;
     registry.register(Box::new(rate_limit_check_duration.clone()))?;
     registry.register(Box::new(rate_limit_fallback_active.clone()))?;

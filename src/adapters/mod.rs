@@ -8,5 +8,5 @@ pub mod nats;
 pub mod nats_consumer;
 pub mod sqlite;
 pub mod sqlite_workers;
-pub mod timed;
 pub mod systemd;
+pub mod timed;

@@ -22,10 +22,7 @@ impl<S> Clone for Timed<S> {
     }
 }
 
-fn timed<'a, T: Send + 'a>(
-    query_type: &'static str,
-    call: BoxFuture<'a, T>,
-) -> BoxFuture<'a, T> {
+fn timed<'a, T: Send + 'a>(query_type: &'static str, call: BoxFuture<'a, T>) -> BoxFuture<'a, T> {
     async move {
         let t0 = Instant::now();
         let out = call.await;
@@ -105,7 +102,10 @@ impl<S: DlqStore> DlqStore for Timed<S> {
         timed("dlq_unstreamed", self.0.unstreamed(limit))
     }
 
-    fn mark_streamed<'a>(&'a self, rows: &'a [(i64, u32)]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn mark_streamed<'a>(
+        &'a self,
+        rows: &'a [(i64, u32)],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         timed("dlq_mark_streamed", self.0.mark_streamed(rows))
     }
 
