@@ -140,3 +140,77 @@ fn the_dashboards_are_provisioned_and_well_formed() {
         ]
     );
 }
+
+#[test]
+fn compose_runs_the_whole_stack_with_files_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("compose.yaml")).unwrap();
+    let doc: serde_json::Value =
+        serde_json::to_value(serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).unwrap())
+            .unwrap();
+    let services = doc["services"].as_object().unwrap();
+    let mut names: Vec<&str> = services.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "alertmanager",
+            "grafana",
+            "jaeger",
+            "mailpit",
+            "mysql",
+            "nats",
+            "primed",
+            "prometheus",
+            "redis"
+        ]
+    );
+    let volumes = doc["volumes"].as_object().unwrap();
+    for (name, service) in services {
+        for mount in service["volumes"].as_array().into_iter().flatten() {
+            let source = mount.as_str().unwrap().split(':').next().unwrap();
+            if let Some(path) = source.strip_prefix("./") {
+                assert!(root.join(path).exists(), "{name} mounts missing {source}");
+            } else {
+                assert!(
+                    volumes.contains_key(source),
+                    "{name}: undeclared volume {source}"
+                );
+            }
+        }
+        for dep in service["depends_on"].as_object().into_iter().flatten() {
+            assert!(
+                services.contains_key(dep.0),
+                "{name} depends on unknown {}",
+                dep.0
+            );
+        }
+    }
+    // The daemon's configuration names are the ones it knows.
+    let known: Vec<&str> = primed::config::KEYS.iter().map(|k| k.name).collect();
+    for key in services["primed"]["environment"]
+        .as_object()
+        .unwrap()
+        .keys()
+    {
+        assert!(known.contains(&key.as_str()), "primed does not know {key}");
+    }
+    assert!(root.join("Dockerfile").exists());
+    // Where the compose plugin is installed, it validates the file too.
+    let plugin = Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if plugin {
+        let out = Command::new("docker")
+            .args(["compose", "config", "--quiet"])
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker compose config: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
