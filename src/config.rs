@@ -372,7 +372,7 @@ pub const KEYS: &[Key] = &[
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         false,
         None,
-        "OTLP trace endpoint (http://host:4317)",
+        "OTLP/HTTP trace endpoint (http://host:4318; spans go to <endpoint>/v1/traces)",
     ),
     key(
         "JAEGER_HOST",
@@ -380,7 +380,7 @@ pub const KEYS: &[Key] = &[
         None,
         "Jaeger OTLP host (alternative to OTEL_EXPORTER_OTLP_ENDPOINT)",
     ),
-    key("JAEGER_PORT", false, Some("4317"), "Jaeger OTLP port"),
+    key("JAEGER_PORT", false, Some("4318"), "Jaeger OTLP/HTTP port"),
     key(
         "ADMIN_API_KEYS",
         true,
@@ -1074,7 +1074,7 @@ impl Config {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(raw.invalid(
                     "OTEL_EXPORTER_OTLP_ENDPOINT",
-                    "an http:// or https:// URL, e.g. http://jaeger:4317",
+                    "an http:// or https:// URL, e.g. http://jaeger:4318",
                 ));
             }
             Some(url.to_string())
@@ -1735,7 +1735,7 @@ mod tests {
             c.redis.as_ref().map(|r| (r.host.as_str(), r.port)),
             Some(("redis", 6380))
         );
-        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://jaeger:4317"));
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://jaeger:4318"));
         assert_eq!(
             c.smtp.as_ref().map(|s| (s.port, s.tls)),
             Some((1025, SmtpTls::None))

@@ -1,28 +1,99 @@
-//! Structured logs: JSON lines when stdout is not a terminal (systemd, containers, files),
+//! Structured logs and traces.
+//!
+//! Logs: JSON lines when stdout is not a terminal (systemd, containers, files),
 //! human-readable lines on a terminal. The level comes from `RUST_LOG` (default `info`).
 //! Panics are logged as events too, so a panicking actor shows up in the same stream.
+//!
+//! Traces: every span of the pipeline (HTTP request, prime check, email) belongs to the
+//! W3C trace its request started (see `actors::trace`); its `trace_id` and `span_id` are
+//! fields of the span, so JSON log lines inside it carry them under `span`. With an OTLP
+//! endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or `JAEGER_HOST`), the spans are exported over
+//! OTLP/HTTP (protobuf) to `<endpoint>/v1/traces` in batches.
 
 use std::io::IsTerminal;
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-/// Installs the global subscriber and the panic hook. Call once, early.
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let installed = if std::io::stdout().is_terminal() {
-        builder.compact().try_init()
+/// The installed tracing pipeline; [`Telemetry::shutdown`] flushes the spans not yet
+/// exported.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Exports what is buffered and stops the exporter.
+    pub fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!(error = %e, "could not flush the last traces");
+        }
+    }
+}
+
+/// The OTLP/HTTP traces URL for an endpoint given as `http://host:port`.
+pub fn traces_url(endpoint: &str) -> String {
+    let endpoint = endpoint.trim_end_matches('/');
+    if endpoint.ends_with("/v1/traces") {
+        endpoint.to_string()
     } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+        format!("{endpoint}/v1/traces")
+    }
+}
+
+/// Installs the global subscriber (logs, and spans for `otlp_endpoint` when given) and the
+/// panic hook. Call once, early.
+pub fn init(otlp_endpoint: Option<&str>) -> Telemetry {
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name("primed").build());
+    let mut export_error = None;
+    if let Some(endpoint) = otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig;
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(traces_url(endpoint))
+            .build()
+        {
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Err(e) => export_error = Some(e.to_string()),
+        }
+    }
+    let provider = builder.build();
+    // Without an exporter the spans still get ids (for the logs) and are then dropped.
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("primed"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let installed = if std::io::stdout().is_terminal() {
+        registry
+            .with(tracing_subscriber::fmt::layer().compact())
+            .try_init()
+    } else {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
             .try_init()
     };
+    let telemetry = Telemetry { provider };
     if installed.is_err() {
         // A subscriber is already installed (tests): keep it.
-        return;
+        return telemetry;
+    }
+    match (otlp_endpoint, export_error) {
+        (Some(endpoint), None) => {
+            tracing::info!(url = %traces_url(endpoint), "exporting traces over OTLP/HTTP")
+        }
+        (Some(endpoint), Some(e)) => {
+            tracing::warn!(endpoint, error = %e, "cannot export traces; continuing without")
+        }
+        (None, _) => {}
     }
     std::panic::set_hook(Box::new(|info| {
         let location = info
@@ -36,4 +107,5 @@ pub fn init() {
             .unwrap_or_else(|| "non-string panic payload".into());
         tracing::error!(panic = %payload, location = location.as_deref(), "panic");
     }));
+    telemetry
 }

@@ -94,12 +94,14 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(code) => return code,
             };
-            logging::init();
+            let telemetry = logging::init(config.otlp_endpoint.as_deref());
             let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            match runtime.block_on(daemon::run(config)) {
+            let result = runtime.block_on(daemon::run(config));
+            telemetry.shutdown();
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!(error = %err, "primed stopped with an error");

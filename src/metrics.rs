@@ -234,18 +234,34 @@ pub fn render() -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Counts and times every HTTP request by its route template (a `layer` on the router).
+/// Counts and times every HTTP request by its route template, inside a span that continues
+/// the caller's W3C trace (`traceparent`) or starts one (a `layer` on the router).
 pub async fn http_layer(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use tracing::Instrument;
     let t0 = std::time::Instant::now();
     let method = request.method().as_str().to_string();
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let response = next.run(request).await;
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format!("{method} {route}"),
+        method = %method,
+        route = %route,
+        request_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let parent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    actors::trace::attach(&span, parent);
+    let response = next.run(request).instrument(span).await;
     let m = metrics();
     m.http_requests
         .with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()])

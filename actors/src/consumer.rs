@@ -29,6 +29,7 @@ use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::broker::BrokerError;
 use crate::model::{AttemptLog, AttemptStatus, ErrorClass, NewDeadLetter};
@@ -291,7 +292,10 @@ pub async fn pull_once(args: &WorkerArgs) -> Result<usize, BrokerError> {
     while pulling || !in_flight.is_empty() {
         tokio::select! {
             next = pull.next(), if pulling => match next {
-                Some(Ok(delivery)) => in_flight.push(process(args, delivery)),
+                Some(Ok(delivery)) => {
+                    let span = message_span(delivery.message());
+                    in_flight.push(process(args, delivery).instrument(span));
+                }
                 Some(Err(err)) => {
                     pull_error = Some(err);
                     pulling = false;
@@ -317,6 +321,23 @@ pub async fn pull_once(args: &WorkerArgs) -> Result<usize, BrokerError> {
         }
         None => Ok(handled),
     }
+}
+
+/// The span of one message's handling: it continues the trace of the message's
+/// `traceparent`, and its log lines carry the event and request ids.
+fn message_span(message: &Message) -> tracing::Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format!("process {}", message.subject),
+        subject = %message.subject,
+        event_id = %message.event_id,
+        request_id = message.request_id.as_deref().unwrap_or(""),
+        delivery = message.delivery,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    crate::trace::attach(&span, message.traceparent.as_deref());
+    span
 }
 
 fn processed(subject: &str, outcome: &str) {

@@ -16,6 +16,7 @@ pub mod outbox_relay;
 pub mod primality;
 pub mod retry;
 pub mod store;
+pub mod trace;
 pub mod workers;
 
 pub use broker::{Broker, BrokerError, OutgoingMessage};

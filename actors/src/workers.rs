@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::breaker::CircuitBreaker;
 use crate::consumer::{Failure, Handler, Message};
@@ -78,6 +79,12 @@ impl PrimeCheckHandler {
             }
         })?;
         let is_prime = verdict.is_prime;
+        tracing::info!(
+            is_prime,
+            digits = verdict.digits,
+            duration_ms = duration.as_secs_f64() * 1000.0,
+            "prime check done"
+        );
         let result = PrimeResult {
             event_id: message.event_id.clone(),
             email_event_id: uuid_v7(),
@@ -91,7 +98,9 @@ impl PrimeCheckHandler {
             },
             duration,
             request_id: message.request_id.clone(),
-            traceparent: message.traceparent.clone(),
+            // The email continues the trace under this check's span.
+            traceparent: crate::trace::traceparent(&tracing::Span::current())
+                .or_else(|| message.traceparent.clone()),
         };
         let fresh = self
             .store
@@ -259,10 +268,20 @@ impl EmailHandler {
             message_id(&message.event_id, &self.message_id_domain),
         );
         let sent_total = &crate::metrics::pipeline().emails_sent;
-        match self.mailer.send(&email).await {
+        let span = tracing::info_span!(
+            "smtp.send",
+            request_id = message.request_id.as_deref().unwrap_or(""),
+            message_id = %email.message_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        crate::trace::attach(&span, None);
+        let sent = self.mailer.send(&email).instrument(span.clone()).await;
+        match sent {
             Ok(()) => {
                 self.breaker.success();
                 sent_total.with_label_values(&["sent"]).inc();
+                span.in_scope(|| tracing::info!(message_id = %email.message_id, "email sent"));
             }
             Err(err) => {
                 sent_total

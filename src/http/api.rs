@@ -220,9 +220,15 @@ pub async fn create(
         .filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()))
         .map(String::from)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let traceparent = header(&headers, "traceparent")
-        .filter(|t| t.len() == 55 && t.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
-        .map(String::from);
+    // The request's span (see `metrics::http_layer`) continues the caller's trace or starts
+    // one; its context travels with the event.
+    let span = tracing::Span::current();
+    span.record("request_id", request_id.as_str());
+    let traceparent = actors::trace::traceparent(&span).or_else(|| {
+        header(&headers, "traceparent")
+            .filter(|t| actors::trace::parse(t).is_some())
+            .map(String::from)
+    });
 
     let outcome = store(&state)?
         .create(NewRequest {
@@ -238,6 +244,7 @@ pub async fn create(
         .map_err(store_error)?;
     let (request, replayed) = match outcome {
         CreateOutcome::Created(r) => {
+            tracing::info!(id = %r.id, digits = r.number.len(), "request accepted");
             if let Some(wake) = &state.relay_wake {
                 wake.wake();
             }
