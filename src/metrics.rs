@@ -261,7 +261,32 @@ pub async fn http_layer(
         .get("traceparent")
         .and_then(|v| v.to_str().ok());
     actors::trace::attach(&span, parent);
-    let response = next.run(request).instrument(span).await;
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let user_agent = request
+        .headers()
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(200).collect::<String>());
+    let response = next.run(request).instrument(span.clone()).await;
+    // The access log (seed 002 §5.2.1), without bodies: probes and scrapes at debug.
+    let status = response.status().as_u16();
+    let duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if matches!(route.as_str(), "/metrics" | "/health" | "/ready") {
+            tracing::debug!(status, duration_ms, ip = peer.as_deref(), "http request");
+        } else {
+            tracing::info!(
+                status,
+                duration_ms,
+                ip = peer.as_deref(),
+                user_agent = user_agent.as_deref(),
+                "http request"
+            );
+        }
+    });
     let m = metrics();
     m.http_requests
         .with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()])

@@ -91,6 +91,15 @@ async fn every_hop_of_a_request_logs_the_same_trace_id() {
         assert_eq!(check["subject"], "primecheck.requested");
         assert_eq!(check["trace_id"], trace_id.as_str(), "{check}");
         assert_eq!(email["trace_id"], trace_id.as_str(), "{email}");
+        // The access log line is in the same span.
+        let access = lines(&mut d, "http request")
+            .into_iter()
+            .find(|v| v["span"]["request_id"] == request_id.as_str())
+            .unwrap();
+        assert_eq!(access["status"], 202);
+        assert_eq!(access["ip"], "127.0.0.1");
+        assert_eq!(access["span"]["route"], "/prime-check");
+        assert!(access["duration_ms"].as_f64().unwrap() > 0.0);
         let spans = [&http["span_id"], &check["span_id"], &email["span_id"]];
         assert!(
             spans[0] != spans[1] && spans[1] != spans[2] && spans[0] != spans[2],
