@@ -257,6 +257,7 @@ async fn relay_throughput(db: &str, store: Arc<MysqlStore>, nats: &Nats) {
         retention: Duration::from_secs(3600),
         prune_interval: Duration::from_secs(3600),
         wake: RelayWake::new("unused"),
+        stats: Default::default(),
     };
     // Where a round's time goes, on the first 20 rounds (claim, publish, mark).
     let (mut claim_t, mut publish_t, mut mark_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -400,6 +401,7 @@ async fn relay_lag(db: &str, store: Arc<MysqlStore>, nats: &Nats) {
         retention: Duration::from_secs(3600),
         prune_interval: Duration::from_secs(3600),
         wake: wake.clone(),
+        stats: Default::default(),
     };
     let (relay, handle) = Actor::spawn(Some("bench-relay".into()), OutboxRelay, args)
         .await

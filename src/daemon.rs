@@ -162,6 +162,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     for dependency in backends.dependencies() {
         app = app.with_dependency(dependency);
     }
+    let liveness = actors::Liveness::default();
     let wake = RelayWake::new(tree::OUTBOX_RELAY);
     let relay = Some(RelayArgs {
         store: backends.outbox.clone(),
@@ -174,9 +175,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         retention: config.tuning.outbox_retention,
         prune_interval: Duration::from_secs(600),
         wake: wake.clone(),
+        stats: liveness.register(tree::OUTBOX_RELAY),
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let liveness = actors::Liveness::default();
     let pipeline = backends.workers.as_ref().map(|w| {
         pipeline(
             &config,

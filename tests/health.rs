@@ -113,6 +113,13 @@ async fn every_actor_of_every_daemon_heartbeats_into_its_own_row() {
         processed(&db, "/email-worker-")
     );
 
+    // The relays published two events between them (the check and the email), each once.
+    assert_eventually!(
+        processed(&db, "/outbox-relay") == 2,
+        "relays published {}",
+        processed(&db, "/outbox-relay")
+    );
+
     // A crash and restart is counted, and the actor is healthy again.
     let killed = reqwest::Client::new()
         .post(b.url("/admin/actors/retry-timer/kill"))

@@ -66,6 +66,7 @@ fn relay_args(store: Arc<MysqlStore>, broker: Arc<dyn Broker>, batch: u32) -> Re
         retention: Duration::from_secs(3600),
         prune_interval: Duration::from_secs(3600),
         wake: RelayWake::new("unused"),
+        stats: Default::default(),
     }
 }
 

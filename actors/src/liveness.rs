@@ -86,6 +86,14 @@ impl WorkerStats {
         self.touch();
     }
 
+    /// Notes a batch: `processed` handled, `failed` dead-lettered, `retried` given back.
+    pub fn add(&self, processed: u64, failed: u64, retried: u64) {
+        self.processed.fetch_add(processed, Ordering::Relaxed);
+        self.failed.fetch_add(failed, Ordering::Relaxed);
+        self.retried.fetch_add(retried, Ordering::Relaxed);
+        self.touch();
+    }
+
     /// The counts now.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {

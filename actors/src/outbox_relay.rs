@@ -95,6 +95,8 @@ pub struct RelayArgs {
     pub prune_interval: Duration,
     /// The waker the API uses.
     pub wake: RelayWake,
+    /// Its progress and counts, read by the heartbeat (`worker_health_checks`).
+    pub stats: Arc<crate::liveness::WorkerStats>,
 }
 
 /// The relay's state.
@@ -169,8 +171,14 @@ impl Actor for OutboxRelay {
         match msg {
             RelayMsg::Tick | RelayMsg::Wake | RelayMsg::Continue => {
                 state.args.wake.clear();
+                state.args.stats.touch();
                 match rounds(&state.args).await {
                     Ok(outcome) => {
+                        state.args.stats.add(
+                            outcome.published as u64,
+                            outcome.dead as u64,
+                            outcome.retried as u64,
+                        );
                         if let Some(since) = state.failing_since.take() {
                             tracing::info!(
                                 after_ms = since.elapsed().as_millis() as u64,
