@@ -59,6 +59,19 @@ if [ ! -x "$MAILDEV_PREFIX/node_modules/.bin/maildev" ]; then
 fi
 log "maildev is at $MAILDEV_PREFIX/node_modules/.bin/maildev"
 
+# Chromium and playwright-core: the browser tests of the web pages (tests/browser.rs).
+if ! command -v chromium >/dev/null 2>&1; then
+  log "installing chromium (for the browser tests)"
+  if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+PLAYWRIGHT_PREFIX=${PLAYWRIGHT_PREFIX:-/opt/playwright}
+if [ ! -d "$PLAYWRIGHT_PREFIX/node_modules/playwright-core" ]; then
+  need_pkg npm npm
+  log "installing playwright-core into $PLAYWRIGHT_PREFIX (it drives Debian's chromium)"
+  npm install --prefix "$PLAYWRIGHT_PREFIX" playwright-core@1 --no-audit --no-fund --loglevel=error >/dev/null
+fi
+
 if ! mariadb_up; then
   log "starting MariaDB"
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod server;
+pub mod ui;
 pub mod validate;
 
 use std::sync::Arc;
@@ -206,8 +207,12 @@ pub fn router(state: AppState) -> Router {
                 async move { Json(doc.as_ref().clone()) }
             }),
         )
+        .route("/", get(ui::index))
+        .route("/assets/check.js", get(ui::check_js))
+        .route("/assets/style.css", get(ui::style_css))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn(crate::metrics::http_layer))
+        .layer(axum::middleware::from_fn(ui::security_headers))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
