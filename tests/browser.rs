@@ -53,3 +53,122 @@ fn the_public_page_submits_a_number_and_shows_its_result() {
         assert!(png.starts_with(b"\x89PNG"), "{shot} is not a PNG");
     }
 }
+
+const TOKEN: &str = "browser-admin-token-0123";
+
+async fn dead_letters(d: &Daemon) -> Vec<serde_json::Value> {
+    let r: serde_json::Value = reqwest::Client::new()
+        .get(d.url("/api/dlq/messages?limit=100"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["items"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_log_in_and_work_the_dlq_dashboard() {
+    use support::{SmtpStub, StubMode, smtp_env};
+
+    // Three emails the SMTP server refuses, and a prime check that runs out of time.
+    let stub = SmtpStub::start(StubMode::Reject).await;
+    let mut env: Vec<(String, String)> = vec![
+        ("ADMIN_API_KEYS".into(), TOKEN.into()),
+        ("PRIMED_PRIME_TIMEOUT_MS".into(), "20".into()),
+        ("PRIMED_DLQ_RULES".into(), String::new()),
+    ];
+    env.extend(smtp_env(stub.port));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut d = Daemon::start(&env);
+    let http = reqwest::Client::new();
+    // The Mersenne prime 2^2203 - 1 (664 digits): no small factor ends its test early.
+    let big = ((actors::primality::UBig::ONE << 2203) - actors::primality::UBig::ONE).to_string();
+    for number in ["97", "89", "83", big.as_str()] {
+        let r = http
+            .post(d.url("/prime-check"))
+            .json(&serde_json::json!({"number": number, "email": "dlq-ui@example.com"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    assert_eventually!(dead_letters(&d).await.len() == 4, "four dead letters");
+    stub.set_mode(StubMode::Accept);
+
+    // CSRF: a session cookie alone cannot change anything.
+    let login = http
+        .post(d.url("/login"))
+        .json(&serde_json::json!({"operator": "Mallory", "token": TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let set_cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let csrf = login.json::<serde_json::Value>().await.unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let forged = http
+        .delete(d.url("/api/dlq/discard"))
+        .header("cookie", &cookie)
+        .json(&serde_json::json!({"message_ids": [1], "operator": "Mallory"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(
+        forged.json::<serde_json::Value>().await.unwrap()["error"],
+        "csrf_failed"
+    );
+    let read = http
+        .get(d.url("/api/dlq/stats"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200, "reading needs no CSRF token");
+    assert!(!csrf.is_empty());
+
+    let shots = artifacts();
+    let report = node_script(
+        "dlq_dashboard.mjs",
+        &[&d.url(""), TOKEN, shots.to_str().unwrap()],
+    );
+
+    // The API agrees, with the operator of the session.
+    let letters = dead_letters(&d).await;
+    for id in report["reprocessed"].as_array().unwrap() {
+        let id: i64 = id.as_str().unwrap().parse().unwrap();
+        let l = letters.iter().find(|l| l["id"] == id).unwrap();
+        assert_eq!(l["status"], "resolved", "{l}");
+        assert_eq!(l["resolved_by"], "Ada", "{l}");
+    }
+    let discarded: i64 = report["discarded"].as_str().unwrap().parse().unwrap();
+    let l = letters.iter().find(|l| l["id"] == discarded).unwrap();
+    assert_eq!(l["status"], "discarded");
+    assert_eq!(l["operator"], "Ada");
+    // Every action is in the audit log with its operator.
+    let log = d.log_so_far();
+    for action in ["login", "dlq_reprocess", "dlq_discard"] {
+        assert!(
+            log.lines().any(|l| l.contains("\"target\":\"audit\"")
+                && l.contains(&format!("\"action\":\"{action}\""))
+                && l.contains("\"operator\":\"Ada\"")),
+            "no audit line for {action}"
+        );
+    }
+    for shot in ["dlq-dashboard.png", "dlq-detail.png", "dlq-reprocessed.png"] {
+        assert!(
+            std::fs::read(shots.join(shot))
+                .unwrap()
+                .starts_with(b"\x89PNG")
+        );
+    }
+}

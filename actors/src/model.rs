@@ -410,6 +410,8 @@ pub struct DlqQuery {
     pub limit: u32,
     /// Only ids below this one (the previous page's last id).
     pub before_id: Option<i64>,
+    /// Only those whose error message contains this text (case-insensitive).
+    pub search: Option<String>,
 }
 
 /// One `dlq_statistics` bucket.

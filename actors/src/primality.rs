@@ -37,7 +37,7 @@ pub enum PrimalityError {
     NotANumber(String),
     /// The test did not finish before its deadline.
     #[error(
-        "the primality test of a {digits}-digit number did not finish within its time limit; raise PRIMED_PRIME_TIMEOUT or lower PRIMED_MAX_DIGITS"
+        "the primality test of a {digits}-digit number did not finish within its time limit; raise PRIMED_PRIME_TIMEOUT_MS or lower PRIMED_MAX_DIGITS"
     )]
     TimedOut {
         /// Decimal digits of the number.

@@ -433,6 +433,16 @@ impl DlqStore for MysqlStore {
             if let Some(until) = query.until {
                 q.push(" AND dlq_created_at < ").push_bind(until);
             }
+            if let Some(text) = query.search.as_deref().filter(|t| !t.is_empty()) {
+                // LIKE metacharacters in the text match themselves.
+                let escaped = text
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                q.push(" AND LOWER(error_message) LIKE ")
+                    .push_bind(format!("%{}%", escaped.to_lowercase()))
+                    .push(" ESCAPE '\\\\'");
+            }
             if let Some(before) = query.before_id {
                 q.push(" AND id < ").push_bind(before);
             }

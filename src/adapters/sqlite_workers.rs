@@ -434,6 +434,16 @@ impl DlqStore for SqliteStore {
             if let Some(until) = query.until {
                 q.push(" AND dlq_created_at < ").push_bind(micros(until));
             }
+            if let Some(text) = query.search.as_deref().filter(|t| !t.is_empty()) {
+                // LIKE metacharacters in the text match themselves.
+                let escaped = text
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                q.push(" AND LOWER(error_message) LIKE ")
+                    .push_bind(format!("%{}%", escaped.to_lowercase()))
+                    .push(" ESCAPE '\\'");
+            }
             if let Some(before) = query.before_id {
                 q.push(" AND id < ").push_bind(before);
             }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use axum::Json;
 use axum::extract::{Path as UrlPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use ractor::rpc::CallResult;
@@ -20,14 +20,32 @@ use supervision::{ChildKind, ChildStatus, SupervisorMsg, status};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use super::session::{Operator, csrf_ok};
 use crate::config::Secret;
 
-/// Rejects requests without a valid `Authorization: Bearer <token>`.
+/// Rejects requests without a valid `Authorization: Bearer <token>` or a live session
+/// cookie; a state-changing request with the cookie also needs the session's CSRF token.
+/// Cookie requests carry their operator as a [`Operator`] extension.
 pub async fn require_token(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    if request.headers().get(header::AUTHORIZATION).is_none()
+        && let Some(session) = state.sessions.from_headers(request.headers())
+    {
+        let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+        if !safe && !csrf_ok(&session, request.headers()) {
+            tracing::warn!(target: "audit", operator = %session.operator, path = %request.uri().path(), "request refused: missing or wrong CSRF token");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf_failed",
+                "send the session's CSRF token (GET /api/session) in X-CSRF-Token",
+            ));
+        }
+        request.extensions_mut().insert(Operator(session.operator));
+        return Ok(next.run(request).await);
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -97,8 +115,10 @@ pub async fn actors(State(state): State<AppState>) -> Result<Json<ChildStatus>, 
 ))]
 pub async fn restart(
     State(state): State<AppState>,
+    operator: Option<axum::Extension<Operator>>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let operator = operator.map_or_else(|| "api-token".to_string(), |o| o.0.0.clone());
     let tree = tree(&state).await?;
     let Some(parent) = parent_of(&tree, &name) else {
         let (code, message) = if tree.name == name {
@@ -130,7 +150,7 @@ pub async fn restart(
         .await
     {
         Ok(CallResult::Success(Ok(()))) => {
-            tracing::info!(actor = %name, supervisor = %parent, "actor restarted by an operator");
+            tracing::info!(target: "audit", operator = %operator, action = "restart", actor = %name, supervisor = %parent, "admin action");
             Ok(Json(
                 serde_json::json!({"restarted": name, "supervisor": parent}),
             ))

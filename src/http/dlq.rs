@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::session::Operator;
 
 /// Most ids one reprocess or discard call takes.
 pub const MAX_IDS: usize = 1000;
@@ -119,6 +120,8 @@ pub struct DlqListParams {
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Only dead letters whose error message contains this text (case-insensitive).
+    pub q: Option<String>,
 }
 
 /// An id as a number or a string of digits (the seed sends strings).
@@ -396,6 +399,7 @@ pub async fn list(
             until: p.until,
             limit,
             before_id,
+            search: p.q.filter(|q| !q.trim().is_empty()),
         })
         .await
         .map_err(store_error)?;
@@ -450,10 +454,16 @@ pub async fn get_one(
     ))]
 pub async fn reprocess(
     State(state): State<AppState>,
+    session: Option<axum::Extension<Operator>>,
     ApiJson(body): ApiJson<ReprocessBody>,
 ) -> Result<Json<ActionSummary>, ApiError> {
     let ids = ids(body.message_ids)?;
-    let operator = operator(&body.operator)?;
+    // A logged-in operator acts under the session's name, whatever the body says.
+    let operator = match session {
+        Some(s) => s.0.0.clone(),
+        None => operator(&body.operator)?,
+    };
+    let audit_ids = format!("{ids:?}");
     let delay = match body.override_delay.as_deref().map(str::trim) {
         None | Some("") => Duration::ZERO,
         Some(d) => humantime::parse_duration(d)
@@ -478,7 +488,7 @@ pub async fn reprocess(
         .await
         .map_err(store_error)?;
     let out = summary(results);
-    tracing::info!(operator = %operator, succeeded = out.succeeded, failed = out.failed, "DLQ reprocess");
+    tracing::info!(target: "audit", operator = %operator, action = "dlq_reprocess", ids = %audit_ids, delay_ms = delay.as_millis() as u64, succeeded = out.succeeded, failed = out.failed, "admin action");
     if out.succeeded > 0
         && let Some(wake) = &state.relay_wake
     {
@@ -499,16 +509,20 @@ pub async fn reprocess(
     ))]
 pub async fn discard(
     State(state): State<AppState>,
+    session: Option<axum::Extension<Operator>>,
     ApiJson(body): ApiJson<DiscardBody>,
 ) -> Result<Json<ActionSummary>, ApiError> {
     let ids = ids(body.message_ids)?;
-    let operator = operator(&body.operator)?;
+    let operator = match session {
+        Some(s) => s.0.0.clone(),
+        None => operator(&body.operator)?,
+    };
     let results = dlq(&state)?
         .discard(&ids, &operator, body.reason.as_deref())
         .await
         .map_err(store_error)?;
     let out = summary(results);
-    tracing::info!(operator = %operator, succeeded = out.succeeded, failed = out.failed, "DLQ discard");
+    tracing::info!(target: "audit", operator = %operator, action = "dlq_discard", ids = ?ids, reason = body.reason.as_deref(), succeeded = out.succeeded, failed = out.failed, "admin action");
     Ok(Json(out))
 }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod server;
+pub mod session;
 pub mod ui;
 pub mod validate;
 
@@ -58,6 +59,8 @@ pub struct AppState {
     pub dlq: Option<Arc<dyn DlqStore>>,
     /// The rate limiter of the public API; none: unlimited.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// Operators logged in to the web pages.
+    pub sessions: session::Sessions,
 }
 
 impl AppState {
@@ -76,6 +79,7 @@ impl AppState {
             dependencies: Vec::new(),
             dlq: None,
             limiter: None,
+            sessions: session::Sessions::default(),
         }
     }
 
@@ -187,6 +191,9 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(health::ready))
         .routes(routes!(health::health))
         .routes(routes!(health::metrics))
+        .routes(routes!(session::login))
+        .routes(routes!(session::logout))
+        .routes(routes!(session::current))
         .merge(admin)
 }
 
@@ -208,6 +215,10 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/", get(ui::index))
+        .route("/login", get(ui::login_page))
+        .route("/dlq/dashboard", get(ui::dlq_dashboard))
+        .route("/assets/login.js", get(ui::login_js))
+        .route("/assets/dlq.js", get(ui::dlq_js))
         .route("/assets/check.js", get(ui::check_js))
         .route("/assets/style.css", get(ui::style_css))
         .fallback(error::not_found)

@@ -14,6 +14,10 @@ use axum::response::{IntoResponse, Response};
 const INDEX_HTML: &str = include_str!("ui/index.html");
 const CHECK_JS: &str = include_str!("ui/check.js");
 const STYLE_CSS: &str = include_str!("ui/style.css");
+const LOGIN_HTML: &str = include_str!("ui/login.html");
+const LOGIN_JS: &str = include_str!("ui/login.js");
+const DLQ_HTML: &str = include_str!("ui/dlq.html");
+const DLQ_JS: &str = include_str!("ui/dlq.js");
 
 /// The policy of every answer.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
@@ -30,16 +34,41 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// `GET /`: the public page.
-pub async fn index() -> Response {
+fn page(body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        INDEX_HTML,
+        body,
     )
         .into_response()
+}
+
+/// `GET /`: the public page.
+pub async fn index() -> Response {
+    page(INDEX_HTML)
+}
+
+/// `GET /login`: the operator login page.
+pub async fn login_page() -> Response {
+    page(LOGIN_HTML)
+}
+
+/// `GET /dlq/dashboard`: the DLQ dashboard (it sends visitors without a session to
+/// `/login`; the data comes from the DLQ API).
+pub async fn dlq_dashboard() -> Response {
+    page(DLQ_HTML)
+}
+
+/// `GET /assets/login.js`
+pub async fn login_js() -> Response {
+    asset("text/javascript; charset=utf-8", LOGIN_JS)
+}
+
+/// `GET /assets/dlq.js`
+pub async fn dlq_js() -> Response {
+    asset("text/javascript; charset=utf-8", DLQ_JS)
 }
 
 /// `GET /assets/check.js`
@@ -78,14 +107,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_page_loads_its_script_and_style_from_the_daemon_only() {
-        assert!(INDEX_HTML.contains(r#"<script src="/assets/check.js" defer></script>"#));
-        assert!(INDEX_HTML.contains(r#"href="/assets/style.css""#));
-        // No inline script or style: the CSP would block them.
-        assert_eq!(INDEX_HTML.matches("<script").count(), 1);
-        assert!(!INDEX_HTML.contains("<style"));
-        assert!(!INDEX_HTML.contains(" style=\""));
-        assert!(!INDEX_HTML.contains("onclick"));
-        assert!(!INDEX_HTML.contains("http://") && !INDEX_HTML.contains("https://"));
+    fn pages_load_their_script_and_style_from_the_daemon_only() {
+        for (html, script) in [
+            (INDEX_HTML, "check.js"),
+            (LOGIN_HTML, "login.js"),
+            (DLQ_HTML, "dlq.js"),
+        ] {
+            assert!(html.contains(&format!(
+                r#"<script src="/assets/{script}" defer></script>"#
+            )));
+            assert!(html.contains(r#"href="/assets/style.css""#));
+            // No inline script or style: the CSP would block them.
+            assert_eq!(html.matches("<script").count(), 1);
+            assert!(!html.contains("<style"));
+            assert!(!html.contains(" style=\""));
+            let handler = html.split(" on").skip(1).any(|rest| {
+                let name: String = rest.chars().take_while(char::is_ascii_lowercase).collect();
+                !name.is_empty() && rest[name.len()..].starts_with('=')
+            });
+            assert!(!handler, "no inline event handlers in {script}'s page");
+            assert!(!html.contains("http://") && !html.contains("https://"));
+        }
     }
 }

@@ -1,0 +1,104 @@
+// The DLQ dashboard in a real headless Chromium: log in by keyboard, filter, open a detail,
+// reprocess two messages and watch them resolve, discard one.
+// Usage: node dlq_dashboard.mjs <daemon url> <admin token> <screenshot dir>. Prints one JSON
+// line; exits non-zero on any failed expectation. Run by tests/browser.rs.
+import { createRequire } from "node:module";
+
+const { chromium } = createRequire(import.meta.url)("playwright-core");
+const [url, token, shots] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox"],
+});
+const failures = [];
+const expect = (ok, what) => { if (!ok) failures.push(what); };
+const report = {};
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const problems = [];
+  // The 401s of the not-yet-logged-in session check and of the wrong token are expected.
+  page.on("console", (m) => {
+    if (m.type() === "error" && !m.text().includes("status of 401")) problems.push(m.text());
+  });
+  page.on("pageerror", (e) => problems.push(e.message));
+
+  // Without a session the dashboard sends the operator to the login page, and back.
+  await page.goto(`${url}/dlq/dashboard`);
+  await page.waitForURL(/\/login\?next=/, { timeout: 5000 });
+  await page.keyboard.press("Tab");
+  await page.keyboard.type("Ada");
+  await page.keyboard.press("Tab");
+  await page.keyboard.type("wrong-token-000000");
+  await page.keyboard.press("Enter");
+  await page.locator("#error").waitFor({ state: "visible", timeout: 5000 });
+  expect((await page.locator("#error").textContent()).includes("not an admin token"), "bad token explained");
+  await page.fill("#token", token);
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/\/dlq\/dashboard$/, { timeout: 5000 });
+  expect(await page.locator("#operator").textContent() === "Ada", "operator shown");
+
+  report.step = "list";
+  const rows = page.locator("#rows tr");
+  await page.waitForFunction(() => document.querySelectorAll("#rows tr").length === 4, null, { timeout: 10000 });
+  const pending = await page.locator('.card[data-status="pending"] strong').textContent();
+  expect(pending === "4", `pending card shows ${pending}`);
+  await page.screenshot({ path: `${shots}/dlq-dashboard.png`, fullPage: true });
+
+  report.step = "text search";
+  // Filter by text in the error: only the timed-out prime check.
+  await page.fill('input[name="q"]', "TIME LIMIT");
+  await page.click('#filters button[type="submit"]');
+  await page.waitForFunction(() => document.querySelectorAll("#rows tr").length === 1, null, { timeout: 5000 });
+  expect((await rows.first().textContent()).includes("primecheck.requested"), "text search finds the prime check");
+  await page.fill('input[name="q"]', "");
+
+  report.step = "subject filter";
+  // Filter by subject: the three refused emails.
+  await page.selectOption('select[name="subject"]', "email.send");
+  await page.click('#filters button[type="submit"]');
+  await page.waitForFunction(() => document.querySelectorAll("#rows tr").length === 3, null, { timeout: 5000 });
+
+  // Detail with the payload as formatted JSON.
+  await rows.first().locator("button.link").click();
+  await page.locator("#detail").waitFor({ state: "visible" });
+  const payload = JSON.parse(await page.locator("#detail-payload").textContent());
+  expect(payload.email === "dlq-ui@example.com", `payload: ${JSON.stringify(payload)}`);
+  await page.screenshot({ path: `${shots}/dlq-detail.png`, fullPage: true });
+
+  // Reprocess two (the SMTP server accepts mail now) and watch them resolve.
+  const ids = await rows.evaluateAll((trs) => trs.map((tr) => tr.dataset.id));
+  await rows.nth(0).locator('input[type="checkbox"]').check();
+  await rows.nth(1).locator('input[type="checkbox"]').check();
+  await page.fill("#reason", "SMTP fixed");
+  await page.click("#reprocess");
+  await page.locator("#outcome", { hasText: "reprocess: 2 done, 0 not done." }).waitFor({ timeout: 5000 });
+  const resolved = async () => {
+    await page.click('#filters button[type="submit"]');
+    await page.waitForTimeout(300);
+    return page.evaluate((want) => want.every((id) =>
+      document.querySelector(`#rows tr[data-id="${id}"] td:nth-child(5)`)?.textContent === "resolved"),
+      ids.slice(0, 2));
+  };
+  let done = false;
+  for (let i = 0; i < 60 && !done; i++) done = await resolved();
+  expect(done, "the reprocessed messages resolve");
+  await page.screenshot({ path: `${shots}/dlq-reprocessed.png`, fullPage: true });
+
+  // Discard the third.
+  await page.locator(`#rows tr[data-id="${ids[2]}"] input[type="checkbox"]`).check();
+  await page.fill("#reason", "not needed");
+  await page.click("#discard");
+  await page.locator("#outcome", { hasText: "discard: 1 done, 0 not done." }).waitFor({ timeout: 5000 });
+  const status = await page.locator(`#rows tr[data-id="${ids[2]}"] td:nth-child(5)`).textContent();
+  expect(status === "discarded", `discarded row shows ${status}`);
+
+  expect(problems.length === 0, `console errors (CSP?): ${problems.join(" | ")}`);
+  report.reprocessed = ids.slice(0, 2);
+  report.discarded = ids[2];
+} catch (e) {
+  failures.push(`${String(e)} (at: ${report.step}; rows: ${await browser.contexts()[0]?.pages()[0]?.locator("#rows").textContent().catch(() => "?")}; error: ${await browser.contexts()[0]?.pages()[0]?.locator("#error").textContent().catch(() => "?")})`);
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify({ ok: failures.length === 0, failures, ...report }));
+process.exit(failures.length === 0 ? 0 : 1);
