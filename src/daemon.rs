@@ -195,6 +195,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(dlq) = &backends.dlq {
         app = app.with_dlq(dlq.clone());
     }
+    if let Some(p) = &pipeline {
+        app = app.with_controls(crate::http::Controls {
+            consumers: vec![
+                ("primecheck", p.primecheck.paused.clone()),
+                ("email", p.email.paused.clone()),
+            ],
+            smtp_breaker: Some(p.smtp_breaker.clone()),
+        });
+    }
+    app = app.with_health_store(backends.health.clone());
     if config.fault_injection {
         tracing::warn!("PRIMED_FAULT_INJECTION is on: the admin API can kill actors");
     }
@@ -329,6 +339,7 @@ fn pipeline(
         shutdown: shutdown.clone(),
         // Replaced per worker by the tree.
         stats: Default::default(),
+        paused: Default::default(),
     };
     let primecheck = worker(
         "primecheck-worker",
@@ -344,16 +355,17 @@ fn pipeline(
             &workers.primecheck_retry,
         ),
     );
+    let breaker = Arc::new(CircuitBreaker::new(BreakerSettings {
+        threshold: workers.breaker_threshold,
+        cool_down: workers.breaker_cool_down,
+    }));
     let email = worker(
         "email-worker",
         w.email.clone(),
         Arc::new(EmailHandler {
             store: w.store.clone(),
             mailer: w.mailer.clone(),
-            breaker: Arc::new(CircuitBreaker::new(BreakerSettings {
-                threshold: workers.breaker_threshold,
-                cool_down: workers.breaker_cool_down,
-            })),
+            breaker: breaker.clone(),
             concurrency: Arc::new(Semaphore::new(workers.smtp_concurrency as usize)),
             message_id_domain: "primed".into(),
         }),
@@ -365,6 +377,7 @@ fn pipeline(
         email,
         email_workers: workers.email_workers,
         liveness,
+        smtp_breaker: breaker,
         dlq: DlqArgs {
             store: w.dlq.clone(),
             workers: w.store.clone(),

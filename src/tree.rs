@@ -74,6 +74,8 @@ pub struct PipelineDeps {
     pub timer: TimerArgs,
     /// Where each worker's progress is kept (for `worker_health_checks`).
     pub liveness: actors::Liveness,
+    /// The SMTP circuit breaker of the email workers.
+    pub smtp_breaker: Arc<actors::breaker::CircuitBreaker>,
 }
 
 fn pool(

@@ -172,3 +172,32 @@ async fn operators_log_in_and_work_the_dlq_dashboard() {
         );
     }
 }
+
+#[test]
+fn the_admin_page_shows_the_live_tree_and_pauses_consumers() {
+    let mut d = Daemon::start(&[
+        ("ADMIN_API_KEYS", TOKEN),
+        ("PRIMED_HEARTBEAT_INTERVAL_SECONDS", "1"),
+    ]);
+    let shots = artifacts();
+    node_script(
+        "admin_page.mjs",
+        &[&d.url(""), TOKEN, shots.to_str().unwrap()],
+    );
+    let log = d.log_so_far();
+    for action in ["restart", "pause", "resume"] {
+        assert!(
+            log.lines().any(|l| l.contains("\"target\":\"audit\"")
+                && l.contains(&format!("\"action\":\"{action}\""))
+                && l.contains("\"operator\":\"Grace\"")),
+            "no audit line for {action}"
+        );
+    }
+    for shot in ["admin-page.png", "admin-paused.png"] {
+        assert!(
+            std::fs::read(shots.join(shot))
+                .unwrap()
+                .starts_with(b"\x89PNG")
+        );
+    }
+}

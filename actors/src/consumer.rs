@@ -213,6 +213,9 @@ pub struct WorkerArgs {
     pub shutdown: watch::Receiver<bool>,
     /// Its progress and counts, read by the heartbeat (`worker_health_checks`).
     pub stats: Arc<crate::liveness::WorkerStats>,
+    /// Set by an operator to stop pulling (shared by the consumer's workers); messages in
+    /// hand are finished.
+    pub paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Messages the worker handles.
@@ -254,6 +257,11 @@ impl Actor for Worker {
         let args = &state.args;
         args.stats.touch();
         if *args.shutdown.borrow() {
+            return Ok(());
+        }
+        if args.paused.load(std::sync::atomic::Ordering::Relaxed) {
+            // Paused by an operator: idle, but alive.
+            myself.send_after(Duration::from_millis(250), || WorkerMsg::Pull);
             return Ok(());
         }
         if let Some(wait) = args.handler.not_ready_for() {

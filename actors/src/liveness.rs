@@ -160,6 +160,9 @@ pub trait HealthStore: Send + Sync + 'static {
         &'a self,
         rows: &'a [WorkerHealth],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Every row (all daemons'), by worker name.
+    fn list_health(&self) -> BoxFuture<'_, Result<Vec<WorkerHealth>, StoreError>>;
 }
 
 /// Who this daemon is, for the rows' names and metadata.
@@ -323,6 +326,10 @@ mod tests {
             _rows: &'a [WorkerHealth],
         ) -> BoxFuture<'a, Result<(), StoreError>> {
             Box::pin(async { Ok(()) })
+        }
+
+        fn list_health(&self) -> BoxFuture<'_, Result<Vec<WorkerHealth>, StoreError>> {
+            Box::pin(async { Ok(Vec::new()) })
         }
     }
 

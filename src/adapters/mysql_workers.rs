@@ -616,6 +616,34 @@ impl actors::HealthStore for MysqlStore {
         }
         .boxed()
     }
+
+    fn list_health(&self) -> BoxFuture<'_, Result<Vec<actors::WorkerHealth>, StoreError>> {
+        async move {
+            let rows: Vec<(String, String, DateTime<Utc>, Option<String>, Option<String>)> =
+                sqlx::query_as(
+                    "SELECT worker_name, CAST(status AS CHAR), last_heartbeat, error_message, CAST(metadata AS CHAR) \
+                     FROM worker_health_checks ORDER BY worker_name LIMIT 5000",
+                )
+                .fetch_all(self.pool())
+                .await
+                .map_err(classify)?;
+            Ok(rows
+                .into_iter()
+                .map(|(worker_name, status, last_heartbeat, error_message, metadata)| {
+                    actors::WorkerHealth {
+                        worker_name,
+                        healthy: status == "healthy",
+                        last_heartbeat,
+                        error_message,
+                        metadata: metadata
+                            .and_then(|m| serde_json::from_str(&m).ok())
+                            .unwrap_or(serde_json::Value::Null),
+                    }
+                })
+                .collect())
+        }
+        .boxed()
+    }
 }
 
 impl actors::GaugeSource for MysqlStore {

@@ -258,3 +258,148 @@ mod tests {
         assert_eq!(first, second);
     }
 }
+
+/// One row of `worker_health_checks`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct WorkerHealthView {
+    /// `<instance>/<actor>`.
+    pub worker_name: String,
+    /// `healthy` or `unhealthy`.
+    pub status: &'static str,
+    /// Its last sign of life.
+    pub last_heartbeat: chrono::DateTime<chrono::Utc>,
+    /// Why it is unhealthy.
+    pub error_message: Option<String>,
+    /// Restarts, counts, host, pid, version.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+}
+
+/// Every daemon's `worker_health_checks` rows.
+#[utoipa::path(get, path = "/admin/workers", tag = "admin", security(("admin_token" = [])), responses(
+    (status = 200, description = "One row per actor and daemon", body = [WorkerHealthView]),
+    (status = 401, description = "No or wrong token", body = ErrorBody),
+    (status = 503, description = "The database does not answer", body = ErrorBody),
+))]
+pub async fn workers(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<WorkerHealthView>>, ApiError> {
+    let store = state.health_store.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "health_unavailable",
+            "this daemon has no store to read worker_health_checks from",
+        )
+    })?;
+    let rows = store.list_health().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("cannot read worker_health_checks: {e}"),
+        )
+    })?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| WorkerHealthView {
+                worker_name: r.worker_name,
+                status: if r.healthy { "healthy" } else { "unhealthy" },
+                last_heartbeat: r.last_heartbeat,
+                error_message: r.error_message,
+                metadata: r.metadata,
+            })
+            .collect(),
+    ))
+}
+
+fn consumers_view(state: &AppState) -> serde_json::Value {
+    serde_json::Value::Array(
+        state
+            .controls
+            .consumers
+            .iter()
+            .map(|(name, paused)| {
+                serde_json::json!({"name": name, "paused": paused.load(std::sync::atomic::Ordering::Relaxed)})
+            })
+            .collect(),
+    )
+}
+
+/// Consumers (paused or not), the SMTP circuit breaker and the rate limiter's backend.
+#[utoipa::path(get, path = "/admin/status", tag = "admin", security(("admin_token" = [])), responses(
+    (status = 200, description = "`consumers`, `smtp_breaker`, `rate_limiter`"),
+    (status = 401, description = "No or wrong token", body = ErrorBody),
+))]
+pub async fn status_view(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let breaker = state.controls.smtp_breaker.as_ref().map(|b| {
+        let name = match b.state() {
+            actors::breaker::BreakerState::Closed => "closed",
+            actors::breaker::BreakerState::Open => "open",
+            actors::breaker::BreakerState::HalfOpen => "half_open",
+        };
+        serde_json::json!({
+            "state": name,
+            "retry_in_ms": b.blocked_for().map(|d| d.as_millis() as u64),
+        })
+    });
+    Json(serde_json::json!({
+        "consumers": consumers_view(&state),
+        "smtp_breaker": breaker,
+        "rate_limiter": state.limiter.as_ref().map(|l| l.health()),
+    }))
+}
+
+async fn set_paused(
+    state: &AppState,
+    operator: Option<axum::Extension<Operator>>,
+    name: &str,
+    paused: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some((_, flag)) = state.controls.consumers.iter().find(|(n, _)| *n == name) else {
+        let known: Vec<&str> = state.controls.consumers.iter().map(|(n, _)| *n).collect();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_consumer",
+            format!("no consumer named {name:?}; this daemon has {known:?}"),
+        ));
+    };
+    flag.store(paused, std::sync::atomic::Ordering::Relaxed);
+    let operator = operator.map_or_else(|| "api-token".to_string(), |o| o.0.0.clone());
+    let action = if paused { "pause" } else { "resume" };
+    tracing::info!(target: "audit", operator = %operator, action, consumer = name, "admin action");
+    Ok(Json(
+        serde_json::json!({"consumer": name, "paused": paused}),
+    ))
+}
+
+/// Stops a consumer's workers from pulling (in this daemon). It takes effect as their open
+/// pulls end (within a second); messages already in hand are finished.
+#[utoipa::path(post, path = "/admin/consumers/{name}/pause", tag = "admin", security(("admin_token" = [])),
+    params(("name" = String, Path, description = "`primecheck` or `email`")),
+    responses(
+        (status = 200, description = "Paused"),
+        (status = 401, description = "No or wrong token", body = ErrorBody),
+        (status = 404, description = "No such consumer", body = ErrorBody),
+))]
+pub async fn pause(
+    State(state): State<AppState>,
+    operator: Option<axum::Extension<Operator>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    set_paused(&state, operator, &name, true).await
+}
+
+/// Lets a paused consumer's workers pull again.
+#[utoipa::path(post, path = "/admin/consumers/{name}/resume", tag = "admin", security(("admin_token" = [])),
+    params(("name" = String, Path, description = "`primecheck` or `email`")),
+    responses(
+        (status = 200, description = "Resumed"),
+        (status = 401, description = "No or wrong token", body = ErrorBody),
+        (status = 404, description = "No such consumer", body = ErrorBody),
+))]
+pub async fn resume(
+    State(state): State<AppState>,
+    operator: Option<axum::Extension<Operator>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    set_paused(&state, operator, &name, false).await
+}

@@ -61,6 +61,19 @@ pub struct AppState {
     pub limiter: Option<Arc<RateLimiter>>,
     /// Operators logged in to the web pages.
     pub sessions: session::Sessions,
+    /// What the admin API can pause and show.
+    pub controls: Controls,
+    /// `worker_health_checks`, for the admin page.
+    pub health_store: Option<Arc<dyn actors::HealthStore>>,
+}
+
+/// Switches and states the admin API exposes.
+#[derive(Clone, Default)]
+pub struct Controls {
+    /// Each consumer's pause flag, by name (`primecheck`, `email`).
+    pub consumers: Vec<(&'static str, Arc<AtomicBool>)>,
+    /// The email workers' SMTP circuit breaker.
+    pub smtp_breaker: Option<Arc<actors::breaker::CircuitBreaker>>,
 }
 
 impl AppState {
@@ -80,7 +93,21 @@ impl AppState {
             dlq: None,
             limiter: None,
             sessions: session::Sessions::default(),
+            controls: Controls::default(),
+            health_store: None,
         }
+    }
+
+    /// Exposes the consumers' pause switches and the breaker to the admin API.
+    pub fn with_controls(mut self, controls: Controls) -> Self {
+        self.controls = controls;
+        self
+    }
+
+    /// Reads `worker_health_checks` from `store` for the admin API.
+    pub fn with_health_store(mut self, store: Arc<dyn actors::HealthStore>) -> Self {
+        self.health_store = Some(store);
+        self
     }
 
     /// Limits the public API with `limiter`.
@@ -169,6 +196,10 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(admin::actors))
         .routes(routes!(admin::restart))
         .routes(routes!(admin::kill))
+        .routes(routes!(admin::workers))
+        .routes(routes!(admin::status_view))
+        .routes(routes!(admin::pause))
+        .routes(routes!(admin::resume))
         .routes(routes!(dlq::list))
         .routes(routes!(dlq::get_one))
         .routes(routes!(dlq::reprocess))
@@ -217,6 +248,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(ui::index))
         .route("/login", get(ui::login_page))
         .route("/dlq/dashboard", get(ui::dlq_dashboard))
+        .route("/admin", get(ui::admin_page))
+        .route("/assets/admin.js", get(ui::admin_js))
         .route("/assets/login.js", get(ui::login_js))
         .route("/assets/dlq.js", get(ui::dlq_js))
         .route("/assets/check.js", get(ui::check_js))

@@ -18,6 +18,8 @@ const LOGIN_HTML: &str = include_str!("ui/login.html");
 const LOGIN_JS: &str = include_str!("ui/login.js");
 const DLQ_HTML: &str = include_str!("ui/dlq.html");
 const DLQ_JS: &str = include_str!("ui/dlq.js");
+const ADMIN_HTML: &str = include_str!("ui/admin.html");
+const ADMIN_JS: &str = include_str!("ui/admin.js");
 
 /// The policy of every answer.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
@@ -59,6 +61,16 @@ pub async fn login_page() -> Response {
 /// `/login`; the data comes from the DLQ API).
 pub async fn dlq_dashboard() -> Response {
     page(DLQ_HTML)
+}
+
+/// `GET /admin`: the live supervision tree, consumers, dependencies and worker health.
+pub async fn admin_page() -> Response {
+    page(ADMIN_HTML)
+}
+
+/// `GET /assets/admin.js`
+pub async fn admin_js() -> Response {
+    asset("text/javascript; charset=utf-8", ADMIN_JS)
 }
 
 /// `GET /assets/login.js`
@@ -112,6 +124,7 @@ mod tests {
             (INDEX_HTML, "check.js"),
             (LOGIN_HTML, "login.js"),
             (DLQ_HTML, "dlq.js"),
+            (ADMIN_HTML, "admin.js"),
         ] {
             assert!(html.contains(&format!(
                 r#"<script src="/assets/{script}" defer></script>"#
