@@ -586,6 +586,15 @@ impl DlqStore for MysqlStore {
     }
 }
 
+/// A `worker_health_checks` row: name, status, last heartbeat, error, metadata.
+type HealthRow = (
+    String,
+    String,
+    DateTime<Utc>,
+    Option<String>,
+    Option<String>,
+);
+
 impl actors::HealthStore for MysqlStore {
     fn upsert_health<'a>(
         &'a self,
@@ -619,7 +628,7 @@ impl actors::HealthStore for MysqlStore {
 
     fn list_health(&self) -> BoxFuture<'_, Result<Vec<actors::WorkerHealth>, StoreError>> {
         async move {
-            let rows: Vec<(String, String, DateTime<Utc>, Option<String>, Option<String>)> =
+            let rows: Vec<HealthRow> =
                 sqlx::query_as(
                     "SELECT worker_name, CAST(status AS CHAR), last_heartbeat, error_message, CAST(metadata AS CHAR) \
                      FROM worker_health_checks ORDER BY worker_name LIMIT 5000",

@@ -837,6 +837,9 @@ impl AdvisoryFeed for EmbeddedAdvisories {
     }
 }
 
+/// A `worker_health_checks` row: name, status, last heartbeat, error, metadata.
+type HealthRow = (String, String, i64, Option<String>, Option<String>);
+
 impl actors::HealthStore for SqliteStore {
     fn upsert_health<'a>(
         &'a self,
@@ -873,7 +876,7 @@ impl actors::HealthStore for SqliteStore {
 
     fn list_health(&self) -> BoxFuture<'_, Result<Vec<actors::WorkerHealth>, StoreError>> {
         async move {
-            let rows: Vec<(String, String, i64, Option<String>, Option<String>)> = sqlx::query_as(
+            let rows: Vec<HealthRow> = sqlx::query_as(
                 "SELECT worker_name, status, last_heartbeat, error_message, metadata \
                  FROM worker_health_checks ORDER BY worker_name LIMIT 5000",
             )
