@@ -471,3 +471,27 @@ pub struct DlqActionResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
 }
+
+/// One `message_processing_logs` row of a dead letter's message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    /// The subject it was handled on.
+    pub subject: String,
+    /// `processing`, `success`, `failed` or `retry`.
+    pub status: String,
+    /// What went wrong.
+    pub error_message: Option<String>,
+    /// How long the attempt took.
+    pub processing_time_ms: Option<i64>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// What is known of a dead letter's message beyond its row.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LetterHistory {
+    /// Its processing attempts, oldest first.
+    pub attempts: Vec<HistoryEntry>,
+    /// The W3C trace context of its outbox event, while the event is retained.
+    pub traceparent: Option<String>,
+}

@@ -175,6 +175,12 @@ pub trait DlqStore: Send + Sync + 'static {
         reason: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<DlqActionResult>, StoreError>>;
 
+    /// The processing attempts and trace context of the message `message_id` (an event id).
+    fn history<'a>(
+        &'a self,
+        message_id: &'a str,
+    ) -> BoxFuture<'a, Result<crate::model::LetterHistory, StoreError>>;
+
     /// Pending dead letters dead-lettered before `before`, retried automatically fewer than
     /// `max_auto` times, on these original subjects (all when empty), oldest first.
     fn rule_candidates<'a>(

@@ -557,6 +557,43 @@ impl DlqStore for MysqlStore {
         .boxed()
     }
 
+    fn history<'a>(
+        &'a self,
+        message_id: &'a str,
+    ) -> BoxFuture<'a, Result<actors::model::LetterHistory, StoreError>> {
+        async move {
+            let rows: Vec<(String, String, Option<String>, Option<i32>, DateTime<Utc>)> =
+                sqlx::query_as(
+                    "SELECT subject, CAST(status AS CHAR), error_message, processing_time_ms, created_at \
+                     FROM message_processing_logs WHERE message_id = ? ORDER BY id LIMIT 200",
+                )
+                .bind(message_id)
+                .fetch_all(self.pool())
+                .await
+                .map_err(classify)?;
+            let traceparent: Option<Option<String>> =
+                sqlx::query_scalar("SELECT traceparent FROM outbox WHERE event_id = ?")
+                    .bind(message_id)
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(classify)?;
+            Ok(actors::model::LetterHistory {
+                attempts: rows
+                    .into_iter()
+                    .map(|(subject, status, error_message, ms, at)| actors::model::HistoryEntry {
+                        subject,
+                        status,
+                        error_message,
+                        processing_time_ms: ms.map(i64::from),
+                        at,
+                    })
+                    .collect(),
+                traceparent: traceparent.flatten(),
+            })
+        }
+        .boxed()
+    }
+
     fn rule_candidates<'a>(
         &'a self,
         before: DateTime<Utc>,

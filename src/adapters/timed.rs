@@ -137,6 +137,13 @@ impl<S: DlqStore> DlqStore for Timed<S> {
         timed("dlq_discard", self.0.discard(ids, operator, reason))
     }
 
+    fn history<'a>(
+        &'a self,
+        message_id: &'a str,
+    ) -> BoxFuture<'a, Result<actors::model::LetterHistory, StoreError>> {
+        timed("dlq_history", self.0.history(message_id))
+    }
+
     fn rule_candidates<'a>(
         &'a self,
         before: DateTime<Utc>,

@@ -151,6 +151,33 @@ pub struct ReprocessBody {
     pub reason: Option<String>,
 }
 
+/// One processing attempt of a dead letter's message (`message_processing_logs`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryView {
+    /// The subject it was handled on.
+    pub subject: String,
+    /// `processing`, `success`, `failed` or `retry`.
+    pub status: String,
+    /// What went wrong.
+    pub error_message: Option<String>,
+    /// How long the attempt took.
+    pub processing_time_ms: Option<i64>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A dead letter with its message's processing history and trace.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterDetail {
+    /// The dead letter.
+    #[serde(flatten)]
+    pub letter: DeadLetterView,
+    /// Its message's processing attempts, oldest first.
+    pub history: Vec<HistoryView>,
+    /// The W3C trace id of its request, while its outbox event is retained.
+    pub trace_id: Option<String>,
+}
+
 /// `DELETE /api/dlq/discard`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -417,7 +444,7 @@ pub async fn list(
     params(("id" = i64, Path, description = "Dead-letter id")),
     security(("admin_token" = [])),
     responses(
-        (status = 200, body = DeadLetterView),
+        (status = 200, body = DeadLetterDetail),
         (status = 400, description = "Not an id", body = ErrorBody),
         (status = 401, description = "No or a wrong admin token", body = ErrorBody),
         (status = 404, description = "No such dead letter", body = ErrorBody),
@@ -426,12 +453,38 @@ pub async fn list(
 pub async fn get_one(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<DeadLetterView>, ApiError> {
+) -> Result<Json<DeadLetterDetail>, ApiError> {
     let id: i64 = id
         .parse()
         .map_err(|_| bad("invalid_id", "the id must be a dead-letter id (a number)"))?;
-    match dlq(&state)?.get(id).await.map_err(store_error)? {
-        Some(letter) => Ok(Json(letter.into())),
+    let store = dlq(&state)?;
+    match store.get(id).await.map_err(store_error)? {
+        Some(letter) => {
+            let history = match &letter.original_message_id {
+                Some(event_id) => store.history(event_id).await.map_err(store_error)?,
+                None => Default::default(),
+            };
+            let trace_id = history
+                .traceparent
+                .as_deref()
+                .and_then(actors::trace::parse)
+                .map(|c| c.trace_id().to_string());
+            Ok(Json(DeadLetterDetail {
+                letter: letter.into(),
+                history: history
+                    .attempts
+                    .into_iter()
+                    .map(|a| HistoryView {
+                        subject: a.subject,
+                        status: a.status,
+                        error_message: a.error_message,
+                        processing_time_ms: a.processing_time_ms,
+                        at: a.at,
+                    })
+                    .collect(),
+                trace_id,
+            }))
+        }
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "dead_letter_not_found",

@@ -63,6 +63,10 @@ try {
   await page.locator("#detail").waitFor({ state: "visible" });
   const payload = JSON.parse(await page.locator("#detail-payload").textContent());
   expect(payload.email === "dlq-ui@example.com", `payload: ${JSON.stringify(payload)}`);
+  const trace = await page.locator("#detail-trace").textContent();
+  expect(/^[0-9a-f]{32}$/.test(trace), `trace id: ${trace}`);
+  const history = await page.locator("#detail-history").textContent();
+  expect(history.includes("email.send") && history.includes("failed"), `history: ${history}`);
   await page.screenshot({ path: `${shots}/dlq-detail.png`, fullPage: true });
 
   // Reprocess two (the SMTP server accepts mail now) and watch them resolve.

@@ -142,6 +142,14 @@ async function showDetail(id) {
     fields.append(text("dt", key.replaceAll("_", " ")), text("dd", String(letter[key])));
   }
   $("detail-payload").textContent = JSON.stringify(letter.payload, null, 2);
+  $("detail-trace").textContent = letter.trace_id || "not retained";
+  $("detail-history").replaceChildren(...letter.history.map((h) => {
+    const tr = document.createElement("tr");
+    tr.append(text("td", new Date(h.at).toLocaleString()), text("td", h.subject),
+      text("td", h.status), text("td", h.processing_time_ms === null ? "—" : `${h.processing_time_ms} ms`),
+      text("td", h.error_message || "", "error-text"));
+    return tr;
+  }));
   $("detail").hidden = false;
   $("detail").scrollIntoView();
 }
