@@ -370,6 +370,9 @@ impl WorkerStore for MysqlStore {
     }
 }
 
+/// A `message_processing_logs` row: subject, status, error, time taken, when.
+type LogRow = (String, String, Option<String>, Option<i32>, DateTime<Utc>);
+
 impl DlqStore for MysqlStore {
     fn unstreamed(&self, limit: u32) -> BoxFuture<'_, Result<Vec<(DeadLetter, u32)>, StoreError>> {
         async move {
@@ -562,7 +565,7 @@ impl DlqStore for MysqlStore {
         message_id: &'a str,
     ) -> BoxFuture<'a, Result<actors::model::LetterHistory, StoreError>> {
         async move {
-            let rows: Vec<(String, String, Option<String>, Option<i32>, DateTime<Utc>)> =
+            let rows: Vec<LogRow> =
                 sqlx::query_as(
                     "SELECT subject, CAST(status AS CHAR), error_message, processing_time_ms, created_at \
                      FROM message_processing_logs WHERE message_id = ? ORDER BY id LIMIT 200",

@@ -398,6 +398,9 @@ impl WorkerStore for SqliteStore {
     }
 }
 
+/// A `message_processing_logs` row: subject, status, error, time taken, when.
+type LogRow = (String, String, Option<String>, Option<i64>, i64);
+
 impl DlqStore for SqliteStore {
     fn unstreamed(&self, _limit: u32) -> BoxFuture<'_, Result<Vec<(DeadLetter, u32)>, StoreError>> {
         // The embedded mode has no DLQ stream: rows are the dead-letter queue.
@@ -572,7 +575,7 @@ impl DlqStore for SqliteStore {
         message_id: &'a str,
     ) -> BoxFuture<'a, Result<actors::model::LetterHistory, StoreError>> {
         async move {
-            let rows: Vec<(String, String, Option<String>, Option<i64>, i64)> = sqlx::query_as(
+            let rows: Vec<LogRow> = sqlx::query_as(
                 "SELECT subject, status, error_message, processing_time_ms, created_at \
                  FROM message_processing_logs WHERE message_id = ? ORDER BY id LIMIT 200",
             )
