@@ -88,13 +88,22 @@ try {
   expect(done, "the reprocessed messages resolve");
   await page.screenshot({ path: `${shots}/dlq-reprocessed.png`, fullPage: true });
 
-  // Discard the third.
-  await page.locator(`#rows tr[data-id="${ids[2]}"] input[type="checkbox"]`).check();
+  // Discard the third, by keyboard: Space ticks the box, Enter presses the button.
+  await page.locator(`#rows tr[data-id="${ids[2]}"] input[type="checkbox"]`).focus();
+  await page.keyboard.press("Space");
   await page.fill("#reason", "not needed");
-  await page.click("#discard");
+  await page.locator("#discard").focus();
+  await page.keyboard.press("Enter");
   await page.locator("#outcome", { hasText: "discard: 1 done, 0 not done." }).waitFor({ timeout: 5000 });
   const status = await page.locator(`#rows tr[data-id="${ids[2]}"] td:nth-child(5)`).textContent();
   expect(status === "discarded", `discarded row shows ${status}`);
+
+  // On a phone-sized screen nothing but the tables (which scroll) is wider than the screen.
+  report.step = "narrow";
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth);
+  expect(overflow <= 390, `the page is ${overflow}px wide on a 390px screen`);
+  await page.screenshot({ path: `${shots}/dlq-narrow.png`, fullPage: true });
 
   expect(problems.length === 0, `console errors (CSP?): ${problems.join(" | ")}`);
   report.reprocessed = ids.slice(0, 2);
