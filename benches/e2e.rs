@@ -9,6 +9,9 @@
 //!    clients over both daemons; the time until the last email arrives.
 //! 2. Latency: a steady `E2E_RATE` requests/s (default 500) for `E2E_SECONDS` (default 20);
 //!    per request, the time from sending the POST to the email's arrival.
+//!
+//! `E2E_LOG` sets the daemons' `RUST_LOG` (default `warn`; `info` measures them with their
+//! access and pipeline log lines and spans).
 
 // Benchmark code: a failed unwrap is a failed run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -96,7 +99,10 @@ fn daemon(db_url: &str, nats_url: &str, smtp_port: u16, dir: &std::path::Path) -
         .arg("run")
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("E2E_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         // The pipeline is measured here; the limiter has its own benchmark.
         .env("RATE_LIMIT_ENABLED", "false")
         .env("DATABASE_URL", db_url)
