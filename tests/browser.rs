@@ -42,6 +42,27 @@ fn node_script(script: &str, args: &[&str]) -> serde_json::Value {
     report
 }
 
+/// Waits (bounded) for the audit line of `action` by `operator`: the daemon's stdout is read
+/// by a thread, so the newest lines may still be on their way.
+fn assert_audited(d: &mut Daemon, action: &str, operator: &str) {
+    let deadline = std::time::Instant::now() + support::WAIT;
+    loop {
+        let found = d.log_so_far().lines().any(|l| {
+            l.contains("\"target\":\"audit\"")
+                && l.contains(&format!("\"action\":\"{action}\""))
+                && l.contains(&format!("\"operator\":\"{operator}\""))
+        });
+        if found {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit line for {action} by {operator}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn the_public_page_submits_a_number_and_shows_its_result() {
     let d = Daemon::start(&[]);
@@ -155,14 +176,8 @@ async fn operators_log_in_and_work_the_dlq_dashboard() {
     assert_eq!(l["status"], "discarded");
     assert_eq!(l["operator"], "Ada");
     // Every action is in the audit log with its operator.
-    let log = d.log_so_far();
     for action in ["login", "dlq_reprocess", "dlq_discard"] {
-        assert!(
-            log.lines().any(|l| l.contains("\"target\":\"audit\"")
-                && l.contains(&format!("\"action\":\"{action}\""))
-                && l.contains("\"operator\":\"Ada\"")),
-            "no audit line for {action}"
-        );
+        assert_audited(&mut d, action, "Ada");
     }
     for shot in ["dlq-dashboard.png", "dlq-detail.png", "dlq-reprocessed.png"] {
         assert!(
@@ -184,14 +199,8 @@ fn the_admin_page_shows_the_live_tree_and_pauses_consumers() {
         "admin_page.mjs",
         &[&d.url(""), TOKEN, shots.to_str().unwrap()],
     );
-    let log = d.log_so_far();
     for action in ["restart", "pause", "resume"] {
-        assert!(
-            log.lines().any(|l| l.contains("\"target\":\"audit\"")
-                && l.contains(&format!("\"action\":\"{action}\""))
-                && l.contains("\"operator\":\"Grace\"")),
-            "no audit line for {action}"
-        );
+        assert_audited(&mut d, action, "Grace");
     }
     for shot in ["admin-page.png", "admin-paused.png"] {
         assert!(
