@@ -589,6 +589,8 @@ async fn a_lost_redis_is_replaced_by_the_fallback_until_it_answers_again() {
     assert_eq!(header(&r, "retry-after").unwrap(), "1");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "rate_limiter_unavailable");
+    // The line arrives through the daemon's stdout reader: wait for it, then count.
+    d.wait_for_log("Redis does not answer");
     let log = d.log_so_far();
     assert_eq!(
         log.matches("Redis does not answer").count(),

@@ -69,10 +69,14 @@ async fn every_hop_of_a_request_logs_the_same_trace_id() {
     let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     for traceparent in [Some(given), None] {
         let id = submit(&d, "1000003", traceparent).await;
-        let accepted = lines(&mut d, "request accepted")
-            .into_iter()
-            .find(|v| v["id"] == id.as_str())
-            .unwrap();
+        // The daemon's stdout arrives through a reader thread: wait for the line.
+        let accepted_line = |d: &mut Daemon| {
+            lines(d, "request accepted")
+                .into_iter()
+                .find(|v| v["id"] == id.as_str())
+        };
+        assert_eventually!(accepted_line(&mut d).is_some(), "{id} is logged");
+        let accepted = accepted_line(&mut d).unwrap();
         let http = accepted["span"].clone();
         let request_id = http["request_id"].as_str().unwrap().to_string();
         let trace_id = http["trace_id"].as_str().unwrap().to_string();
@@ -92,10 +96,13 @@ async fn every_hop_of_a_request_logs_the_same_trace_id() {
         assert_eq!(check["trace_id"], trace_id.as_str(), "{check}");
         assert_eq!(email["trace_id"], trace_id.as_str(), "{email}");
         // The access log line is in the same span.
-        let access = lines(&mut d, "http request")
-            .into_iter()
-            .find(|v| v["span"]["request_id"] == request_id.as_str())
-            .unwrap();
+        let access_line = |d: &mut Daemon| {
+            lines(d, "http request")
+                .into_iter()
+                .find(|v| v["span"]["request_id"] == request_id.as_str())
+        };
+        assert_eventually!(access_line(&mut d).is_some(), "the access line");
+        let access = access_line(&mut d).unwrap();
         assert_eq!(access["status"], 202);
         assert_eq!(access["ip"], "127.0.0.1");
         assert_eq!(access["span"]["route"], "/prime-check");

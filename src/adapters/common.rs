@@ -27,3 +27,60 @@ pub(crate) fn refused(id: i64, why: &str) -> DlqActionResult {
         event_id: None,
     }
 }
+
+/// A `worker_health_checks` row as read: name, status, last heartbeat, error, metadata.
+pub(crate) type HealthRow = (
+    String,
+    String,
+    chrono::DateTime<chrono::Utc>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The rows of `worker_health_checks`, as the port describes them.
+pub(crate) fn health_rows(rows: Vec<HealthRow>) -> Vec<actors::WorkerHealth> {
+    rows.into_iter()
+        .map(
+            |(worker_name, status, last_heartbeat, error_message, metadata)| actors::WorkerHealth {
+                worker_name,
+                healthy: status == "healthy",
+                last_heartbeat,
+                error_message,
+                metadata: metadata
+                    .and_then(|m| serde_json::from_str(&m).ok())
+                    .unwrap_or(serde_json::Value::Null),
+            },
+        )
+        .collect()
+}
+
+/// A `message_processing_logs` row as read: subject, status, error, time taken, when.
+pub(crate) type LogRow = (
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    chrono::DateTime<chrono::Utc>,
+);
+
+/// A dead letter's history from its log rows and its outbox row's trace context.
+pub(crate) fn letter_history(
+    rows: Vec<LogRow>,
+    traceparent: Option<Option<String>>,
+) -> actors::model::LetterHistory {
+    actors::model::LetterHistory {
+        attempts: rows
+            .into_iter()
+            .map(|(subject, status, error_message, processing_time_ms, at)| {
+                actors::model::HistoryEntry {
+                    subject,
+                    status,
+                    error_message,
+                    processing_time_ms,
+                    at,
+                }
+            })
+            .collect(),
+        traceparent: traceparent.flatten(),
+    }
+}

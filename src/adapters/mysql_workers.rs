@@ -18,7 +18,9 @@ use futures::future::BoxFuture;
 use sqlx::mysql::MySqlRow;
 use sqlx::{Acquire, MySql, MySqlConnection, QueryBuilder, Row};
 
-use super::common::{is_duplicate, json_payload, refused};
+use super::common::{
+    HealthRow, LogRow, health_rows, is_duplicate, json_payload, letter_history, refused,
+};
 use super::mysql::{MysqlStore, classify, now_micros};
 
 const SELECT_LETTER: &str = "SELECT id, original_subject, original_message_id, dlq_subject, \
@@ -370,9 +372,6 @@ impl WorkerStore for MysqlStore {
     }
 }
 
-/// A `message_processing_logs` row: subject, status, error, time taken, when.
-type LogRow = (String, String, Option<String>, Option<i32>, DateTime<Utc>);
-
 impl DlqStore for MysqlStore {
     fn unstreamed(&self, limit: u32) -> BoxFuture<'_, Result<Vec<(DeadLetter, u32)>, StoreError>> {
         async move {
@@ -565,34 +564,20 @@ impl DlqStore for MysqlStore {
         message_id: &'a str,
     ) -> BoxFuture<'a, Result<actors::model::LetterHistory, StoreError>> {
         async move {
-            let rows: Vec<LogRow> =
-                sqlx::query_as(
-                    "SELECT subject, CAST(status AS CHAR), error_message, processing_time_ms, created_at \
-                     FROM message_processing_logs WHERE message_id = ? ORDER BY id LIMIT 200",
-                )
+            let rows: Vec<LogRow> = sqlx::query_as(
+                "SELECT subject, CAST(status AS CHAR), error_message, CAST(processing_time_ms AS SIGNED), created_at \
+                 FROM message_processing_logs WHERE message_id = ? ORDER BY id LIMIT 200",
+            )
+            .bind(message_id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(classify)?;
+            let traceparent = sqlx::query_scalar("SELECT traceparent FROM outbox WHERE event_id = ?")
                 .bind(message_id)
-                .fetch_all(self.pool())
+                .fetch_optional(self.pool())
                 .await
                 .map_err(classify)?;
-            let traceparent: Option<Option<String>> =
-                sqlx::query_scalar("SELECT traceparent FROM outbox WHERE event_id = ?")
-                    .bind(message_id)
-                    .fetch_optional(self.pool())
-                    .await
-                    .map_err(classify)?;
-            Ok(actors::model::LetterHistory {
-                attempts: rows
-                    .into_iter()
-                    .map(|(subject, status, error_message, ms, at)| actors::model::HistoryEntry {
-                        subject,
-                        status,
-                        error_message,
-                        processing_time_ms: ms.map(i64::from),
-                        at,
-                    })
-                    .collect(),
-                traceparent: traceparent.flatten(),
-            })
+            Ok(letter_history(rows, traceparent))
         }
         .boxed()
     }
@@ -625,15 +610,6 @@ impl DlqStore for MysqlStore {
         .boxed()
     }
 }
-
-/// A `worker_health_checks` row: name, status, last heartbeat, error, metadata.
-type HealthRow = (
-    String,
-    String,
-    DateTime<Utc>,
-    Option<String>,
-    Option<String>,
-);
 
 impl actors::HealthStore for MysqlStore {
     fn upsert_health<'a>(
@@ -668,28 +644,14 @@ impl actors::HealthStore for MysqlStore {
 
     fn list_health(&self) -> BoxFuture<'_, Result<Vec<actors::WorkerHealth>, StoreError>> {
         async move {
-            let rows: Vec<HealthRow> =
-                sqlx::query_as(
-                    "SELECT worker_name, CAST(status AS CHAR), last_heartbeat, error_message, CAST(metadata AS CHAR) \
-                     FROM worker_health_checks ORDER BY worker_name LIMIT 5000",
-                )
-                .fetch_all(self.pool())
-                .await
-                .map_err(classify)?;
-            Ok(rows
-                .into_iter()
-                .map(|(worker_name, status, last_heartbeat, error_message, metadata)| {
-                    actors::WorkerHealth {
-                        worker_name,
-                        healthy: status == "healthy",
-                        last_heartbeat,
-                        error_message,
-                        metadata: metadata
-                            .and_then(|m| serde_json::from_str(&m).ok())
-                            .unwrap_or(serde_json::Value::Null),
-                    }
-                })
-                .collect())
+            let rows: Vec<HealthRow> = sqlx::query_as(
+                "SELECT worker_name, CAST(status AS CHAR), last_heartbeat, error_message, CAST(metadata AS CHAR) \
+                 FROM worker_health_checks ORDER BY worker_name LIMIT 5000",
+            )
+            .fetch_all(self.pool())
+            .await
+            .map_err(classify)?;
+            Ok(health_rows(rows))
         }
         .boxed()
     }

@@ -27,7 +27,7 @@ use futures::stream::BoxStream;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::common::{is_duplicate, json_payload, refused};
+use super::common::{health_rows, is_duplicate, json_payload, letter_history, refused};
 use super::sqlite::{EmbeddedQueue, SqliteStore, from_micros, micros, now, rejected};
 
 fn us(d: Duration) -> i64 {
@@ -398,8 +398,8 @@ impl WorkerStore for SqliteStore {
     }
 }
 
-/// A `message_processing_logs` row: subject, status, error, time taken, when.
-type LogRow = (String, String, Option<String>, Option<i64>, i64);
+/// `message_processing_logs` as stored here (micros for the time).
+type SqliteLogRow = (String, String, Option<String>, Option<i64>, i64);
 
 impl DlqStore for SqliteStore {
     fn unstreamed(&self, _limit: u32) -> BoxFuture<'_, Result<Vec<(DeadLetter, u32)>, StoreError>> {
@@ -575,7 +575,7 @@ impl DlqStore for SqliteStore {
         message_id: &'a str,
     ) -> BoxFuture<'a, Result<actors::model::LetterHistory, StoreError>> {
         async move {
-            let rows: Vec<LogRow> = sqlx::query_as(
+            let rows: Vec<SqliteLogRow> = sqlx::query_as(
                 "SELECT subject, status, error_message, processing_time_ms, created_at \
                  FROM message_processing_logs WHERE message_id = ? ORDER BY id LIMIT 200",
             )
@@ -583,27 +583,18 @@ impl DlqStore for SqliteStore {
             .fetch_all(self.pool())
             .await
             .map_err(rejected)?;
-            let traceparent: Option<Option<String>> =
+            let traceparent =
                 sqlx::query_scalar("SELECT traceparent FROM outbox WHERE event_id = ?")
                     .bind(message_id)
                     .fetch_optional(self.pool())
                     .await
                     .map_err(rejected)?;
-            Ok(actors::model::LetterHistory {
-                attempts: rows
-                    .into_iter()
-                    .map(
-                        |(subject, status, error_message, ms, at)| actors::model::HistoryEntry {
-                            subject,
-                            status,
-                            error_message,
-                            processing_time_ms: ms,
-                            at: from_micros(at),
-                        },
-                    )
+            Ok(letter_history(
+                rows.into_iter()
+                    .map(|(s, st, e, ms, at)| (s, st, e, ms, from_micros(at)))
                     .collect(),
-                traceparent: traceparent.flatten(),
-            })
+                traceparent,
+            ))
         }
         .boxed()
     }
@@ -878,8 +869,8 @@ impl AdvisoryFeed for EmbeddedAdvisories {
     }
 }
 
-/// A `worker_health_checks` row: name, status, last heartbeat, error, metadata.
-type HealthRow = (String, String, i64, Option<String>, Option<String>);
+/// `worker_health_checks` as stored here (micros for the time).
+type SqliteHealthRow = (String, String, i64, Option<String>, Option<String>);
 
 impl actors::HealthStore for SqliteStore {
     fn upsert_health<'a>(
@@ -917,29 +908,18 @@ impl actors::HealthStore for SqliteStore {
 
     fn list_health(&self) -> BoxFuture<'_, Result<Vec<actors::WorkerHealth>, StoreError>> {
         async move {
-            let rows: Vec<HealthRow> = sqlx::query_as(
+            let rows: Vec<SqliteHealthRow> = sqlx::query_as(
                 "SELECT worker_name, status, last_heartbeat, error_message, metadata \
                  FROM worker_health_checks ORDER BY worker_name LIMIT 5000",
             )
             .fetch_all(self.pool())
             .await
             .map_err(rejected)?;
-            Ok(rows
-                .into_iter()
-                .map(
-                    |(worker_name, status, last_heartbeat, error_message, metadata)| {
-                        actors::WorkerHealth {
-                            worker_name,
-                            healthy: status == "healthy",
-                            last_heartbeat: from_micros(last_heartbeat),
-                            error_message,
-                            metadata: metadata
-                                .and_then(|m| serde_json::from_str(&m).ok())
-                                .unwrap_or(serde_json::Value::Null),
-                        }
-                    },
-                )
-                .collect())
+            Ok(health_rows(
+                rows.into_iter()
+                    .map(|(n, s, at, e, m)| (n, s, from_micros(at), e, m))
+                    .collect(),
+            ))
         }
         .boxed()
     }

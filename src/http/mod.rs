@@ -250,6 +250,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dlq/dashboard", get(ui::dlq_dashboard))
         .route("/admin", get(ui::admin_page))
         .route("/assets/admin.js", get(ui::admin_js))
+        .route("/assets/common.js", get(ui::common_js))
         .route("/assets/login.js", get(ui::login_js))
         .route("/assets/dlq.js", get(ui::dlq_js))
         .route("/assets/check.js", get(ui::check_js))

@@ -20,6 +20,7 @@ const DLQ_HTML: &str = include_str!("ui/dlq.html");
 const DLQ_JS: &str = include_str!("ui/dlq.js");
 const ADMIN_HTML: &str = include_str!("ui/admin.html");
 const ADMIN_JS: &str = include_str!("ui/admin.js");
+const COMMON_JS: &str = include_str!("ui/common.js");
 
 /// The policy of every answer.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
@@ -66,6 +67,11 @@ pub async fn dlq_dashboard() -> Response {
 /// `GET /admin`: the live supervision tree, consumers, dependencies and worker health.
 pub async fn admin_page() -> Response {
     page(ADMIN_HTML)
+}
+
+/// `GET /assets/common.js`: what the operator pages share.
+pub async fn common_js() -> Response {
+    asset("text/javascript; charset=utf-8", COMMON_JS)
 }
 
 /// `GET /assets/admin.js`
@@ -120,18 +126,19 @@ mod tests {
 
     #[test]
     fn pages_load_their_script_and_style_from_the_daemon_only() {
-        for (html, script) in [
-            (INDEX_HTML, "check.js"),
-            (LOGIN_HTML, "login.js"),
-            (DLQ_HTML, "dlq.js"),
-            (ADMIN_HTML, "admin.js"),
+        for (html, scripts) in [
+            (INDEX_HTML, &["check.js"][..]),
+            (LOGIN_HTML, &["login.js"]),
+            (DLQ_HTML, &["common.js", "dlq.js"]),
+            (ADMIN_HTML, &["common.js", "admin.js"]),
         ] {
-            assert!(html.contains(&format!(
-                r#"<script src="/assets/{script}" defer></script>"#
-            )));
+            let script = scripts[scripts.len() - 1];
+            for s in scripts {
+                assert!(html.contains(&format!(r#"<script src="/assets/{s}" defer></script>"#)));
+            }
             assert!(html.contains(r#"href="/assets/style.css""#));
             // No inline script or style: the CSP would block them.
-            assert_eq!(html.matches("<script").count(), 1);
+            assert_eq!(html.matches("<script").count(), scripts.len());
             assert!(!html.contains("<style"));
             assert!(!html.contains(" style=\""));
             let handler = html.split(" on").skip(1).any(|rest| {

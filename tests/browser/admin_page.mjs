@@ -2,24 +2,14 @@
 // actor and see its restart count change, pause and resume a consumer.
 // Usage: node admin_page.mjs <daemon url> <admin token> <screenshot dir>. Prints one JSON
 // line; exits non-zero on any failed expectation. Run by tests/browser.rs.
-import { createRequire } from "node:module";
-
-const { chromium } = createRequire(import.meta.url)("playwright-core");
+import { finish, launch, recorder, watchProblems } from "./common.mjs";
 const [url, token, shots] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox"],
-});
-const failures = [];
-const expect = (ok, what) => { if (!ok) failures.push(what); };
+const browser = await launch();
+const { failures, expect } = recorder();
 const report = {};
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-  const problems = [];
-  page.on("console", (m) => {
-    if (m.type() === "error" && !m.text().includes("status of 401")) problems.push(m.text());
-  });
-  page.on("pageerror", (e) => problems.push(e.message));
+  const problems = watchProblems(page);
 
   report.step = "login";
   await page.goto(`${url}/admin`);
@@ -76,5 +66,4 @@ try {
 } finally {
   await browser.close();
 }
-console.log(JSON.stringify({ ok: failures.length === 0, failures, ...report }));
-process.exit(failures.length === 0 ? 0 : 1);
+finish(failures, report);

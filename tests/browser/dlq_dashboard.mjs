@@ -2,25 +2,14 @@
 // reprocess two messages and watch them resolve, discard one.
 // Usage: node dlq_dashboard.mjs <daemon url> <admin token> <screenshot dir>. Prints one JSON
 // line; exits non-zero on any failed expectation. Run by tests/browser.rs.
-import { createRequire } from "node:module";
-
-const { chromium } = createRequire(import.meta.url)("playwright-core");
+import { finish, launch, recorder, watchProblems } from "./common.mjs";
 const [url, token, shots] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox"],
-});
-const failures = [];
-const expect = (ok, what) => { if (!ok) failures.push(what); };
+const browser = await launch();
+const { failures, expect } = recorder();
 const report = {};
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  const problems = [];
-  // The 401s of the not-yet-logged-in session check and of the wrong token are expected.
-  page.on("console", (m) => {
-    if (m.type() === "error" && !m.text().includes("status of 401")) problems.push(m.text());
-  });
-  page.on("pageerror", (e) => problems.push(e.message));
+  const problems = watchProblems(page);
 
   // Without a session the dashboard sends the operator to the login page, and back.
   await page.goto(`${url}/dlq/dashboard`);
@@ -113,5 +102,4 @@ try {
 } finally {
   await browser.close();
 }
-console.log(JSON.stringify({ ok: failures.length === 0, failures, ...report }));
-process.exit(failures.length === 0 ? 0 : 1);
+finish(failures, report);

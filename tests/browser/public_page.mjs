@@ -2,23 +2,14 @@
 // screen: a bad number is explained on the page; a good one is followed to its result.
 // Usage: node public_page.mjs <daemon url> <screenshot dir>. Prints one JSON line; exits
 // non-zero on any failed expectation. Run by tests/browser.rs.
-import { createRequire } from "node:module";
-
-// CommonJS resolution honours NODE_PATH (where ensure-services.sh installs playwright-core).
-const { chromium } = createRequire(import.meta.url)("playwright-core");
+import { launch, recorder, watchProblems } from "./common.mjs";
 
 const [url, shots] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox"],
-});
-const failures = [];
-const expect = (ok, what) => { if (!ok) failures.push(what); };
+const browser = await launch();
+const { failures, expect } = recorder();
 try {
   const page = await browser.newPage({ viewport: { width: 390, height: 780 } });
-  const problems = [];
-  page.on("console", (m) => { if (m.type() === "error") problems.push(m.text()); });
-  page.on("pageerror", (e) => problems.push(e.message));
+  const problems = watchProblems(page);
 
   const response = await page.goto(url);
   expect(response.status() === 200, `GET / answered ${response.status()}`);

@@ -2,28 +2,8 @@
 // pause/resume, the SMTP breaker and the rate limiter, and every daemon's worker health.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-let session = null;
 
-function text(tag, value, className) {
-  const el = document.createElement(tag);
-  el.textContent = value;
-  if (className) el.className = className;
-  return el;
-}
 
-async function api(path, options = {}) {
-  const headers = {};
-  if (options.method && options.method !== "GET") headers["x-csrf-token"] = session.csrf_token;
-  const response = await fetch(path, { ...options, headers });
-  if (response.status === 401) {
-    location.assign(`/login?next=${encodeURIComponent(location.pathname)}`);
-    throw new Error("not logged in");
-  }
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.message || `HTTP ${response.status}`);
-  return body;
-}
 
 function uptime(seconds) {
   if (seconds === null || seconds === undefined) return "—";
@@ -112,16 +92,7 @@ async function refresh() {
 }
 
 async function start() {
-  try {
-    session = await api("/api/session");
-  } catch {
-    return;
-  }
-  $("operator").textContent = session.operator;
-  $("logout").addEventListener("click", async () => {
-    await fetch("/logout", { method: "POST" });
-    location.assign("/login");
-  });
+  if (!(await startSession())) return;
   const tick = async () => {
     try {
       await refresh();

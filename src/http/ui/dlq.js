@@ -3,8 +3,6 @@
 // cookie and the session's CSRF token; without a session it sends the operator to /login.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-let session = null;
 let cursor = null;
 const selected = new Set();
 
@@ -13,26 +11,7 @@ function showError(message) {
   $("error").hidden = false;
 }
 
-function text(tag, value, className) {
-  const el = document.createElement(tag);
-  el.textContent = value;
-  if (className) el.className = className;
-  return el;
-}
 
-async function api(path, options = {}) {
-  const headers = { ...(options.headers || {}) };
-  if (options.body) headers["content-type"] = "application/json";
-  if (options.method && options.method !== "GET") headers["x-csrf-token"] = session.csrf_token;
-  const response = await fetch(path, { ...options, headers });
-  if (response.status === 401) {
-    location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
-    throw new Error("not logged in");
-  }
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(body.message || `HTTP ${response.status}`);
-  return body;
-}
 
 function bars(container, entries) {
   container.replaceChildren();
@@ -157,7 +136,7 @@ async function showDetail(id) {
 async function act(kind) {
   const ids = [...selected];
   const reason = $("reason").value.trim() || null;
-  const body = { message_ids: ids, operator: session.operator, reason };
+  const body = { message_ids: ids, operator: primed.session.operator, reason };
   if (kind === "reprocess") {
     const delay = $("delay").value.trim();
     if (delay) body.override_delay = delay;
@@ -182,12 +161,7 @@ async function act(kind) {
 }
 
 async function start() {
-  try {
-    session = await api("/api/session");
-  } catch {
-    return;
-  }
-  $("operator").textContent = session.operator;
+  if (!(await startSession())) return;
   $("filters").addEventListener("submit", (e) => {
     e.preventDefault();
     Promise.all([loadList(false), loadStats()]).catch((err) => showError(err.message));
@@ -200,10 +174,6 @@ async function start() {
   });
   $("reprocess").addEventListener("click", () => act("reprocess"));
   $("discard").addEventListener("click", () => act("discard"));
-  $("logout").addEventListener("click", async () => {
-    await fetch("/logout", { method: "POST" });
-    location.assign("/login");
-  });
   try {
     await Promise.all([loadStats(), loadList(false)]);
   } catch (err) {
