@@ -1,0 +1,144 @@
+//! A fault-injecting TCP proxy for the chaos harness: it sits between a daemon and one of
+//! its services (MariaDB, NATS, Redis, SMTP) and can add latency, swallow traffic
+//! (blackhole), refuse new connections, or reset every open connection, on demand.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What the proxy does to traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// Pass everything through.
+    #[default]
+    None,
+    /// Hold every chunk this long before passing it on (both directions).
+    Latency(Duration),
+    /// Accept and read, but pass nothing on: connections hang.
+    Blackhole,
+    /// Close new connections at once (the service looks down); open ones carry on.
+    Refuse,
+}
+
+/// The proxy's switches, shared with its connections.
+#[derive(Debug)]
+struct Control {
+    fault: Mutex<Fault>,
+    /// Bumped by [`FaultProxy::reset_all`]; connections end when it changes.
+    resets: watch::Sender<u64>,
+}
+
+/// A running proxy; dropped, it stops accepting (open connections end with their peers).
+#[derive(Debug)]
+pub struct FaultProxy {
+    addr: SocketAddr,
+    control: Arc<Control>,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (resets, _) = watch::channel(0);
+        let control = Arc::new(Control {
+            fault: Mutex::new(Fault::None),
+            resets,
+        });
+        let accept = tokio::spawn(accept_loop(listener, upstream, control.clone()));
+        Ok(Self {
+            addr,
+            control,
+            accept,
+        })
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Applies `fault` from now on (to open connections too, except [`Fault::Refuse`]).
+    pub fn set(&self, fault: Fault) {
+        if let Ok(mut f) = self.control.fault.lock() {
+            *f = fault;
+        }
+    }
+
+    /// The fault in force.
+    pub fn fault(&self) -> Fault {
+        self.control.fault.lock().map_or(Fault::None, |f| *f)
+    }
+
+    /// Resets every open connection (the peers see a reset or an end of stream).
+    pub fn reset_all(&self) {
+        self.control.resets.send_modify(|n| *n += 1);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, upstream: SocketAddr, control: Arc<Control>) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            continue;
+        };
+        if control.fault.lock().is_ok_and(|f| *f == Fault::Refuse) {
+            // Linger 0: the client sees a reset, as from a port nobody listens on.
+            let _ = client.set_zero_linger();
+            drop(client);
+            continue;
+        }
+        let control = control.clone();
+        tokio::spawn(async move {
+            let Ok(server) = TcpStream::connect(upstream).await else {
+                let _ = client.set_zero_linger();
+                return;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let mut resets = control.resets.subscribe();
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            let up = pump(cr, sw, control.clone());
+            let down = pump(sr, cw, control.clone());
+            tokio::select! {
+                _ = async { tokio::join!(up, down) } => {}
+                _ = resets.changed() => {}
+            }
+            // Dropping both halves closes both connections.
+        });
+    }
+}
+
+/// Copies `from` to `to`, applying the fault in force to each chunk.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, control: Arc<Control>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let fault = control.fault.lock().map_or(Fault::None, |f| *f);
+        match fault {
+            Fault::Blackhole => continue,
+            Fault::Latency(d) => tokio::time::sleep(d).await,
+            Fault::None | Fault::Refuse => {}
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}

@@ -1,0 +1,86 @@
+//! The chaos harness's fault-injecting TCP proxy, in front of a real redis-server of the
+//! test's own: pass-through, latency, blackhole, refused connections, reset connections.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use primed::chaos::proxy::{Fault, FaultProxy};
+use support::RedisServer;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// One `PING` on `conn`, waiting at most `wait` for the `+PONG`.
+async fn ping(conn: &mut BufReader<TcpStream>, wait: Duration) -> Result<(), String> {
+    conn.get_mut()
+        .write_all(b"PING\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    match tokio::time::timeout(wait, conn.read_line(&mut line)).await {
+        Err(_) => Err("no answer".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(0)) => Err("closed".into()),
+        Ok(Ok(_)) if line == "+PONG\r\n" => Ok(()),
+        Ok(Ok(_)) => Err(format!("answered {line:?}")),
+    }
+}
+
+async fn connect(proxy: &FaultProxy) -> std::io::Result<BufReader<TcpStream>> {
+    TcpStream::connect(proxy.addr()).await.map(BufReader::new)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_passes_delays_swallows_refuses_and_resets() {
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into())
+        .await
+        .unwrap();
+    let second = Duration::from_secs(1);
+
+    let mut conn = connect(&proxy).await.unwrap();
+    ping(&mut conn, second).await.unwrap();
+
+    // Latency: the answer comes, but no sooner than the delay (each way).
+    proxy.set(Fault::Latency(Duration::from_millis(150)));
+    let t0 = Instant::now();
+    ping(&mut conn, 5 * second).await.unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    // Blackhole: the connection stays open and nothing comes back.
+    proxy.set(Fault::Blackhole);
+    assert_eq!(
+        ping(&mut conn, Duration::from_millis(300)).await,
+        Err("no answer".to_string())
+    );
+    // That connection's stream is now out of step; a new one works once traffic passes.
+    proxy.set(Fault::None);
+    let mut fresh = connect(&proxy).await.unwrap();
+    ping(&mut fresh, second).await.unwrap();
+
+    // Reset: every open connection ends.
+    proxy.reset_all();
+    assert!(
+        ping(&mut fresh, second).await.is_err(),
+        "a reset connection is dead"
+    );
+    let mut after = connect(&proxy).await.unwrap();
+    ping(&mut after, second).await.unwrap();
+
+    // Refuse: new connections are closed at once; open ones keep working.
+    proxy.set(Fault::Refuse);
+    let mut refused = connect(&proxy).await.unwrap();
+    assert!(ping(&mut refused, second).await.is_err());
+    ping(&mut after, second).await.unwrap();
+    proxy.set(Fault::None);
+    let mut back = connect(&proxy).await.unwrap();
+    ping(&mut back, second).await.unwrap();
+    assert_eq!(proxy.fault(), Fault::None);
+}
