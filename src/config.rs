@@ -523,6 +523,17 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `presented` equals one of `keys`. Every key is compared in constant time and
+    /// none is skipped, so timing tells neither whether nor which one matched.
+    pub fn any_matches(keys: &[Secret], presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let mut matched = subtle::Choice::from(0);
+        for key in keys {
+            matched |= key.0.as_bytes().ct_eq(presented.as_bytes());
+        }
+        bool::from(matched)
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -910,6 +921,26 @@ impl Raw {
         }
     }
 
+    /// A comma-separated list of secrets, each at least 16 characters long.
+    fn secret_list(
+        &self,
+        name: &'static str,
+        expected: &'static str,
+    ) -> Result<Vec<Secret>, ConfigError> {
+        let keys: Vec<Secret> = self
+            .get(name)
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| Secret(k.to_string()))
+            .collect();
+        if keys.iter().any(|k| k.0.len() < 16) {
+            return Err(self.invalid(name, expected));
+        }
+        Ok(keys)
+    }
+
     fn secret(&self, name: &'static str) -> Option<Secret> {
         self.get(name)
             .filter(|v| !v.is_empty())
@@ -1084,20 +1115,10 @@ impl Config {
             None
         };
 
-        let admin_api_keys: Vec<Secret> = raw
-            .get("ADMIN_API_KEYS")
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(|k| Secret(k.to_string()))
-            .collect();
-        if admin_api_keys.iter().any(|k| k.0.len() < 16) {
-            return Err(raw.invalid(
-                "ADMIN_API_KEYS",
-                "comma-separated tokens of at least 16 characters each",
-            ));
-        }
+        let admin_api_keys = raw.secret_list(
+            "ADMIN_API_KEYS",
+            "comma-separated tokens of at least 16 characters each",
+        )?;
         let jwt_secret = raw.secret("JWT_SECRET");
 
         let effective = KEYS
@@ -1162,20 +1183,10 @@ impl Config {
                 })
                 .collect()
         };
-        let service_keys: Vec<Secret> = raw
-            .get("RATE_LIMIT_SERVICE_KEYS")
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(|k| Secret(k.to_string()))
-            .collect();
-        if service_keys.iter().any(|k| k.0.len() < 16) {
-            return Err(raw.invalid(
-                "RATE_LIMIT_SERVICE_KEYS",
-                "comma-separated keys of at least 16 characters each",
-            ));
-        }
+        let service_keys = raw.secret_list(
+            "RATE_LIMIT_SERVICE_KEYS",
+            "comma-separated keys of at least 16 characters each",
+        )?;
         let key_prefix = raw.required("RATE_LIMIT_KEY_PREFIX")?.trim().to_string();
         if key_prefix.is_empty()
             || key_prefix.contains(|c: char| c.is_whitespace() || "*?[]\\".contains(c))

@@ -15,7 +15,6 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use ractor::rpc::CallResult;
-use subtle::ConstantTimeEq;
 use supervision::{ChildKind, ChildStatus, SupervisorMsg, status};
 
 use super::AppState;
@@ -59,12 +58,7 @@ pub async fn require_token(
             "send an admin token as 'Authorization: Bearer <token>' (ADMIN_API_KEYS, or the admin-token file in the data directory)",
         ));
     };
-    // Check every key without stopping early, so timing does not tell which one matched.
-    let mut matched = subtle::Choice::from(0);
-    for key in state.admin_keys.iter() {
-        matched |= key.expose().as_bytes().ct_eq(presented.as_bytes());
-    }
-    if bool::from(matched) {
+    if Secret::any_matches(&state.admin_keys, presented) {
         Ok(next.run(request).await)
     } else {
         Err(ApiError::new(

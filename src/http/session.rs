@@ -146,11 +146,7 @@ pub async fn login(
             "give your name (1 to 100 characters): it is recorded with every action",
         ));
     }
-    let mut matched = subtle::Choice::from(0);
-    for key in state.admin_keys() {
-        matched |= key.expose().as_bytes().ct_eq(body.token.trim().as_bytes());
-    }
-    if !bool::from(matched) {
+    if !crate::config::Secret::any_matches(state.admin_keys(), body.token.trim()) {
         tracing::warn!(target: "audit", operator, "login refused: not an admin token");
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -10,7 +10,6 @@ use hmac::{Hmac, Mac};
 use ipnet::IpNet;
 use serde::Deserialize;
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
 
@@ -86,15 +85,6 @@ pub struct IdentityConfig {
     pub jwt_secret: Option<Secret>,
 }
 
-fn matches_any(keys: &[Secret], presented: &str) -> bool {
-    // Compare with every key without stopping early, so timing does not tell which matched.
-    let mut matched = subtle::Choice::from(0);
-    for key in keys {
-        matched |= key.expose().as_bytes().ct_eq(presented.as_bytes());
-    }
-    bool::from(matched)
-}
-
 impl IdentityConfig {
     /// Resolves who sent a request that arrived from `peer` with `headers`, at `now` (unix
     /// seconds, for token expiry).
@@ -107,7 +97,7 @@ impl IdentityConfig {
         let ip = client_ip(peer, headers, &self.trusted_proxies);
         if let Some(key) = headers.get(SERVICE_KEY_HEADER) {
             let key = key.to_str().unwrap_or("").trim();
-            return if !key.is_empty() && matches_any(&self.service_keys, key) {
+            return if !key.is_empty() && Secret::any_matches(&self.service_keys, key) {
                 Ok(Identity::Bypass(Bypass::ServiceKey))
             } else {
                 Err(CredentialError::ServiceKey)
@@ -121,7 +111,7 @@ impl IdentityConfig {
                     "send it as 'Authorization: Bearer <token>'".into(),
                 ));
             };
-            if matches_any(&self.admin_keys, token) {
+            if Secret::any_matches(&self.admin_keys, token) {
                 return Ok(Identity::Bypass(Bypass::Admin));
             }
             let Some(secret) = &self.jwt_secret else {
