@@ -87,14 +87,33 @@ impl MysqlStore {
         })
     }
 
-    /// Applies the pending migrations.
+    /// Applies the pending migrations. Daemons starting together take turns: sqlx's own
+    /// lock (`GET_LOCK(name, -1)`) does not wait on MariaDB, where a negative timeout is not
+    /// "forever", so two first starts raced on the migrations table. This holds a lock of
+    /// our own, with a bounded wait, on the connection that migrates.
     pub async fn migrate(&self) -> Result<(), MysqlSetupError> {
-        MIGRATOR.run(&self.pool).await.map_err(|e| match e {
+        let connect = |e: sqlx::Error| MysqlSetupError::Connect(e.to_string());
+        let mut conn = self.pool.acquire().await.map_err(connect)?;
+        let got: Option<i64> =
+            sqlx::query_scalar("SELECT GET_LOCK(CONCAT('primed_migrate_', DATABASE()), 120)")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(connect)?;
+        if got != Some(1) {
+            return Err(MysqlSetupError::Migrate(
+                "another process held the migration lock for 120 s; is a migration stuck? Check SHOW PROCESSLIST".into(),
+            ));
+        }
+        let result = MIGRATOR.run(&mut *conn).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_),
             ) => MysqlSetupError::Connect(e.to_string()),
             other => MysqlSetupError::Migrate(other.to_string()),
-        })
+        });
+        let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('primed_migrate_', DATABASE()))")
+            .execute(&mut *conn)
+            .await;
+        result
     }
 
     /// Answers a trivial query (for `/health`).
