@@ -316,9 +316,12 @@ async fn a_killed_actor_is_restarted_and_a_tree_that_gives_up_exits_non_zero() {
     let http = client();
     let token = d.admin_token();
 
-    // One crash: the supervisor restarts the actor and the process carries on.
-    let (status, _) = admin(&d, reqwest::Method::POST, "/admin/actors/heartbeat/kill").await;
+    // One crash: the supervisor restarts the actor and the process carries on; the
+    // endpoint says how long the restart took (the first one is immediate).
+    let (status, body) = admin(&d, reqwest::Method::POST, "/admin/actors/heartbeat/kill").await;
     assert_eq!(status, 200);
+    assert_eq!(body["killed"], "heartbeat");
+    assert!(body["restarted_in_ms"].as_f64().is_some(), "{body}");
     assert_eventually!(
         {
             let tree = admin_tree(&d).await;

@@ -169,7 +169,7 @@ pub async fn restart(
 #[utoipa::path(post, path = "/admin/actors/{name}/kill", tag = "admin", security(("admin_token" = [])),
     params(("name" = String, Path, description = "The actor's name, as in GET /admin/actors")),
     responses(
-        (status = 200, description = "Killed; its supervisor restarts it"),
+        (status = 200, description = "Killed; its supervisor restarts it. `restarted_in_ms`: how long until the new incarnation was registered (null if not within 2 s)"),
         (status = 401, description = "No or wrong token", body = ErrorBody),
         (status = 404, description = "Fault injection is disabled", body = ErrorBody),
         (status = 409, description = "The actor is not running", body = ErrorBody),
@@ -195,8 +195,23 @@ pub async fn kill(
         ));
     };
     tracing::warn!(actor = %name, "actor killed through the fault-injection endpoint");
+    let old = actor.get_id();
+    let killed_at = std::time::Instant::now();
     actor.kill();
-    Ok(Json(serde_json::json!({"killed": name})))
+    // Measure how long its supervisor takes to have a new incarnation registered (the
+    // chaos harness reports it as the actor's time to recover).
+    let deadline = killed_at + std::time::Duration::from_secs(2);
+    let restarted_in = loop {
+        match ractor::registry::where_is(name.clone()) {
+            Some(cell) if cell.get_id() != old => break Some(killed_at.elapsed()),
+            _ if std::time::Instant::now() > deadline => break None,
+            _ => tokio::task::yield_now().await,
+        }
+    };
+    Ok(Json(serde_json::json!({
+        "killed": name,
+        "restarted_in_ms": restarted_in.map(|d| d.as_secs_f64() * 1000.0),
+    })))
 }
 
 /// The name of the supervisor that has a child called `name`.

@@ -4,10 +4,11 @@ use std::time::Duration;
 
 /// How long a supervisor waits before restarting a child that failed again.
 ///
-/// The n-th consecutive restart (counting from 0) waits
-/// `min(initial * multiplier^n, max)`, spread by ±`jitter` (a fraction), so children whose
-/// dependency is down do not restart in lock-step. A child that stayed up for at least
-/// `reset_after` starts again from `initial`.
+/// A supervisor restarts a child's first failure at once; the n-th consecutive restart after
+/// that (counting from 0) waits `min(initial * multiplier^n, max)`, spread by ±`jitter` (a
+/// fraction), so children whose dependency is down do not restart in lock-step. A child
+/// that stayed up for at least `reset_after` is restarted at once again. Retry policies use
+/// [`Backoff::delay`] directly.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// Delay before the first restart.

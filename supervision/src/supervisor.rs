@@ -576,8 +576,11 @@ impl SupervisorState {
     fn next_delay(&mut self, idx: usize) -> Option<Duration> {
         let backoff = self.backoff?;
         let child = &mut self.children[idx];
-        let delay = backoff.delay_random(child.backoff_attempt);
-        child.backoff_attempt = child.backoff_attempt.saturating_add(1);
+        let attempt = child.backoff_attempt;
+        child.backoff_attempt = attempt.saturating_add(1);
+        // As in OTP, a child that fails after a stable run is restarted at once; only a
+        // child that fails again before `reset_after` waits, so a crash loop slows down.
+        let delay = backoff.delay_random(attempt.checked_sub(1)?);
         (!delay.is_zero()).then_some(delay)
     }
 

@@ -184,6 +184,16 @@ impl Fx {
         assert!(extra.is_empty(), "unexpected life events: {extra:?}");
     }
 
+    /// An event already emitted that matches `pred`, without waiting.
+    fn seen(&mut self, pred: impl Fn(&SupervisorEvent) -> bool) -> Option<SupervisorEvent> {
+        while let Ok(e) = self.events.try_recv() {
+            if pred(&e) {
+                return Some(e);
+            }
+        }
+        None
+    }
+
     /// The next event that matches `pred`, within the deadline.
     async fn event(&mut self, pred: impl Fn(&SupervisorEvent) -> bool) -> SupervisorEvent {
         let deadline = Instant::now() + WAIT;
@@ -654,6 +664,16 @@ async fn backoff_delays_restarts_and_grows() {
     let (sup, _) = Supervisor::start(spec).await.unwrap();
     let mut w = fx.started(&["w"]).await.remove(0);
 
+    // The first failure is restarted at once, as in OTP: nothing is scheduled.
+    exit(&w, Exit::Panic).await;
+    w = fx.started(&["w"]).await.remove(0);
+    assert!(
+        fx.seen(|e| matches!(e, SupervisorEvent::ChildRestartScheduled { .. }))
+            .is_none(),
+        "the first restart is immediate"
+    );
+
+    // Failing again before `reset_after` waits, growing.
     for expected in [100, 200] {
         let t0 = Instant::now();
         exit(&w, Exit::Panic).await;
@@ -670,7 +690,7 @@ async fn backoff_delays_restarts_and_grows() {
         assert!(t0.elapsed() >= Duration::from_millis(expected));
     }
     let t = tree(&sup).await;
-    assert_eq!(child(&t, "w").restart_count, 2);
+    assert_eq!(child(&t, "w").restart_count, 3);
     assert!(t.is_healthy());
     sup.stop_and_wait(None, Some(WAIT)).await.unwrap();
 }
@@ -688,6 +708,9 @@ async fn stopping_during_a_backoff_cancels_the_pending_restart() {
         .backoff(backoff)
         .child(fx.worker("w", Restart::Permanent));
     let (sup, handle) = Supervisor::start(spec).await.unwrap();
+    let w = fx.started(&["w"]).await.remove(0);
+    // The first failure restarts at once; the second waits the backoff.
+    exit(&w, Exit::Panic).await;
     let w = fx.started(&["w"]).await.remove(0);
     exit(&w, Exit::Panic).await;
     fx.event(|e| matches!(e, SupervisorEvent::ChildRestartScheduled { .. }))
