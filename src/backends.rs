@@ -147,8 +147,13 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
     };
     let mut workers = None;
     let broker: Arc<dyn Broker> = match &config.broker {
-        BrokerConfig::Nats { url, stream } => {
-            let settings = jetstream_settings(config, stream);
+        BrokerConfig::Nats {
+            url,
+            stream,
+            replicas,
+        } => {
+            let mut settings = jetstream_settings(config, stream);
+            settings.replicas = *replicas;
             let (broker, client) = JetStreamBroker::connect(url, &settings).await?;
             broker.ensure_topology(&settings).await?;
             if let Some(store) = &mysql_store {

@@ -273,9 +273,15 @@ pub const KEYS: &[Key] = &[
         "NATS_URL",
         false,
         None,
-        "NATS URL (nats://host:port); selects JetStream",
+        "NATS URL (nats://host:port), or a comma-separated list of a cluster's URLs; selects JetStream",
     ),
     key("NATS_HOST", false, None, "NATS host; selects JetStream"),
+    key(
+        "NATS_REPLICAS",
+        false,
+        Some("1"),
+        "replicas of each JetStream stream (1, or 3/5 on a JetStream cluster)",
+    ),
     key("NATS_PORT", false, Some("4222"), "NATS port"),
     key(
         "NATS_STREAM",
@@ -565,6 +571,8 @@ pub enum BrokerConfig {
         url: String,
         /// Main stream name.
         stream: String,
+        /// Replicas of each stream (more than 1 needs a JetStream cluster).
+        replicas: usize,
     },
 }
 
@@ -1467,6 +1475,11 @@ impl Config {
                 "a stream name of letters, digits, '-' and '_'",
             ));
         }
+        let replicas = raw.positive("NATS_REPLICAS", "1, 3 or 5 (replicas of each stream)")?;
+        if replicas > 5 {
+            return Err(raw.invalid("NATS_REPLICAS", "1, 3 or 5 (replicas of each stream)"));
+        }
+        let replicas = replicas as usize;
         if let Some(url) = raw.get("NATS_URL") {
             if raw.is_set("NATS_HOST") {
                 return Err(ConfigError::Conflict {
@@ -1474,20 +1487,26 @@ impl Config {
                     b: "NATS_HOST",
                 });
             }
-            if !(url.starts_with("nats://") || url.starts_with("tls://"))
-                || url.len() <= "nats://".len()
-            {
-                return Err(raw.invalid("NATS_URL", "a nats:// URL, e.g. nats://127.0.0.1:4222"));
+            let valid = |u: &str| {
+                (u.starts_with("nats://") || u.starts_with("tls://")) && u.len() > "nats://".len()
+            };
+            if !url.split(',').map(str::trim).all(valid) {
+                return Err(raw.invalid(
+                    "NATS_URL",
+                    "a nats:// URL, e.g. nats://127.0.0.1:4222, or a comma-separated list of them",
+                ));
             }
             return Ok(BrokerConfig::Nats {
                 url: url.to_string(),
                 stream,
+                replicas,
             });
         }
         match raw.host("NATS_HOST")? {
             Some(host) => Ok(BrokerConfig::Nats {
                 url: format!("nats://{host}:{}", raw.port("NATS_PORT")?),
                 stream,
+                replicas,
             }),
             None => Ok(BrokerConfig::Embedded),
         }
@@ -1739,7 +1758,8 @@ mod tests {
             c.broker,
             BrokerConfig::Nats {
                 url: "nats://nats:4222".into(),
-                stream: "PRIME".into()
+                stream: "PRIME".into(),
+                replicas: 1,
             }
         );
         assert_eq!(
@@ -1798,6 +1818,14 @@ mod tests {
             (
                 &[("NATS_URL", "http://x")],
                 "NATS_URL must be a nats:// URL",
+            ),
+            (
+                &[("NATS_URL", "nats://a:4222,http://b:4222")],
+                "NATS_URL must be a nats:// URL",
+            ),
+            (
+                &[("NATS_URL", "nats://a:4222"), ("NATS_REPLICAS", "7")],
+                "NATS_REPLICAS must be 1, 3 or 5",
             ),
             (
                 &[("SMTP_HOST", "mail"), ("SMTP_TLS", "maybe")],

@@ -45,6 +45,8 @@ pub struct JetStreamSettings {
     pub publish_timeout: Duration,
     /// Per durable consumer: (max deliver, ack wait, backoff) instead of the ones above.
     pub overrides: Vec<(String, i64, Duration, Vec<Duration>)>,
+    /// Replicas of each stream (1 on a single server).
+    pub replicas: usize,
 }
 
 impl JetStreamSettings {
@@ -61,6 +63,7 @@ impl JetStreamSettings {
             ],
             publish_timeout: Duration::from_secs(5),
             overrides: Vec::new(),
+            replicas: 1,
         }
     }
 
@@ -70,7 +73,7 @@ impl JetStreamSettings {
             name: self.stream.clone(),
             subjects: vec!["primecheck.*".into(), "email.*".into()],
             storage: stream::StorageType::File,
-            num_replicas: 1,
+            num_replicas: self.replicas,
             max_age: Duration::from_secs(24 * 3600),
             max_messages: 1_000_000,
             max_bytes: 1024 * 1024 * 1024,
@@ -87,7 +90,7 @@ impl JetStreamSettings {
             name: DLQ_STREAM.into(),
             subjects: vec!["dlq.*".into()],
             storage: stream::StorageType::File,
-            num_replicas: 1,
+            num_replicas: self.replicas,
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_messages: 10_000,
             discard: stream::DiscardPolicy::Old,
@@ -105,7 +108,7 @@ impl JetStreamSettings {
                 self.stream
             )],
             storage: stream::StorageType::File,
-            num_replicas: 1,
+            num_replicas: self.replicas,
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_messages: 100_000,
             discard: stream::DiscardPolicy::Old,
