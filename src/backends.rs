@@ -155,7 +155,19 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
             let mut settings = jetstream_settings(config, stream);
             settings.replicas = *replicas;
             let (broker, client) = JetStreamBroker::connect(url, &settings).await?;
-            broker.ensure_topology(&settings).await?;
+            // A JetStream cluster that is still electing its leader answers with timeouts
+            // for a few seconds; keep trying for a while instead of exiting at once.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                match broker.ensure_topology(&settings).await {
+                    Ok(()) => break,
+                    Err(err) if std::time::Instant::now() < deadline => {
+                        tracing::warn!(error = %err, "JetStream is not ready yet; trying again in 1 s (up to 30 s)");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+            }
             if let Some(store) = &mysql_store {
                 workers = Some(worker_backends(config, store.clone(), &broker, stream).await?);
             }

@@ -164,10 +164,20 @@ pub enum NatsSetupError {
     },
 }
 
+/// The wait before reconnect attempt `attempts` (1-based): none for the first, then
+/// 100 ms more per attempt up to 1 s.
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    let steps = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
+    (Duration::from_millis(100) * steps).min(Duration::from_secs(1))
+}
+
 /// The broker on JetStream.
 #[derive(Clone, Debug)]
 pub struct JetStreamBroker {
     js: jetstream::Context,
+    /// Bumped each time the connection drops: acknowledgements still awaited then will
+    /// never come, so a publish stops waiting for them at once instead of timing out.
+    disconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 impl JetStreamBroker {
@@ -176,11 +186,33 @@ impl JetStreamBroker {
         url: &str,
         settings: &JetStreamSettings,
     ) -> Result<(Self, async_nats::Client), NatsSetupError> {
+        // One URL, or a cluster's as a comma-separated list.
+        let servers = url
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| NatsSetupError::Connect {
+                url: url.into(),
+                reason: e.to_string(),
+            })?;
+        let (tx, disconnects) = tokio::sync::watch::channel(0u64);
+        let tx = std::sync::Arc::new(tx);
         let client = async_nats::ConnectOptions::new()
             .name("primed")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
-            .connect(url)
+            // The client's default backoff grows to 4 s between attempts, which makes a
+            // broker restart of a second cost several; reconnect attempts are cheap.
+            .reconnect_delay_callback(reconnect_delay)
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Disconnected) {
+                        tx.send_modify(|n| *n += 1);
+                    }
+                }
+            })
+            .connect(servers)
             .await
             .map_err(|e| NatsSetupError::Connect {
                 url: url.into(),
@@ -188,7 +220,7 @@ impl JetStreamBroker {
             })?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(settings.publish_timeout);
-        Ok((Self { js }, client))
+        Ok((Self { js, disconnects }, client))
     }
 
     /// Creates the streams and durable consumers, or updates them to these settings.
@@ -286,6 +318,8 @@ impl Broker for JetStreamBroker {
         messages: &'a [OutgoingMessage],
     ) -> BoxFuture<'a, Vec<Result<(), BrokerError>>> {
         async move {
+            let mut disconnected = self.disconnects.clone();
+            disconnected.mark_unchanged();
             // Send everything, then collect the acknowledgements.
             let mut pending = Vec::with_capacity(messages.len());
             for message in messages {
@@ -308,7 +342,15 @@ impl Broker for JetStreamBroker {
                     Err(e) => Err(BrokerError(e.to_string())),
                 }
             });
-            join_all(acks).await
+            tokio::select! {
+                acks = join_all(acks) => acks,
+                _ = disconnected.changed() => messages
+                    .iter()
+                    .map(|_| Err(BrokerError(
+                        "the NATS connection dropped before the acknowledgement came; the relay publishes again and JetStream drops any duplicate".into(),
+                    )))
+                    .collect(),
+            }
         }
         .boxed()
     }

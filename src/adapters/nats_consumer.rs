@@ -120,6 +120,12 @@ impl Source for JetStreamSource {
         expires: Duration,
     ) -> BoxStream<'static, Result<Box<dyn Delivery>, BrokerError>> {
         let consumer = self.consumer.clone();
+        // The server ends a pull at `expires` with a status message. When the connection
+        // drops, that message never comes and the client's own timer waits 5 s more,
+        // stalling the worker after every broker restart; end the pull ourselves soon after
+        // `expires` (a message the server still sends after that is redelivered after the
+        // ack wait, never lost).
+        let deadline = tokio::time::sleep(expires + PULL_GRACE);
         futures::stream::once(async move {
             consumer
                 .batch()
@@ -136,9 +142,13 @@ impl Source for JetStreamSource {
             })
         })
         .try_flatten()
+        .take_until(deadline)
         .boxed()
     }
 }
+
+/// How long after a pull's `expires` the worker stops waiting for the server's end of it.
+const PULL_GRACE: Duration = Duration::from_millis(500);
 
 /// The advisory stream's name for a main stream.
 pub fn advisory_stream(stream: &str) -> String {
