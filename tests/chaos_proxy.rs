@@ -1,5 +1,5 @@
 //! The chaos harness's fault-injecting TCP proxy, in front of a real redis-server of the
-//! test's own: pass-through, latency, blackhole, refused connections, reset connections.
+//! test's own: pass-through, latency, blackhole, refused connections, reset connections, canned answers, limited bandwidth.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -86,4 +86,41 @@ async fn the_proxy_passes_delays_swallows_refuses_and_resets() {
     let mut back = connect(&proxy).await.unwrap();
     ping(&mut back, second).await.unwrap();
     assert_eq!(proxy.fault(), Fault::None);
+
+    // Answer: a new connection gets the canned reply, then its end; open ones carry on.
+    proxy.set(Fault::Answer("421 4.3.2 try again later\r\n"));
+    let mut answered = connect(&proxy).await.unwrap();
+    let mut greeting = String::new();
+    answered.read_line(&mut greeting).await.unwrap();
+    assert_eq!(greeting, "421 4.3.2 try again later\r\n");
+    assert_eq!(
+        answered.read_line(&mut greeting).await.unwrap(),
+        0,
+        "then closed"
+    );
+    ping(&mut back, second).await.unwrap();
+
+    // Bandwidth: 2,000 bytes at 4,000 bytes/s take at least half a second to pass.
+    proxy.set(Fault::Bandwidth(4_000));
+    let value = "x".repeat(2_000);
+    let t0 = Instant::now();
+    back.get_mut()
+        .write_all(format!("ECHO {value}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut echoed = String::new();
+    while !echoed.contains(&value) {
+        let n = tokio::time::timeout(5 * second, back.read_line(&mut echoed))
+            .await
+            .expect("the echo arrives")
+            .unwrap();
+        assert!(n > 0, "closed after {echoed:?}");
+    }
+    assert!(echoed.contains(&value), "{echoed:?}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+    proxy.set(Fault::None);
 }

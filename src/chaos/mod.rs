@@ -1,4 +1,9 @@
-//! Building blocks of the chaos harness (DESIGN §11): so far the fault-injecting TCP proxy
-//! that goes between a daemon and each of its services.
+//! The chaos harness (DESIGN §11): it runs daemons under load against real services, each
+//! behind a fault-injecting TCP proxy, injects faults from a seeded schedule, and checks the
+//! promises of DESIGN §12 afterwards. `primed-chaos` is its command line.
 
+pub mod harness;
 pub mod proxy;
+pub mod report;
+pub mod schedule;
+pub mod services;

@@ -1,6 +1,8 @@
 //! A fault-injecting TCP proxy for the chaos harness: it sits between a daemon and one of
 //! its services (MariaDB, NATS, Redis, SMTP) and can add latency, swallow traffic
-//! (blackhole), refuse new connections, or reset every open connection, on demand.
+//! (blackhole: to the client, a half-open connection whose peer never answers), limit the
+//! bandwidth, refuse new connections or answer them with a canned reply, or reset every
+//! open connection, on demand.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,11 @@ pub enum Fault {
     Blackhole,
     /// Close new connections at once (the service looks down); open ones carry on.
     Refuse,
+    /// Pass at most this many bytes per second in each direction (a slow link).
+    Bandwidth(u32),
+    /// Answer new connections with this text and close them; open ones carry on. For an
+    /// SMTP server that is up but refuses service: `"421 4.3.2 try again later\r\n"`.
+    Answer(&'static str),
 }
 
 /// The proxy's switches, shared with its connections.
@@ -94,11 +101,22 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, control: Arc<C
         let Ok((client, _)) = listener.accept().await else {
             continue;
         };
-        if control.fault.lock().is_ok_and(|f| *f == Fault::Refuse) {
-            // Linger 0: the client sees a reset, as from a port nobody listens on.
-            let _ = client.set_zero_linger();
-            drop(client);
-            continue;
+        match control.fault.lock().map_or(Fault::None, |f| *f) {
+            Fault::Refuse => {
+                // Linger 0: the client sees a reset, as from a port nobody listens on.
+                let _ = client.set_zero_linger();
+                drop(client);
+                continue;
+            }
+            Fault::Answer(text) => {
+                tokio::spawn(async move {
+                    let mut client = client;
+                    let _ = client.write_all(text.as_bytes()).await;
+                    let _ = client.shutdown().await;
+                });
+                continue;
+            }
+            _ => {}
         }
         let control = control.clone();
         tokio::spawn(async move {
@@ -134,7 +152,11 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, control: Arc<Cont
         match fault {
             Fault::Blackhole => continue,
             Fault::Latency(d) => tokio::time::sleep(d).await,
-            Fault::None | Fault::Refuse => {}
+            Fault::Bandwidth(bytes_per_second) => {
+                let seconds = n as f64 / f64::from(bytes_per_second.max(1));
+                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+            }
+            Fault::None | Fault::Refuse | Fault::Answer(_) => {}
         }
         if to.write_all(&buf[..n]).await.is_err() {
             break;

@@ -1,0 +1,291 @@
+//! The chaos run's report: what was sent and what became of it, the promises checked, and
+//! each fault class's time to heal (min/median/max), as a table and as JSON.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::harness::Options;
+use super::schedule::Fault;
+
+/// What the load generator's requests got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCounts {
+    /// Requests sent (load and recovery probes).
+    pub sent: usize,
+    /// Answered 2xx with an id.
+    pub accepted: usize,
+    /// Answered 4xx (bad input).
+    pub rejected: usize,
+    /// No definite answer from any daemon within the request budget.
+    pub unanswered: usize,
+    /// Bad inputs that did not get a 4xx.
+    pub bad_input_not_rejected: usize,
+}
+
+/// One injected fault.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FaultRecord {
+    /// 1-based position in the schedule.
+    pub index: usize,
+    /// Its class.
+    pub class: &'static str,
+    /// The fault itself.
+    pub fault: Fault,
+    /// As printed in the schedule.
+    pub description: String,
+    /// When it was injected, from the start of the load.
+    pub at_ms: u64,
+    /// How long it was held.
+    pub held_ms: u64,
+    /// Time to heal: from the end of the fault (the injection, for an instantaneous one)
+    /// until every daemon's health was ok and a new request had been emailed; for an actor
+    /// crash, until its supervisor had it running again. None: not healed in time.
+    pub recovered_ms: Option<f64>,
+    /// Request attempts that failed (5xx, 429 or no answer; each retried) while it lasted.
+    pub failed_attempts: usize,
+}
+
+/// Time to heal of one fault class.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Mttr {
+    /// The class.
+    pub class: &'static str,
+    /// Faults of the class.
+    pub count: usize,
+    /// Fastest, in ms.
+    pub min_ms: f64,
+    /// Median, in ms.
+    pub median_ms: f64,
+    /// Slowest, in ms.
+    pub max_ms: f64,
+    /// Failed request attempts while faults of this class lasted.
+    pub failed_attempts: usize,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// The profile's name.
+    pub profile: &'static str,
+    /// The schedule's seed (run again with it to replay the schedule).
+    pub seed: u64,
+    /// Daemons.
+    pub daemons: usize,
+    /// Whether NATS ran as a three-node cluster.
+    pub cluster: bool,
+    /// From the start of the load to the end of the drain.
+    pub duration_s: f64,
+    /// Requests.
+    pub requests: RequestCounts,
+    /// Accepted requests whose one email arrived.
+    pub emailed: usize,
+    /// Accepted requests that ended in the DLQ with a reason.
+    pub dlq_entries: usize,
+    /// Accepted requests with neither an email nor a DLQ entry.
+    pub lost: usize,
+    /// Extra emails with a Message-ID of their own (a real duplicate effect).
+    pub duplicates: usize,
+    /// Extra emails repeating a Message-ID: the documented window between SMTP acceptance
+    /// and its record (DESIGN §12.2), reported apart.
+    pub duplicates_smtp_window: usize,
+    /// Outbox rows left unpublished.
+    pub unpublished_outbox: i64,
+    /// Workers not healthy in `worker_health_checks` after the run.
+    pub unhealthy_workers: Vec<String>,
+    /// Every fault.
+    pub faults: Vec<FaultRecord>,
+    /// Time to heal per fault class.
+    pub mttr: Vec<Mttr>,
+    /// What broke a promise; empty when the run passed.
+    pub violations: Vec<String>,
+    /// No violations.
+    pub ok: bool,
+}
+
+impl Report {
+    /// Assembles the report and its MTTR table.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        options: &Options,
+        elapsed: Duration,
+        requests: RequestCounts,
+        emailed: usize,
+        dlq_entries: usize,
+        lost: usize,
+        duplicates: usize,
+        duplicates_smtp_window: usize,
+        unpublished_outbox: i64,
+        unhealthy_workers: Vec<String>,
+        faults: Vec<FaultRecord>,
+        violations: Vec<String>,
+    ) -> Self {
+        let mttr = mttr(&faults);
+        Self {
+            profile: options.profile.name,
+            seed: options.seed,
+            daemons: options.daemons,
+            cluster: options.cluster,
+            duration_s: elapsed.as_secs_f64(),
+            requests,
+            emailed,
+            dlq_entries,
+            lost,
+            duplicates,
+            duplicates_smtp_window,
+            unpublished_outbox,
+            unhealthy_workers,
+            ok: violations.is_empty(),
+            faults,
+            mttr,
+            violations,
+        }
+    }
+
+    /// The report as text tables.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let r = &self.requests;
+        let _ = writeln!(
+            out,
+            "chaos run: profile {} seed {} daemons {} cluster {} — {:.0} s, {} faults",
+            self.profile,
+            self.seed,
+            self.daemons,
+            self.cluster,
+            self.duration_s,
+            self.faults.len()
+        );
+        let _ = writeln!(out);
+        for (name, value) in [
+            ("requests sent", r.sent.to_string()),
+            ("accepted (2xx)", r.accepted.to_string()),
+            ("rejected (4xx, bad input)", r.rejected.to_string()),
+            ("unanswered", r.unanswered.to_string()),
+            (
+                "bad input not rejected",
+                r.bad_input_not_rejected.to_string(),
+            ),
+            ("emailed once", self.emailed.to_string()),
+            ("DLQ entries", self.dlq_entries.to_string()),
+            ("lost", self.lost.to_string()),
+            ("duplicates", self.duplicates.to_string()),
+            (
+                "duplicates (SMTP window)",
+                self.duplicates_smtp_window.to_string(),
+            ),
+            (
+                "unpublished outbox rows",
+                self.unpublished_outbox.to_string(),
+            ),
+            (
+                "unhealthy workers",
+                self.unhealthy_workers.len().to_string(),
+            ),
+        ] {
+            let _ = writeln!(out, "  {name:<28} {value:>8}");
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "  {:<26} {:>5} {:>10} {:>10} {:>10} {:>8}",
+            "time to heal (ms)", "count", "min", "median", "max", "failed"
+        );
+        for m in &self.mttr {
+            let _ = writeln!(
+                out,
+                "  {:<26} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>8}",
+                m.class, m.count, m.min_ms, m.median_ms, m.max_ms, m.failed_attempts
+            );
+        }
+        let _ = writeln!(out);
+        if self.ok {
+            let _ = writeln!(out, "PASS: every promise held");
+        } else {
+            let _ = writeln!(out, "FAIL: {} violations", self.violations.len());
+            for v in self.violations.iter().take(50) {
+                let _ = writeln!(out, "  - {v}");
+            }
+        }
+        out
+    }
+}
+
+/// Min/median/max time to heal per class, in the order classes first appear; faults that
+/// did not heal are left out of the numbers (and are violations of their own).
+pub fn mttr(faults: &[FaultRecord]) -> Vec<Mttr> {
+    let mut classes: Vec<&'static str> = Vec::new();
+    for f in faults {
+        if !classes.contains(&f.class) {
+            classes.push(f.class);
+        }
+    }
+    classes
+        .into_iter()
+        .filter_map(|class| {
+            let of_class: Vec<&FaultRecord> = faults.iter().filter(|f| f.class == class).collect();
+            let mut times: Vec<f64> = of_class.iter().filter_map(|f| f.recovered_ms).collect();
+            times.sort_by(f64::total_cmp);
+            let median = match times.len() {
+                0 => return None,
+                n if n % 2 == 1 => times[n / 2],
+                n => (times[n / 2 - 1] + times[n / 2]) / 2.0,
+            };
+            Some(Mttr {
+                class,
+                count: of_class.len(),
+                min_ms: times[0],
+                median_ms: median,
+                max_ms: times[times.len() - 1],
+                failed_attempts: of_class.iter().map(|f| f.failed_attempts).sum(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(class: &'static str, recovered_ms: Option<f64>, failed: usize) -> FaultRecord {
+        FaultRecord {
+            index: 1,
+            class,
+            fault: Fault::RestartMariadb,
+            description: String::new(),
+            at_ms: 0,
+            held_ms: 0,
+            recovered_ms,
+            failed_attempts: failed,
+        }
+    }
+
+    #[test]
+    fn mttr_is_min_median_max_per_class_in_order_of_appearance() {
+        let faults = [
+            record("b", Some(30.0), 1),
+            record("a", Some(5.0), 0),
+            record("b", Some(10.0), 2),
+            record("b", Some(20.0), 0),
+            record("a", Some(7.0), 0),
+            record("c", None, 4),
+        ];
+        let m = mttr(&faults);
+        assert_eq!(
+            m.len(),
+            2,
+            "a class that never healed has no numbers: {m:?}"
+        );
+        assert_eq!(
+            (
+                m[0].class,
+                m[0].count,
+                m[0].min_ms,
+                m[0].median_ms,
+                m[0].max_ms
+            ),
+            ("b", 3, 10.0, 20.0, 30.0)
+        );
+        assert_eq!(m[0].failed_attempts, 3);
+        assert_eq!((m[1].class, m[1].median_ms), ("a", 6.0));
+    }
+}
