@@ -47,8 +47,8 @@ pub const PRIMECHECK_WORKERS: &str = "primecheck-workers";
 /// The email workers' supervisor.
 pub const EMAIL_WORKERS: &str = "email-workers";
 
-/// Restart backoff of every supervisor in the tree: 10 ms doubling to 5 s, ±20 %, reset
-/// after 30 s up.
+/// Restart backoff of every supervisor in the tree: a first failure restarts at once, a
+/// repeated one waits 10 ms doubling to 5 s, ±20 %; forgotten after 30 s up.
 const RESTART_BACKOFF: Backoff = Backoff {
     initial: Duration::from_millis(10),
     max: Duration::from_secs(5),
