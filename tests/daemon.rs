@@ -396,3 +396,32 @@ fn a_shutdown_that_overruns_its_deadline_kills_what_is_left_and_exits_1() {
         d.log.join("\n")
     );
 }
+
+/// The chaos harness crashes actors by name: every name it may pick is in the daemon's tree,
+/// and crashing each one through the endpoint brings it back.
+#[tokio::test]
+async fn every_actor_the_chaos_schedule_crashes_exists_and_comes_back() {
+    let d = Daemon::start(&[("PRIMED_FAULT_INJECTION", "true")]);
+    fn names(node: &Value, out: &mut Vec<String>) {
+        out.push(node["name"].as_str().unwrap_or_default().to_string());
+        for child in node["children"].as_array().into_iter().flatten() {
+            names(child, out);
+        }
+    }
+    let mut all = Vec::new();
+    names(&admin_tree(&d).await, &mut all);
+    for actor in primed::chaos::schedule::CRASHABLE_ACTORS {
+        assert!(all.iter().any(|n| n == actor), "{actor} is not in {all:?}");
+        let (status, body) = admin(
+            &d,
+            reqwest::Method::POST,
+            &format!("/admin/actors/{actor}/kill"),
+        )
+        .await;
+        assert_eq!(status, 200, "{actor}: {body}");
+        assert!(
+            body["restarted_in_ms"].as_f64().is_some(),
+            "{actor}: {body}"
+        );
+    }
+}

@@ -353,6 +353,7 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
                     (_, Err(why)) => Err(why),
                 }
             }
+            Healed::NotInjected(why) => Err(why),
             Healed::From(t0) => recover(&shared, &admin_db)
                 .await
                 .map(|(t, phases)| (t - t0, phases)),
@@ -456,6 +457,8 @@ enum Healed {
     From(Instant),
     /// The daemon measured the actor's restart itself (ms; None: not restarted in time).
     Actor(Option<f64>),
+    /// The fault could not be injected (why).
+    NotInjected(String),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -575,7 +578,13 @@ async fn inject(
                 .send()
                 .await
                 .map_err(|e| setup("the kill endpoint")(e.to_string()))?;
+            let status = answer.status();
             let body: serde_json::Value = answer.json().await.unwrap_or_default();
+            if !status.is_success() {
+                return Ok(Healed::NotInjected(format!(
+                    "the kill endpoint of daemon {daemon} answered {status}: {body}"
+                )));
+            }
             Healed::Actor(body["restarted_in_ms"].as_f64())
         }
     })

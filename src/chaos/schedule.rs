@@ -40,8 +40,8 @@ impl Link {
 /// Actors an [`Fault::CrashActor`] may pick; each daemon runs all of them.
 pub const CRASHABLE_ACTORS: [&str; 6] = [
     "outbox-relay",
-    "primecheck-worker-0",
-    "email-worker-0",
+    "primecheck-worker-1",
+    "email-worker-1",
     "heartbeat",
     "dlq",
     "retry-timer",
