@@ -14,7 +14,7 @@ use std::sync::Mutex;
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Every fault class of the schedule.
-const CLASSES: [&str; 12] = [
+const CLASSES: [&str; 13] = [
     "daemon_kill",
     "daemon_pause",
     "nats_restart",
@@ -26,6 +26,7 @@ const CLASSES: [&str; 12] = [
     "link_latency",
     "link_partition",
     "link_reset",
+    "link_bandwidth",
     "actor_crash",
 ];
 

@@ -551,6 +551,20 @@ async fn inject(
             }
             Healed::From(Instant::now())
         }
+        Fault::LinkBandwidth {
+            link,
+            bytes_per_second,
+            ..
+        } => {
+            for p in links.of(*link) {
+                p.set(ProxyFault::Bandwidth(*bytes_per_second));
+            }
+            tokio::time::sleep(hold).await;
+            for p in links.of(*link) {
+                p.set(ProxyFault::None);
+            }
+            Healed::From(Instant::now())
+        }
         Fault::LinkPartition { link, .. } => {
             for p in links.of(*link) {
                 p.set(ProxyFault::Blackhole);

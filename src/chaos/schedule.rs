@@ -105,6 +105,16 @@ pub enum Fault {
         #[serde(with = "millis")]
         hold: Duration,
     },
+    /// A link is throttled to a trickle for `hold`.
+    LinkBandwidth {
+        /// Which link.
+        link: Link,
+        /// Bytes per second in each direction.
+        bytes_per_second: u32,
+        /// How long.
+        #[serde(with = "millis")]
+        hold: Duration,
+    },
     /// A network partition on a link: its traffic stalls for `hold` (connections look
     /// half-open), then every connection open across it is reset, as TCP gives up.
     LinkPartition {
@@ -143,6 +153,7 @@ impl Fault {
             Fault::SmtpTempFail { .. } => "smtp_4xx",
             Fault::LinkLatency { .. } => "link_latency",
             Fault::LinkPartition { .. } => "link_partition",
+            Fault::LinkBandwidth { .. } => "link_bandwidth",
             Fault::LinkReset { .. } => "link_reset",
             Fault::CrashActor { .. } => "actor_crash",
         }
@@ -157,7 +168,8 @@ impl Fault {
             | Fault::StopSmtp { hold }
             | Fault::SmtpTempFail { hold }
             | Fault::LinkLatency { hold, .. }
-            | Fault::LinkPartition { hold, .. } => *hold,
+            | Fault::LinkPartition { hold, .. }
+            | Fault::LinkBandwidth { hold, .. } => *hold,
             _ => Duration::ZERO,
         }
     }
@@ -193,6 +205,16 @@ impl fmt::Display for Fault {
                 ms(hold)
             ),
             Fault::LinkReset { link } => write!(f, "reset every {} connection", link.name()),
+            Fault::LinkBandwidth {
+                link,
+                bytes_per_second,
+                hold,
+            } => write!(
+                f,
+                "throttle the {} link to {bytes_per_second} bytes/s for {} ms",
+                link.name(),
+                ms(hold)
+            ),
             Fault::CrashActor { daemon, actor } => {
                 write!(f, "crash actor {actor} in daemon {daemon}")
             }
@@ -240,7 +262,7 @@ pub fn generate(seed: u64, faults: usize, topology: Topology) -> Vec<Step> {
     steps
 }
 
-const CLASSES: usize = 12;
+const CLASSES: usize = 13;
 
 fn make(class: usize, rng: &mut StdRng, t: Topology) -> Fault {
     let daemon = rng.random_range(0..t.daemons.max(1));
@@ -276,6 +298,11 @@ fn make(class: usize, rng: &mut StdRng, t: Topology) -> Fault {
             hold: Duration::from_millis(rng.random_range(500..=1_500)),
         },
         10 => Fault::LinkReset { link },
+        11 => Fault::LinkBandwidth {
+            link,
+            bytes_per_second: rng.random_range(2_000..=20_000),
+            hold,
+        },
         _ => Fault::CrashActor {
             daemon,
             actor: CRASHABLE_ACTORS[rng.random_range(0..CRASHABLE_ACTORS.len())],
