@@ -2,18 +2,17 @@
 //! proxies, drives a steady load, injects the scheduled faults one after another and measures
 //! how long each takes to heal, then drains and checks the promises of DESIGN §12.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
+use super::invariants::{check, unsettled};
+use super::load::{Kind, Outcome, Shared, big_prime, load, submit};
 use super::proxy::{Fault as ProxyFault, FaultProxy};
-use super::report::{FaultRecord, Report, RequestCounts};
+use super::report::{FaultRecord, Report};
 use super::schedule::{self, Fault, Link, Step, Topology};
 use super::services::{MailDev, Mariadb, NatsNode, Process, Redis, ServiceError, free_port};
 
@@ -21,8 +20,6 @@ use super::services::{MailDev, Mariadb, NatsNode, Process, Redis, ServiceError, 
 const ADMIN_TOKEN: &str = "chaos-harness-admin-token";
 /// The consumers' ack wait in the daemons; a paused daemon stays stopped longer.
 const ACK_WAIT: Duration = Duration::from_secs(3);
-/// How long a request may try (over every daemon) before it counts as unanswered.
-const REQUEST_BUDGET: Duration = Duration::from_secs(30);
 /// How long a fault may take to heal before the run counts it as not recovered.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The database the daemons share.
@@ -85,7 +82,7 @@ pub enum ChaosError {
     Setup(String),
 }
 
-fn setup(what: &str) -> impl Fn(String) -> ChaosError + '_ {
+pub(super) fn setup(what: &str) -> impl Fn(String) -> ChaosError + '_ {
     move |e| ChaosError::Setup(format!("{what}: {e}"))
 }
 
@@ -114,45 +111,6 @@ impl Daemon {
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
-}
-
-/// What the load generator sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// A small number: a result and an email.
-    Valid,
-    /// A 969-digit prime the daemons' 20 ms time limit cannot test: a DLQ entry.
-    Permanent,
-    /// Bad input: a 4xx.
-    Bad(&'static str),
-    /// A probe of the recovery check.
-    Probe,
-}
-
-/// How a request ended.
-#[derive(Debug, Clone)]
-enum Outcome {
-    Accepted(String),
-    Rejected(u16),
-    Unanswered(String),
-}
-
-#[derive(Debug, Clone)]
-struct Sent {
-    kind: Kind,
-    email: String,
-    outcome: Outcome,
-}
-
-/// Everything the run shares between its tasks.
-struct Shared {
-    http: reqwest::Client,
-    ports: Vec<u16>,
-    sent: Mutex<Vec<Sent>>,
-    /// When attempts failed (5xx, 429, no answer), to count them per fault.
-    failed_attempts: Mutex<Vec<Instant>>,
-    seq: AtomicU64,
-    big_prime: String,
 }
 
 /// Runs the whole thing and returns the report (whose `ok` says whether the promises held).
@@ -737,288 +695,8 @@ fn not_ok(health: &serde_json::Value) -> String {
         .unwrap_or_default()
 }
 
-/// Sends requests at `rate` per second until `stop`, each in its own task.
-async fn load(shared: Arc<Shared>, rate: f64, seed: u64, stop: Arc<AtomicBool>) {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_10ad);
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut tasks = tokio::task::JoinSet::new();
-    while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let roll: f64 = rng.random();
-        let kind = if roll < 0.05 {
-            Kind::Permanent
-        } else if roll < 0.20 {
-            Kind::Bad(BAD_INPUTS[rng.random_range(0..BAD_INPUTS.len())])
-        } else {
-            Kind::Valid
-        };
-        let shared = shared.clone();
-        tasks.spawn(async move {
-            submit(&shared, kind).await;
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
-/// The bad inputs the load sends; each must get a 4xx.
-const BAD_INPUTS: [&str; 6] = [
-    "malformed_json",
-    "missing_email",
-    "negative_number",
-    "not_a_number",
-    "too_many_digits",
-    "invalid_email",
-];
-
-/// Sends one request, retrying on other daemons with the same idempotency key while the
-/// answers are not definite; records it.
-async fn submit(shared: &Shared, kind: Kind) -> Outcome {
-    let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
-    let email = format!("c{seq}@chaos.test");
-    let number = match kind {
-        Kind::Permanent => shared.big_prime.clone(),
-        _ => (1_000 + seq * 7_919 % 1_000_000_007).to_string(),
-    };
-    let body = match kind {
-        Kind::Bad("malformed_json") => format!("{{\"number\": \"{number}\", "),
-        Kind::Bad("missing_email") => format!("{{\"number\": \"{number}\"}}"),
-        Kind::Bad("negative_number") => {
-            format!("{{\"number\": \"-{number}\", \"email\": \"{email}\"}}")
-        }
-        Kind::Bad("not_a_number") => {
-            format!("{{\"number\": \"{number}x\", \"email\": \"{email}\"}}")
-        }
-        Kind::Bad("too_many_digits") => {
-            format!(
-                "{{\"number\": \"{}\", \"email\": \"{email}\"}}",
-                "7".repeat(5_000)
-            )
-        }
-        Kind::Bad(_) => format!("{{\"number\": \"{number}\", \"email\": \"not-an-email\"}}"),
-        _ => format!("{{\"number\": \"{number}\", \"email\": \"{email}\"}}"),
-    };
-    let deadline = Instant::now() + REQUEST_BUDGET;
-    let mut attempt = 0usize;
-    let outcome = loop {
-        let port = shared.ports[(seq as usize + attempt) % shared.ports.len()];
-        attempt += 1;
-        let answer = shared
-            .http
-            .post(format!("http://127.0.0.1:{port}/prime-check"))
-            .header("content-type", "application/json")
-            .header("idempotency-key", format!("chaos-{seq}"))
-            .body(body.clone())
-            .send()
-            .await;
-        let why = match answer {
-            Ok(r) if r.status().is_success() => {
-                let json: serde_json::Value = r.json().await.unwrap_or_default();
-                match json["id"].as_str() {
-                    Some(id) => break Outcome::Accepted(id.to_string()),
-                    None => "a 2xx without an id".to_string(),
-                }
-            }
-            Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
-                break Outcome::Rejected(r.status().as_u16());
-            }
-            Ok(r) => format!("HTTP {}", r.status()),
-            Err(e) => e.to_string(),
-        };
-        if let Ok(mut f) = shared.failed_attempts.lock() {
-            f.push(Instant::now());
-        }
-        if Instant::now() > deadline {
-            break Outcome::Unanswered(why);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    if let Ok(mut sent) = shared.sent.lock() {
-        sent.push(Sent {
-            kind,
-            email,
-            outcome: outcome.clone(),
-        });
-    }
-    outcome
-}
-
-/// Accepted requests not yet settled: neither emailed nor dead-lettered.
-async fn unsettled(db: &MySqlPool, accepted: &[(String, String)]) -> Result<usize, String> {
-    let settled = settled(db).await?;
-    Ok(accepted
-        .iter()
-        .filter(|(id, _)| !settled.contains_key(id))
-        .count())
-}
-
-/// How each settled request ended, by id: "emailed", or "dlq: <error type>".
-async fn settled(db: &MySqlPool) -> Result<HashMap<String, String>, String> {
-    let mut out = HashMap::new();
-    let emailed: Vec<String> = sqlx::query_scalar(
-        "SELECT CAST(request_id AS CHAR(36)) FROM sent_emails WHERE request_id IS NOT NULL",
-    )
-    .fetch_all(db)
-    .await
-    .map_err(|e| format!("reading sent_emails: {e}"))?;
-    for id in emailed {
-        out.insert(id, "emailed".to_string());
-    }
-    let dead: Vec<(Option<String>, String)> = sqlx::query_as(
-        "SELECT CAST(JSON_UNQUOTE(JSON_EXTRACT(payload, '$.request_id')) AS CHAR(64)), CAST(error_type AS CHAR(16)) FROM dead_letter_messages",
-    )
-    .fetch_all(db)
-    .await
-    .map_err(|e| format!("reading dead_letter_messages: {e}"))?;
-    for (id, kind) in dead.into_iter().filter_map(|(id, kind)| Some((id?, kind))) {
-        out.entry(id).or_insert(format!("dlq: {kind}"));
-    }
-    Ok(out)
-}
-
-/// The invariants, into the report.
-async fn check(
-    options: &Options,
-    sent: &[Sent],
-    accepted: &[(String, String)],
-    db: &MySqlPool,
-    mail: &MailDev,
-    faults: Vec<FaultRecord>,
-    elapsed: Duration,
-) -> Result<Report, ChaosError> {
-    let settled = settled(db).await.map_err(ChaosError::Setup)?;
-    let emails = mail
-        .emails()
-        .await
-        .map_err(|e| setup("maildev's API")(e.to_string()))?;
-    // Emails per recipient, with their Message-IDs.
-    let mut by_recipient: HashMap<String, Vec<String>> = HashMap::new();
-    for email in &emails {
-        let id = email["messageId"].as_str().unwrap_or_default().to_string();
-        if let Some(to) = email["to"].as_array() {
-            for to in to {
-                if let Some(address) = to["address"].as_str() {
-                    by_recipient
-                        .entry(address.to_lowercase())
-                        .or_default()
-                        .push(id.clone());
-                }
-            }
-        }
-    }
-    let mut counts = RequestCounts::default();
-    let mut violations = Vec::new();
-    for s in sent {
-        counts.sent += 1;
-        match (&s.kind, &s.outcome) {
-            (Kind::Bad(_), Outcome::Rejected(_)) => counts.rejected += 1,
-            (Kind::Bad(what), other) => {
-                counts.bad_input_not_rejected += 1;
-                violations.push(format!("bad input {what} was answered {other:?}"));
-            }
-            (_, Outcome::Accepted(_)) => counts.accepted += 1,
-            (_, Outcome::Rejected(status)) => {
-                counts.rejected += 1;
-                violations.push(format!("a valid request to {} got HTTP {status}", s.email));
-            }
-            (_, Outcome::Unanswered(why)) => {
-                counts.unanswered += 1;
-                violations.push(format!(
-                    "no answer for {} within {} s: {why}",
-                    s.email,
-                    REQUEST_BUDGET.as_secs()
-                ));
-            }
-        }
-    }
-    let mut lost = 0;
-    let mut duplicates = 0;
-    let mut smtp_window = 0;
-    let mut dlq = 0;
-    let mut emailed = 0;
-    for (id, email) in accepted {
-        let ids = by_recipient.get(email).cloned().unwrap_or_default();
-        if ids.len() > 1 {
-            let mut unique = ids.clone();
-            unique.sort();
-            unique.dedup();
-            // The same Message-ID twice: the documented SMTP window (DESIGN §12.2).
-            smtp_window += ids.len() - unique.len();
-            duplicates += unique.len() - 1;
-        }
-        match settled.get(id).map(String::as_str) {
-            Some("emailed") if !ids.is_empty() => emailed += 1,
-            Some("emailed") => {
-                lost += 1;
-                violations.push(format!(
-                    "request {id} is recorded as emailed but {email} got nothing"
-                ));
-            }
-            Some(_) => dlq += 1,
-            None => {
-                lost += 1;
-                violations.push(format!(
-                    "request {id} ({email}) has neither an email nor a DLQ entry"
-                ));
-            }
-        }
-    }
-    if duplicates > 0 {
-        violations.push(format!(
-            "{duplicates} duplicate emails with distinct Message-IDs"
-        ));
-    }
-    let unpublished: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
-            .fetch_one(db)
-            .await
-            .map_err(|e| setup("read the outbox")(e.to_string()))?;
-    if unpublished > 0 {
-        violations.push(format!("{unpublished} outbox rows never published"));
-    }
-    let unhealthy: Vec<String> = sqlx::query_scalar(
-        "SELECT worker_name FROM worker_health_checks WHERE status <> 'healthy' OR last_heartbeat < NOW(6) - INTERVAL 15 SECOND",
-    )
-    .fetch_all(db)
-    .await
-    .map_err(|e| setup("read worker_health_checks")(e.to_string()))?;
-    if !unhealthy.is_empty() {
-        violations.push(format!("workers not healthy after the run: {unhealthy:?}"));
-    }
-    for f in &faults {
-        if f.recovered_ms.is_none() {
-            violations.push(format!(
-                "fault {} ({}) did not heal",
-                f.index, f.description
-            ));
-        }
-    }
-    Ok(Report::new(
-        options,
-        elapsed,
-        counts,
-        emailed,
-        dlq,
-        lost,
-        duplicates,
-        smtp_window,
-        unpublished,
-        unhealthy,
-        faults,
-        violations,
-    ))
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// 2^3217 − 1, a Mersenne prime of 969 digits: within the API's 1,000-digit limit, but far
-/// beyond what the daemons' 20 ms time limit can test, so it fails permanently.
-fn big_prime() -> String {
-    let n = (dashu_int::UBig::ONE << 3217) - dashu_int::UBig::ONE;
-    n.to_string()
 }
 
 /// The harness's default work directory: a fresh one under the system's temporary directory.

@@ -3,6 +3,8 @@
 //! promises of DESIGN §12 afterwards. `primed-chaos` is its command line.
 
 pub mod harness;
+mod invariants;
+mod load;
 pub mod proxy;
 pub mod report;
 pub mod schedule;
