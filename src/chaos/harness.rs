@@ -22,6 +22,8 @@ const ADMIN_TOKEN: &str = "chaos-harness-admin-token";
 const ACK_WAIT: Duration = Duration::from_secs(3);
 /// How long a fault may take to heal before the run counts it as not recovered.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a daemon may take to stop on SIGTERM (its own deadline is 30 s).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(40);
 /// The database the daemons share.
 const DATABASE: &str = "chaos";
 
@@ -377,7 +379,7 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
     // Let every worker heartbeat once more after the last fault.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let report = check(
+    let mut report = check(
         &options,
         &sent,
         &accepted,
@@ -387,6 +389,18 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
         started.elapsed(),
     )
     .await?;
+    // Last, every daemon must still stop cleanly: SIGTERM, exit 0 within its deadline.
+    for d in &mut daemons {
+        match d.process.stop_gracefully(SHUTDOWN_WAIT).await? {
+            Some(0) => {}
+            code => report.violation(format!(
+                "daemon {} did not stop cleanly on SIGTERM (exit {code:?}); see {}",
+                d.index,
+                d.process.log().display()
+            )),
+        }
+    }
+    progress.say(format!("{} daemons stopped", daemons.len()));
     Ok(report)
 }
 

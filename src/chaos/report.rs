@@ -141,6 +141,12 @@ impl Report {
         }
     }
 
+    /// Adds a broken promise found after the report was assembled.
+    pub fn violation(&mut self, what: String) {
+        self.violations.push(what);
+        self.ok = false;
+    }
+
     /// The report as text tables.
     pub fn table(&self) -> String {
         let mut out = String::new();

@@ -164,6 +164,29 @@ impl Process {
         }
     }
 
+    /// SIGTERM, then waits up to `timeout` for it to exit; its exit code (None: killed by
+    /// a signal, or still running at the deadline, in which case it is killed).
+    pub async fn stop_gracefully(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<i32>, ServiceError> {
+        self.signal("TERM")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = &mut self.child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Ok(status.code());
+                }
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether it has exited (reaping it if so).
     pub fn exited(&mut self) -> bool {
         match &mut self.child {
