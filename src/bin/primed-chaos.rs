@@ -65,6 +65,13 @@ async fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
+    if !primed.is_file() {
+        eprintln!(
+            "error: no primed binary at {}; build it (cargo build --bins) or pass --primed PATH",
+            primed.display()
+        );
+        return ExitCode::from(2);
+    }
     let work_dir = args.work_dir.unwrap_or_else(harness::default_work_dir);
     let options = Options {
         profile,
