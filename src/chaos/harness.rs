@@ -453,6 +453,36 @@ impl Links<'_> {
             Link::Smtp => vec![self.smtp],
         }
     }
+
+    /// Puts `fault` on every proxy of `link` for `hold`, then lifts it; healing is timed
+    /// from the lift. New connections see the fault at once; `Refuse` and `Answer` also
+    /// reset the open ones, so that the clients' next connection meets it.
+    async fn hold(&self, link: Link, fault: ProxyFault, hold: Duration, lift: Lift) -> Healed {
+        let proxies = self.of(link);
+        for p in &proxies {
+            p.set(fault);
+            if matches!(fault, ProxyFault::Refuse | ProxyFault::Answer(_)) {
+                p.reset_all();
+            }
+        }
+        tokio::time::sleep(hold).await;
+        for p in &proxies {
+            if lift == Lift::ResetThenClear {
+                p.reset_all();
+            }
+            p.set(ProxyFault::None);
+        }
+        Healed::From(Instant::now())
+    }
+}
+
+/// How a held proxy fault ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lift {
+    /// Traffic passes again on the same connections.
+    Clear,
+    /// The connections open across it are reset first (a partition TCP gave up on).
+    ResetThenClear,
 }
 
 /// Where the time to heal is counted from.
@@ -530,55 +560,30 @@ async fn inject(
             Healed::From(t0)
         }
         Fault::StopSmtp { .. } => {
-            links.smtp.set(ProxyFault::Refuse);
-            links.smtp.reset_all();
-            tokio::time::sleep(hold).await;
-            links.smtp.set(ProxyFault::None);
-            Healed::From(Instant::now())
+            links
+                .hold(Link::Smtp, ProxyFault::Refuse, hold, Lift::Clear)
+                .await
         }
         Fault::SmtpTempFail { .. } => {
-            links
-                .smtp
-                .set(ProxyFault::Answer("421 4.3.2 chaos: try again later\r\n"));
-            links.smtp.reset_all();
-            tokio::time::sleep(hold).await;
-            links.smtp.set(ProxyFault::None);
-            Healed::From(Instant::now())
+            let answer = ProxyFault::Answer("421 4.3.2 chaos: try again later\r\n");
+            links.hold(Link::Smtp, answer, hold, Lift::Clear).await
         }
         Fault::LinkLatency { link, delay, .. } => {
-            for p in links.of(*link) {
-                p.set(ProxyFault::Latency(*delay));
-            }
-            tokio::time::sleep(hold).await;
-            for p in links.of(*link) {
-                p.set(ProxyFault::None);
-            }
-            Healed::From(Instant::now())
+            let fault = ProxyFault::Latency(*delay);
+            links.hold(*link, fault, hold, Lift::Clear).await
         }
         Fault::LinkBandwidth {
             link,
             bytes_per_second,
             ..
         } => {
-            for p in links.of(*link) {
-                p.set(ProxyFault::Bandwidth(*bytes_per_second));
-            }
-            tokio::time::sleep(hold).await;
-            for p in links.of(*link) {
-                p.set(ProxyFault::None);
-            }
-            Healed::From(Instant::now())
+            let fault = ProxyFault::Bandwidth(*bytes_per_second);
+            links.hold(*link, fault, hold, Lift::Clear).await
         }
         Fault::LinkPartition { link, .. } => {
-            for p in links.of(*link) {
-                p.set(ProxyFault::Blackhole);
-            }
-            tokio::time::sleep(hold).await;
-            for p in links.of(*link) {
-                p.reset_all();
-                p.set(ProxyFault::None);
-            }
-            Healed::From(Instant::now())
+            links
+                .hold(*link, ProxyFault::Blackhole, hold, Lift::ResetThenClear)
+                .await
         }
         Fault::LinkReset { link } => {
             let t0 = Instant::now();

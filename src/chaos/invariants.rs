@@ -8,7 +8,7 @@ use sqlx::mysql::MySqlPool;
 
 use super::harness::{ChaosError, Options, setup};
 use super::load::{Kind, Outcome, REQUEST_BUDGET, Sent};
-use super::report::{FaultRecord, Report, RequestCounts};
+use super::report::{FaultRecord, Report, RequestCounts, mttr};
 use super::services::MailDev;
 
 /// Accepted requests not yet settled: neither emailed nor dead-lettered.
@@ -164,18 +164,23 @@ pub(super) async fn check(
             ));
         }
     }
-    Ok(Report::new(
-        options,
-        elapsed,
-        counts,
+    Ok(Report {
+        profile: options.profile.name,
+        seed: options.seed,
+        daemons: options.daemons,
+        cluster: options.cluster,
+        duration_s: elapsed.as_secs_f64(),
+        requests: counts,
         emailed,
-        dlq,
+        dlq_entries: dlq,
         lost,
         duplicates,
-        smtp_window,
-        unpublished,
-        unhealthy,
+        duplicates_smtp_window: smtp_window,
+        unpublished_outbox: unpublished,
+        unhealthy_workers: unhealthy,
+        ok: violations.is_empty(),
+        mttr: mttr(&faults),
         faults,
         violations,
-    ))
+    })
 }

@@ -1,11 +1,8 @@
 //! The chaos run's report: what was sent and what became of it, the promises checked, and
 //! each fault class's time to heal (min/median/max), as a table and as JSON.
 
-use std::fmt::Write as _;
-use std::time::Duration;
-
-use super::harness::Options;
 use super::schedule::Fault;
+use std::fmt::Write as _;
 
 /// What the load generator's requests got.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -103,44 +100,6 @@ pub struct Report {
 }
 
 impl Report {
-    /// Assembles the report and its MTTR table.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        options: &Options,
-        elapsed: Duration,
-        requests: RequestCounts,
-        emailed: usize,
-        dlq_entries: usize,
-        lost: usize,
-        duplicates: usize,
-        duplicates_smtp_window: usize,
-        unpublished_outbox: i64,
-        unhealthy_workers: Vec<String>,
-        faults: Vec<FaultRecord>,
-        violations: Vec<String>,
-    ) -> Self {
-        let mttr = mttr(&faults);
-        Self {
-            profile: options.profile.name,
-            seed: options.seed,
-            daemons: options.daemons,
-            cluster: options.cluster,
-            duration_s: elapsed.as_secs_f64(),
-            requests,
-            emailed,
-            dlq_entries,
-            lost,
-            duplicates,
-            duplicates_smtp_window,
-            unpublished_outbox,
-            unhealthy_workers,
-            ok: violations.is_empty(),
-            faults,
-            mttr,
-            violations,
-        }
-    }
-
     /// Adds a broken promise found after the report was assembled.
     pub fn violation(&mut self, what: String) {
         self.violations.push(what);

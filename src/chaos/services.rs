@@ -379,8 +379,8 @@ impl NatsNode {
     }
 }
 
-/// Whether a NATS server greets on `port` with its INFO line.
-fn greets(port: u16) -> bool {
+/// Whether a NATS server greets on 127.0.0.1:`port` with its INFO line.
+pub fn greets(port: u16) -> bool {
     use std::io::Read;
     let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;

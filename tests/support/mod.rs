@@ -341,13 +341,7 @@ impl NatsServer {
     }
 
     fn answers(&self) -> bool {
-        use std::io::Read;
-        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 4];
-        conn.read_exact(&mut buf).is_ok() && &buf == b"INFO"
+        primed::chaos::services::greets(self.port)
     }
 }
 
@@ -450,11 +444,7 @@ pub async fn stream_messages(url: &str, stream: &str) -> u64 {
 }
 
 /// Where `scripts/ensure-services.sh` installs maildev (override with `MAILDEV`).
-pub fn maildev_bin() -> PathBuf {
-    std::env::var_os("MAILDEV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/maildev/node_modules/.bin/maildev"))
-}
+pub use primed::chaos::services::maildev_bin;
 
 /// A maildev SMTP server of the test's own, with its HTTP API.
 pub struct MailDev {
