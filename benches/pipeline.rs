@@ -88,6 +88,11 @@ fn parallel() -> u32 {
     env_count("RELAY_PARALLEL", 4) as u32
 }
 
+/// Events per relay round (`RELAY_BATCH`, default 1000; `PRIMED_OUTBOX_BATCH_SIZE` in the daemon).
+fn batch() -> u32 {
+    env_count("RELAY_BATCH", 1000) as u32
+}
+
 fn request(i: usize) -> NewRequest {
     NewRequest {
         id: uuid::Uuid::now_v7().to_string(),
@@ -249,7 +254,7 @@ async fn relay_throughput(db: &str, store: Arc<MysqlStore>, nats: &Nats) {
     let args = RelayArgs {
         store,
         broker: Arc::new(broker.clone()),
-        batch_size: 1000,
+        batch_size: batch(),
         parallel_rounds: parallel(),
         lease: Duration::from_secs(30),
         poll_interval: Duration::from_millis(100),
@@ -337,7 +342,8 @@ async fn relay_throughput(db: &str, store: Arc<MysqlStore>, nats: &Nats) {
     let relay_rate = rows as f64 / relay_elapsed.as_secs_f64();
     let raw_rate = rows as f64 / raw_elapsed.as_secs_f64();
     println!(
-        "\n## Relay throughput ({rows} pre-filled rows, batch 1000, {} rounds in flight, {}-byte payload)",
+        "\n## Relay throughput ({rows} pre-filled rows, batch {}, {} rounds in flight, {}-byte payload)",
+        batch(),
         parallel(),
         payload.len()
     );

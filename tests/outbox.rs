@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actors::outbox_relay::round;
+use actors::outbox_relay::{round, rounds};
 use actors::{Broker, BrokerError, OutgoingMessage, RelayArgs, RelayWake, RetryPolicy};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use primed::adapters::mysql::{MysqlStore, PoolSettings};
+use primed::adapters::mysql::{CLAIM_SQL, MysqlStore, PoolSettings};
 use primed::adapters::nats::{CONSUMER_PRIMECHECK, DLQ_STREAM, JetStreamBroker, JetStreamSettings};
 use primed::config::Secret;
 use serde_json::{Value, json};
@@ -223,6 +223,63 @@ async fn two_relays_on_one_table_publish_each_row_exactly_once() {
         db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'"),
         rows as i64
     );
+    assert_eq!(stream_messages(&nats.url(), "PRIME").await, rows as u64);
+}
+
+/// With most retained rows published, the optimizer walks the primary key for the claim's
+/// `ORDER BY id LIMIT n` and reads every published row first; the claim must go through the
+/// `(state, id)` index instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claim_reads_pending_rows_through_the_state_index() {
+    let db = TestDb::create();
+    let _store = store(&db, 3).await;
+    // A relay three quarters through a backlog of 200,000 events (the optimizer chooses
+    // by table size: at 20,000 rows it takes the index by itself).
+    db.sql(
+        "INSERT INTO outbox (event_id, subject, payload, state, published_at) \
+         SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq), \
+                IF(seq <= 150000, 'published', 'pending'), IF(seq <= 150000, NOW(6), NULL) \
+         FROM seq_1_to_200000",
+    );
+    let plan = db.sql(&format!("EXPLAIN {}", CLAIM_SQL.replace('?', "1000")));
+    let key = plan.split('\t').nth(5).unwrap_or_default();
+    assert_eq!(key, "idx_state_id", "claim plan: {plan}");
+}
+
+/// The largest configuration (batches of 5,000, four rounds in flight) asks for more
+/// acknowledgements at once than the JetStream context lends permits for (5,000): a round
+/// that sent all its messages before awaiting any acknowledgement waited forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_asking_for_more_acks_than_the_context_allows_all_finish() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let rows = 20_000;
+    let store = store(&db, 3).await;
+    db.sql(&format!(
+        "INSERT INTO outbox (event_id, subject, payload) \
+         SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq) FROM seq_1_to_{rows}"
+    ));
+    let settings = JetStreamSettings::new("PRIME");
+    let (broker, _client) = JetStreamBroker::connect(&nats.url(), &settings)
+        .await
+        .unwrap();
+    broker.ensure_topology(&settings).await.unwrap();
+    let mut args = relay_args(store, Arc::new(broker), 5000);
+    args.parallel_rounds = 4;
+
+    let relayed = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut published = 0;
+        loop {
+            let outcome = rounds(&args).await.unwrap();
+            published += outcome.published;
+            if outcome.claimed == 0 {
+                return published;
+            }
+        }
+    })
+    .await
+    .expect("the relay stalled: rounds waited on each other's acknowledgement permits");
+    assert_eq!(relayed, rows);
     assert_eq!(stream_messages(&nats.url(), "PRIME").await, rows as u64);
 }
 

@@ -217,17 +217,11 @@ impl MysqlStore {
 
     async fn claim_inner(&self, limit: u32) -> Result<Claim, StoreError> {
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        let rows = sqlx::query(
-            "SELECT id, event_id, subject, CAST(payload AS CHAR) AS payload, request_id, traceparent, \
-                    retry_count, max_retries, created_at, dlq_id \
-             FROM outbox \
-             WHERE state = 'pending' AND (next_retry_at IS NULL OR next_retry_at <= NOW(6)) \
-             ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
-        )
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(classify)?;
+        let rows = sqlx::query(CLAIM_SQL)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify)?;
         if rows.is_empty() {
             tx.rollback().await.map_err(classify)?;
             return Ok(Claim::empty());
@@ -344,6 +338,17 @@ async fn record_failures(
     }
     Ok(())
 }
+
+/// The relay's claim: due pending rows, oldest first, skipping rows another relay holds.
+///
+/// The index is forced: for `ORDER BY id LIMIT n` the optimizer prefers walking the primary
+/// key, which reads every published row still retained (150,000 rows, 80–130 ms per claim,
+/// where the index takes 2 ms) before it finds the pending ones.
+pub const CLAIM_SQL: &str = "SELECT id, event_id, subject, CAST(payload AS CHAR) AS payload, request_id, traceparent, \
+                                    retry_count, max_retries, created_at, dlq_id \
+                             FROM outbox FORCE INDEX (idx_state_id) \
+                             WHERE state = 'pending' AND (next_retry_at IS NULL OR next_retry_at <= NOW(6)) \
+                             ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED";
 
 const SELECT_REQUEST: &str = "SELECT id, number, email, status, is_prime, factor, error, created_at, completed_at \
                               FROM prime_check_requests";

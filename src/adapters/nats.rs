@@ -10,7 +10,8 @@ use actors::{Broker, BrokerError, OutgoingMessage};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::FutureExt;
-use futures::future::{BoxFuture, join_all};
+use futures::StreamExt;
+use futures::future::BoxFuture;
 
 /// Header carrying the event id (besides `Nats-Msg-Id`).
 pub const HEADER_EVENT_ID: &str = "Primed-Event-Id";
@@ -29,6 +30,11 @@ pub const DLQ_STREAM: &str = "DEAD_LETTER_QUEUE";
 pub const CONSUMER_PRIMECHECK: &str = "primecheck-worker";
 /// Durable consumer of `email.send`.
 pub const CONSUMER_EMAIL: &str = "email-worker";
+
+/// Publishes of one batch whose acknowledgements are awaited at once; well under the
+/// JetStream context's 5,000 ack permits, so rounds in flight share them without waiting on
+/// each other.
+const PUBLISH_WINDOW: usize = 1000;
 
 /// Stream and consumer settings (seed §2.1.1, §3.1.1).
 #[derive(Debug, Clone)]
@@ -320,30 +326,18 @@ impl Broker for JetStreamBroker {
         async move {
             let mut disconnected = self.disconnects.clone();
             disconnected.mark_unchanged();
-            // Send everything, then collect the acknowledgements.
-            let mut pending = Vec::with_capacity(messages.len());
-            for message in messages {
-                let sent = self
-                    .js
-                    .publish_with_headers(
-                        message.subject.clone(),
-                        headers(message),
-                        bytes::Bytes::copy_from_slice(&message.payload),
-                    )
-                    .await;
-                pending.push(sent);
-            }
-            let acks = pending.into_iter().map(|sent| async move {
-                match sent {
-                    Ok(ack) => ack
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| BrokerError(e.to_string())),
-                    Err(e) => Err(BrokerError(e.to_string())),
-                }
-            });
+            // Publish and await the acknowledgements pipelined, at most PUBLISH_WINDOW in
+            // flight. The window is also what keeps concurrent rounds from deadlocking: the
+            // JetStream context lends one of its 5,000 ack permits to every publish until
+            // its acknowledgement is awaited, so a round that sent everything before awaiting
+            // anything could wait for a permit held by its own (or another round's) unawaited
+            // acknowledgements, forever.
+            let publishes: Vec<_> = messages.iter().map(|m| publish_one(&self.js, m)).collect();
+            let acks = futures::stream::iter(publishes)
+                .buffered(PUBLISH_WINDOW)
+                .collect::<Vec<_>>();
             tokio::select! {
-                acks = join_all(acks) => acks,
+                acks = acks => acks,
                 _ = disconnected.changed() => messages
                     .iter()
                     .map(|_| Err(BrokerError(
@@ -354,6 +348,24 @@ impl Broker for JetStreamBroker {
         }
         .boxed()
     }
+}
+
+/// Publishes one message and awaits its acknowledgement.
+async fn publish_one(
+    js: &jetstream::Context,
+    message: &OutgoingMessage,
+) -> Result<(), BrokerError> {
+    let ack = js
+        .publish_with_headers(
+            message.subject.clone(),
+            headers(message),
+            bytes::Bytes::copy_from_slice(&message.payload),
+        )
+        .await
+        .map_err(|e| BrokerError(e.to_string()))?;
+    ack.await
+        .map(|_| ())
+        .map_err(|e| BrokerError(e.to_string()))
 }
 
 /// Reads the pending counts of the pipeline's durable consumers, for the metrics gauges.
