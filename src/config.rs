@@ -83,7 +83,7 @@ pub const KEYS: &[Key] = &[
     key(
         "PRIMED_OUTBOX_BATCH_SIZE",
         false,
-        Some("500"),
+        Some("1000"),
         "outbox rows the relay publishes per round",
     ),
     key(

@@ -497,7 +497,7 @@ impl OutboxStore for MysqlStore {
     fn replay_since(&self, since: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>> {
         async move {
             let done = sqlx::query(
-                "UPDATE outbox SET state = 'pending', published_at = NULL, next_retry_at = NULL, \
+                "UPDATE outbox SET state = 'pending', published_at = DEFAULT, next_retry_at = NULL, \
                  claimed_until = NULL WHERE state = 'published' AND created_at >= ?",
             )
             .bind(since)
