@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::broker::{Broker, OutgoingMessage};
@@ -217,26 +219,49 @@ impl Actor for OutboxRelay {
     }
 }
 
-/// One round; when it comes back full (more rows are waiting), `parallel_rounds` more at
-/// once, their outcomes added up. Claims never overlap (rows are locked with SKIP LOCKED and
-/// leased), so parallel rounds only change how much work is in flight; an idle relay still
-/// runs a single claim per tick.
+/// Rounds one call runs at most, per round in flight, before it hands control back to the
+/// actor (which continues at once while rows are waiting, and can handle a stop between).
+const ROUNDS_PER_CALL: usize = 8;
+
+/// One round; when it comes back full (more rows are waiting), `parallel_rounds` more kept
+/// in flight: each one that ends full is replaced by a new one at once, so claims, publishes
+/// and marks of different rounds overlap instead of moving in step. Stops at the first
+/// round that is not full (or fails) or after `ROUNDS_PER_CALL` per round in flight, and adds
+/// up the outcomes. Claims never overlap (rows are locked with SKIP LOCKED), so parallel
+/// rounds only change how much work is in flight; an idle relay still runs a single claim
+/// per tick.
 pub async fn rounds(args: &RelayArgs) -> Result<RoundOutcome, crate::store::StoreError> {
     let mut total = round(args).await?;
-    let n = args.parallel_rounds.max(1);
+    let n = args.parallel_rounds.max(1) as usize;
     if n == 1 || !total.saturated {
         return Ok(total);
     }
-    total.saturated = false;
-    for result in futures::future::join_all((0..n).map(|_| round(args))).await {
-        let o = result?;
-        total.claimed += o.claimed;
-        total.published += o.published;
-        total.retried += o.retried;
-        total.dead += o.dead;
-        total.saturated |= o.saturated;
+    let budget = n * ROUNDS_PER_CALL;
+    let mut in_flight: FuturesUnordered<_> = (0..n).map(|_| round(args)).collect();
+    let mut started = n;
+    let mut error = None;
+    while let Some(result) = in_flight.next().await {
+        match result {
+            Ok(o) => {
+                total.claimed += o.claimed;
+                total.published += o.published;
+                total.retried += o.retried;
+                total.dead += o.dead;
+                total.saturated &= o.saturated;
+            }
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+        if total.saturated && error.is_none() && started < budget {
+            in_flight.push(round(args));
+            started += 1;
+        }
     }
-    Ok(total)
+    match error {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
 }
 
 /// One claim → publish → mark round.
