@@ -226,9 +226,10 @@ async fn two_relays_on_one_table_publish_each_row_exactly_once() {
     assert_eq!(stream_messages(&nats.url(), "PRIME").await, rows as u64);
 }
 
-/// With most retained rows published, the optimizer walks the primary key for the claim's
-/// `ORDER BY id LIMIT n` and reads every published row first; the claim must go through the
-/// `(state, id)` index instead.
+/// With most retained rows published, the optimizer walked the primary key for the claim's
+/// `ORDER BY id LIMIT n` (with the old `(state, id)` index) and read every published row
+/// first. The claim must read the pending prefix of `(state, published_at, id)`, in id order:
+/// no walk of the published rows and no sort of all pending ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_claim_reads_pending_rows_through_the_state_index() {
     let db = TestDb::create();
@@ -238,12 +239,65 @@ async fn the_claim_reads_pending_rows_through_the_state_index() {
     db.sql(
         "INSERT INTO outbox (event_id, subject, payload, state, published_at) \
          SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq), \
-                IF(seq <= 150000, 'published', 'pending'), IF(seq <= 150000, NOW(6), NULL) \
+                IF(seq <= 150000, 'published', 'pending'), \
+                IF(seq <= 150000, NOW(6), '1970-01-01 00:00:01') \
          FROM seq_1_to_200000",
     );
     let plan = db.sql(&format!("EXPLAIN {}", CLAIM_SQL.replace('?', "1000")));
     let key = plan.split('\t').nth(5).unwrap_or_default();
-    assert_eq!(key, "idx_state_id", "claim plan: {plan}");
+    assert_eq!(key, "idx_state_published_id", "claim plan: {plan}");
+    assert!(
+        !plan.contains("filesort"),
+        "the claim must read pending rows in id order, not sort them all: {plan}"
+    );
+}
+
+/// Working off a backlog, claims start above the highest id claimed so far. A row below
+/// that (a transaction that took its id early and committed late) and a pending row whose
+/// `published_at` was set to NULL by hand (outside the index range the claim reads) must
+/// still go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_behind_the_claim_floor_or_outside_its_range_still_go_out() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let store = store(&db, 3).await;
+    db.sql(
+        "INSERT INTO outbox (event_id, subject, payload) \
+         SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq) FROM seq_1_to_3000; \
+         DELETE FROM outbox WHERE id = 10",
+    );
+    let settings = JetStreamSettings::new("PRIME");
+    let (broker, _client) = JetStreamBroker::connect(&nats.url(), &settings)
+        .await
+        .unwrap();
+    broker.ensure_topology(&settings).await.unwrap();
+    let args = relay_args(store, Arc::new(broker), 1000);
+    for _ in 0..2 {
+        assert_eq!(round(&args).await.unwrap().claimed, 1000);
+    }
+    // Both arrive while the relay is 2,000 rows into the backlog.
+    db.sql(
+        "INSERT INTO outbox (id, event_id, subject, payload) \
+           VALUES (10, UUID(), 'primecheck.requested', '{\"late\": true}'); \
+         INSERT INTO outbox (event_id, subject, payload, published_at) \
+           VALUES (UUID(), 'primecheck.requested', '{\"by_hand\": true}', NULL)",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while db.count("SELECT COUNT(*) FROM outbox WHERE state = 'pending'") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rows were left behind: {}",
+            db.sql("SELECT id, published_at FROM outbox WHERE state = 'pending'")
+        );
+        if round(&args).await.unwrap().claimed == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'"),
+        3001
+    );
+    assert_eq!(stream_messages(&nats.url(), "PRIME").await, 3001);
 }
 
 /// The largest configuration (batches of 5,000, four rounds in flight) asks for more
