@@ -70,6 +70,17 @@ fn relay_args(store: Arc<MysqlStore>, broker: Arc<dyn Broker>, batch: u32) -> Re
     }
 }
 
+/// A broker on `nats` with the pipeline's topology on the `PRIME` stream (and the client
+/// to keep its connection).
+async fn prime_stream(nats: &NatsServer) -> (JetStreamBroker, async_nats::Client) {
+    let settings = JetStreamSettings::new("PRIME");
+    let (broker, client) = JetStreamBroker::connect(&nats.url(), &settings)
+        .await
+        .unwrap();
+    broker.ensure_topology(&settings).await.unwrap();
+    (broker, client)
+}
+
 /// Counts every publish per event id on its way to the real broker.
 struct Recording {
     inner: JetStreamBroker,
@@ -186,11 +197,7 @@ async fn two_relays_on_one_table_publish_each_row_exactly_once() {
         "INSERT INTO outbox (event_id, subject, payload) \
          SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq) FROM seq_1_to_{rows}"
     ));
-    let settings = JetStreamSettings::new("PRIME");
-    let (broker, _client) = JetStreamBroker::connect(&nats.url(), &settings)
-        .await
-        .unwrap();
-    broker.ensure_topology(&settings).await.unwrap();
+    let (broker, _client) = prime_stream(&nats).await;
     let recording = Arc::new(Recording {
         inner: broker,
         seen: Mutex::new(HashMap::new()),
@@ -266,11 +273,7 @@ async fn rows_behind_the_claim_floor_or_outside_its_range_still_go_out() {
          SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq) FROM seq_1_to_3000; \
          DELETE FROM outbox WHERE id = 10",
     );
-    let settings = JetStreamSettings::new("PRIME");
-    let (broker, _client) = JetStreamBroker::connect(&nats.url(), &settings)
-        .await
-        .unwrap();
-    broker.ensure_topology(&settings).await.unwrap();
+    let (broker, _client) = prime_stream(&nats).await;
     let args = relay_args(store, Arc::new(broker), 1000);
     for _ in 0..2 {
         assert_eq!(round(&args).await.unwrap().claimed, 1000);
@@ -313,11 +316,7 @@ async fn rounds_asking_for_more_acks_than_the_context_allows_all_finish() {
         "INSERT INTO outbox (event_id, subject, payload) \
          SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq) FROM seq_1_to_{rows}"
     ));
-    let settings = JetStreamSettings::new("PRIME");
-    let (broker, _client) = JetStreamBroker::connect(&nats.url(), &settings)
-        .await
-        .unwrap();
-    broker.ensure_topology(&settings).await.unwrap();
+    let (broker, _client) = prime_stream(&nats).await;
     let mut args = relay_args(store, Arc::new(broker), 5000);
     args.parallel_rounds = 4;
 
@@ -471,12 +470,9 @@ async fn a_replay_republishes_retained_rows_and_jetstream_drops_the_duplicates()
     let db = TestDb::create();
     let nats = NatsServer::start();
     let store = store(&db, 3).await;
-    let settings = JetStreamSettings::new("PRIME");
-    let (broker, _client) = JetStreamBroker::connect(&nats.url(), &settings)
-        .await
-        .unwrap();
-    broker.ensure_topology(&settings).await.unwrap();
+    let (broker, _client) = prime_stream(&nats).await;
     // A second setup changes nothing; a changed setting is applied.
+    let settings = JetStreamSettings::new("PRIME");
     broker.ensure_topology(&settings).await.unwrap();
     let mut changed = settings.clone();
     changed.max_deliver = 5;
