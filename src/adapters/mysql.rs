@@ -275,14 +275,16 @@ impl MysqlStore {
     }
 
     async fn claim_inner(&self, limit: u32) -> Result<Claim, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(classify)?;
         let (floor, sweep) = self.floor.next();
         if sweep {
+            // On its own, not in the claim's transaction: two relays sweeping the same row
+            // must not hold each other up for a whole round.
             sqlx::query(SWEEP_SQL)
-                .execute(&mut *tx)
+                .execute(&self.pool)
                 .await
                 .map_err(classify)?;
         }
+        let mut tx = self.pool.begin().await.map_err(classify)?;
         let rows = sqlx::query(CLAIM_SQL)
             .bind(floor)
             .bind(limit)
