@@ -303,6 +303,45 @@ async fn rows_behind_the_claim_floor_or_outside_its_range_still_go_out() {
     assert_eq!(stream_messages(&nats.url(), "PRIME").await, 3001);
 }
 
+/// A broker that refuses every publish.
+struct Refusing;
+
+impl Broker for Refusing {
+    fn publish_batch<'a>(
+        &'a self,
+        messages: &'a [OutgoingMessage],
+    ) -> BoxFuture<'a, Vec<Result<(), BrokerError>>> {
+        let refused = messages
+            .iter()
+            .map(|_| Err(BrokerError("refused".into())))
+            .collect();
+        async move { refused }.boxed()
+    }
+}
+
+/// While rounds come back full and clean, a relay call keeps rounds in flight; once a round
+/// could not publish what it claimed, it starts no more (the broker is down: every further
+/// round would spend a retry of each row it claims and keep the actor from a stop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_call_starts_no_more_rounds_once_publishing_fails() {
+    let db = TestDb::create();
+    let store = store(&db, 3).await;
+    db.sql(
+        "INSERT INTO outbox (event_id, subject, payload) \
+         SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq) FROM seq_1_to_10000",
+    );
+    let mut args = relay_args(store, Arc::new(Refusing), 1000);
+    args.parallel_rounds = 4;
+    let outcome = rounds(&args).await.unwrap();
+    // The first round, then one wave of four.
+    assert_eq!(outcome.claimed, 5000, "{outcome:?}");
+    assert_eq!(outcome.retried, 5000);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE retry_count = 1"),
+        5000
+    );
+}
+
 /// The largest configuration (batches of 5,000, four rounds in flight) asks for more
 /// acknowledgements at once than the JetStream context lends permits for (5,000): a round
 /// that sent all its messages before awaiting any acknowledgement waited forever.

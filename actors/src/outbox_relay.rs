@@ -225,9 +225,11 @@ const ROUNDS_PER_CALL: usize = 8;
 
 /// One round; when it comes back full (more rows are waiting), `parallel_rounds` more kept
 /// in flight: each one that ends full is replaced by a new one at once, so claims, publishes
-/// and marks of different rounds overlap instead of moving in step. Stops at the first
-/// round that is not full (or fails) or after `ROUNDS_PER_CALL` per round in flight, and adds
-/// up the outcomes. Claims never overlap (rows are locked with SKIP LOCKED), so parallel
+/// and marks of different rounds overlap instead of moving in step. Starts no more rounds
+/// once one is not full, could not publish everything it claimed, or fails, or after
+/// `ROUNDS_PER_CALL` per round in flight; adds up the outcomes. (With the broker down, a
+/// call therefore gives each row at most one failed attempt per wave, and hands control
+/// back to the actor after one wave of publish timeouts.) Claims never overlap (rows are locked with SKIP LOCKED), so parallel
 /// rounds only change how much work is in flight; an idle relay still runs a single claim
 /// per tick.
 pub async fn rounds(args: &RelayArgs) -> Result<RoundOutcome, crate::store::StoreError> {
@@ -237,6 +239,7 @@ pub async fn rounds(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Stor
         return Ok(total);
     }
     let budget = n * ROUNDS_PER_CALL;
+    let mut healthy = total.published == total.claimed;
     let mut in_flight: FuturesUnordered<_> = (0..n).map(|_| round(args)).collect();
     let mut started = n;
     let mut error = None;
@@ -248,12 +251,13 @@ pub async fn rounds(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Stor
                 total.retried += o.retried;
                 total.dead += o.dead;
                 total.saturated &= o.saturated;
+                healthy &= o.published == o.claimed;
             }
             Err(e) => {
                 error.get_or_insert(e);
             }
         }
-        if total.saturated && error.is_none() && started < budget {
+        if total.saturated && healthy && error.is_none() && started < budget {
             in_flight.push(round(args));
             started += 1;
         }
