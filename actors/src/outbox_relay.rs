@@ -228,10 +228,10 @@ const ROUNDS_PER_CALL: usize = 8;
 /// and marks of different rounds overlap instead of moving in step. Starts no more rounds
 /// once one is not full, could not publish everything it claimed, or fails, or after
 /// `ROUNDS_PER_CALL` per round in flight; adds up the outcomes. (With the broker down, a
-/// call therefore gives each row at most one failed attempt per wave, and hands control
-/// back to the actor after one wave of publish timeouts.) Claims never overlap (rows are locked with SKIP LOCKED), so parallel
-/// rounds only change how much work is in flight; an idle relay still runs a single claim
-/// per tick.
+/// call therefore gives each row at most one failed attempt, and hands control back to the
+/// actor after one wave of publish timeouts.) Claims never overlap (rows are locked with
+/// SKIP LOCKED), so parallel rounds only change how much work is in flight; an idle relay
+/// still runs a single claim per tick.
 pub async fn rounds(args: &RelayArgs) -> Result<RoundOutcome, crate::store::StoreError> {
     let mut total = round(args).await?;
     let n = args.parallel_rounds.max(1) as usize;

@@ -52,7 +52,7 @@ const FULL_CLAIM_EVERY: Duration = Duration::from_secs(1);
 
 /// Where the relay's next claim starts looking.
 ///
-/// Publishing a row moves its `(state, id)` index entry from `pending` to `published`, and
+/// Publishing a row moves its `idx_state_published_id` entry from `pending` to `published`, and
 /// InnoDB leaves the old entry behind, delete-marked, until its purge thread gets to it. A
 /// claim that starts at the lowest pending id walks every such entry first; working off a
 /// backlog, the relay's own recent marks are thousands of them, and the claim cost more
@@ -90,11 +90,12 @@ impl ClaimFloor {
         (self.id.load(Ordering::Relaxed), false)
     }
 
-    /// Moves the floor after a claim of `limit` rows that returned `ids` (ascending).
-    fn record(&self, limit: u32, ids: &[i64]) {
-        match ids.last() {
-            Some(&highest) if ids.len() >= limit as usize => {
-                self.id.fetch_max(highest, Ordering::Relaxed);
+    /// Moves the floor after a claim of `limit` rows that returned `claimed` rows, the
+    /// highest id last.
+    fn record(&self, limit: u32, claimed: &[OutboxEvent]) {
+        match claimed.last() {
+            Some(highest) if claimed.len() >= limit as usize => {
+                self.id.fetch_max(highest.id, Ordering::Relaxed);
             }
             _ => self.id.store(0, Ordering::Relaxed),
         }
@@ -300,8 +301,7 @@ impl MysqlStore {
             .iter()
             .map(event_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
-        self.floor.record(limit, &ids);
+        self.floor.record(limit, &events);
         Ok(Claim::new(events, Box::new(HeldClaim { tx })))
     }
 }
@@ -426,7 +426,7 @@ pub const CLAIM_SQL: &str = "SELECT id, event_id, subject, CAST(payload AS CHAR)
                              ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED";
 
 /// Gives a pending row without the epoch in `published_at` the epoch, so the claim sees it.
-pub const SWEEP_SQL: &str = "UPDATE outbox SET published_at = DEFAULT \
+const SWEEP_SQL: &str = "UPDATE outbox SET published_at = DEFAULT \
                              WHERE state = 'pending' \
                                AND (published_at IS NULL OR published_at > '1970-01-01 00:00:01')";
 
