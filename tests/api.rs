@@ -435,6 +435,174 @@ async fn a_request_without_its_outbox_row_is_impossible() {
     assert_eq!(db.count("SELECT COUNT(*) FROM outbox"), 1);
 }
 
+/// Posts every body at once, each from its own task; the replies in the same order.
+async fn post_all(app: &Router, requests: Vec<(Value, Option<&'static str>)>) -> Vec<Reply> {
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|(body, key)| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let headers: Vec<(&str, &str)> =
+                    key.map(|k| ("idempotency-key", k)).into_iter().collect();
+                post(&app, body, &headers).await
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    replies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_transactions_and_each_gets_its_own_answer() {
+    let db = TestDb::create();
+    let store = store_for(&db.url).await;
+    store.migrate().await.unwrap();
+    let app =
+        router(AppState::new("api-test-root", Vec::new()).with_requests(store.clone(), None, 50));
+    let taken = post(
+        &app,
+        json!({"number": "5", "email": "a@b.co"}),
+        &[("idempotency-key", "taken")],
+    )
+    .await;
+    assert_eq!(taken.status, StatusCode::ACCEPTED);
+    let before = store.accept_stats();
+
+    // 300 new requests, and among them repeats of a stored key, a new key sent five times,
+    // and a stored key reused for another number: each kind fails a shared transaction.
+    let mut requests: Vec<(Value, Option<&'static str>)> = (0..300)
+        .map(|n| {
+            (
+                json!({"number": (1000 + n).to_string(), "email": "a@b.co"}),
+                None,
+            )
+        })
+        .collect();
+    for i in 0..5 {
+        requests.insert(
+            i * 60,
+            (json!({"number": "5", "email": "a@b.co"}), Some("taken")),
+        );
+        requests.insert(
+            i * 60 + 1,
+            (json!({"number": "6", "email": "a@b.co"}), Some("fresh")),
+        );
+        requests.insert(
+            i * 60 + 2,
+            (json!({"number": "9", "email": "a@b.co"}), Some("taken")),
+        );
+    }
+    let sent = requests.clone();
+    let replies = post_all(&app, requests).await;
+
+    let mut fresh_ids = std::collections::BTreeSet::new();
+    let mut new_ids = std::collections::BTreeSet::new();
+    for ((body, key), reply) in sent.iter().zip(&replies) {
+        match (key, body["number"].as_str().unwrap()) {
+            (Some("taken"), "5") => {
+                assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+                assert_eq!(reply.body, taken.body, "the first answer");
+                assert_eq!(reply.headers["idempotent-replayed"], "true");
+            }
+            (Some("taken"), _) => {
+                assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+                assert_eq!(reply.body["error"], "idempotency_key_reused");
+            }
+            (Some(_), _) => {
+                assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+                fresh_ids.insert(reply.body["id"].as_str().unwrap().to_string());
+            }
+            (None, _) => {
+                assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+                assert!(reply.headers.get("idempotent-replayed").is_none());
+                new_ids.insert(reply.body["id"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(fresh_ids.len(), 1, "one request for one key: {fresh_ids:?}");
+    assert_eq!(new_ids.len(), 300);
+
+    // Stored: the first request, 300 new ones and one for the new key; each with its event.
+    assert_eq!(db.count("SELECT COUNT(*) FROM prime_check_requests"), 302);
+    assert_eq!(db.count("SELECT COUNT(*) FROM outbox"), 302);
+    assert_eq!(
+        db.count(
+            "SELECT COUNT(*) FROM prime_check_requests r JOIN outbox o \
+             ON JSON_VALUE(o.payload, '$.request_id') = r.id \
+             AND JSON_VALUE(o.payload, '$.number') = r.number"
+        ),
+        302,
+        "every request has its own event"
+    );
+    for id in &new_ids {
+        let got = call(&app, Method::GET, &format!("/prime-check/{id}"), &[], None).await;
+        assert_eq!(
+            got.status,
+            StatusCode::OK,
+            "{id} was answered 202 but is not stored"
+        );
+    }
+
+    let after = store.accept_stats();
+    let requests = after.requests - before.requests;
+    let transactions = after.transactions - before.transactions;
+    assert_eq!(requests, 315);
+    assert!(
+        transactions < requests / 2,
+        "concurrent requests should share transactions: {transactions} for {requests}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_in_a_shared_transaction_fails_only_its_own_request() {
+    let db = TestDb::create();
+    let store = store_for(&db.url).await;
+    store.migrate().await.unwrap();
+    let app =
+        router(AppState::new("api-test-root", Vec::new()).with_requests(store.clone(), None, 50));
+    // The outbox insert of one number fails, after its request row was written.
+    db.sql(
+        "CREATE TRIGGER fail_outbox BEFORE INSERT ON outbox FOR EACH ROW \
+         SET NEW.subject = IF(JSON_VALUE(NEW.payload, '$.number') = '1013', NULL, NEW.subject)",
+    );
+    let requests = (0..100)
+        .map(|n| {
+            (
+                json!({"number": (1000 + n).to_string(), "email": "a@b.co"}),
+                None,
+            )
+        })
+        .collect();
+    let replies = post_all(&app, requests).await;
+    for (n, reply) in (1000..).zip(&replies) {
+        if n == 1013 {
+            assert_eq!(
+                reply.status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{}",
+                reply.body
+            );
+        } else {
+            assert_eq!(reply.status, StatusCode::ACCEPTED, "{n}: {}", reply.body);
+        }
+    }
+    assert_eq!(db.count("SELECT COUNT(*) FROM prime_check_requests"), 99);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM prime_check_requests WHERE number = '1013'"),
+        0,
+        "the failed request was rolled back"
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM outbox"), 99);
+    assert!(
+        store.accept_stats().transactions < 100,
+        "{:?}",
+        store.accept_stats()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_list_pages_newest_first_and_filters_by_status() {
     let db = TestDb::create();

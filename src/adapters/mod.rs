@@ -3,6 +3,7 @@
 mod common;
 pub mod mail;
 pub mod mysql;
+mod mysql_accept;
 pub mod mysql_workers;
 pub mod nats;
 pub mod nats_consumer;

@@ -22,7 +22,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{Acquire, MySql, QueryBuilder, Row};
+use tokio::sync::oneshot;
 
+pub use super::mysql_accept::AcceptStats;
+use super::mysql_accept::{AcceptQueue, Job, MAX_WRITERS};
 use crate::config::Secret;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/mysql");
@@ -44,6 +47,7 @@ pub struct MysqlStore {
     pool: MySqlPool,
     outbox_max_retries: u32,
     floor: Arc<ClaimFloor>,
+    accepts: Arc<AcceptQueue>,
 }
 
 /// How often a claim looks at every pending row, even while a backlog is being worked off
@@ -144,6 +148,10 @@ impl MysqlStore {
             pool,
             outbox_max_retries: settings.outbox_max_retries,
             floor: Arc::new(ClaimFloor::new()),
+            // Half the pool at most, so that accepting never starves the relay and workers.
+            accepts: Arc::new(AcceptQueue::new(
+                MAX_WRITERS.min(settings.max_connections as usize / 2),
+            )),
         })
     }
 
@@ -190,7 +198,132 @@ impl MysqlStore {
         &self.pool
     }
 
-    async fn create_inner(&self, req: NewRequest) -> Result<CreateOutcome, StoreError> {
+    /// How many transactions stored how many accepted requests (see [`mysql_accept`]).
+    ///
+    /// [`mysql_accept`]: super::mysql_accept
+    pub fn accept_stats(&self) -> AcceptStats {
+        self.accepts.stats()
+    }
+
+    /// Stores a request: queued, and written by a writer with the requests queued beside it.
+    async fn create_grouped(&self, request: NewRequest) -> Result<CreateOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        if self.accepts.push(Job { request, reply }) {
+            // Its own task: a client that goes away must not stop the writes of others.
+            let store = self.clone();
+            tokio::spawn(async move { store.write_accepts().await });
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the request was not stored: its writer stopped (is the daemon shutting down?); try again".into(),
+            ))
+        })
+    }
+
+    /// A writer: writes queued batches until the queue is empty.
+    async fn write_accepts(self) {
+        let mut slot = self.accepts.slot();
+        while let Some(mut batch) = self.accepts.take(&mut slot) {
+            if batch.len() == 1 {
+                if let Some(job) = batch.pop() {
+                    let outcome = self.create_one(job.request).await;
+                    let _ = job.reply.send(outcome);
+                }
+                continue;
+            }
+            match self.insert_batch(&batch).await {
+                Ok(created_at) => {
+                    for job in batch {
+                        let r = job.request;
+                        let _ = job.reply.send(Ok(CreateOutcome::Created(PrimeRequest {
+                            id: r.id,
+                            number: r.number,
+                            email: r.email,
+                            status: RequestStatus::Pending,
+                            is_prime: None,
+                            factor: None,
+                            created_at,
+                            completed_at: None,
+                            error: None,
+                        })));
+                    }
+                }
+                Err(BatchFailed::BeforeCommit) => {
+                    // Each on its own, for the answer it would have had alone.
+                    futures::future::join_all(batch.into_iter().map(|job| async {
+                        let outcome = self.create_one(job.request).await;
+                        let _ = job.reply.send(outcome);
+                    }))
+                    .await;
+                }
+                Err(BatchFailed::NoConnection(err) | BatchFailed::Commit(err)) => {
+                    for job in batch {
+                        let _ = job.reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a batch's requests and outbox events in one transaction.
+    async fn insert_batch(&self, batch: &[Job]) -> Result<DateTime<Utc>, BatchFailed> {
+        let created_at = now_micros();
+        let unavailable = |e| BatchFailed::NoConnection(classify(e));
+        let mut payloads = Vec::with_capacity(batch.len());
+        for job in batch {
+            let r = &job.request;
+            payloads.push(
+                serde_json::to_string(&PrimeCheckRequested {
+                    request_id: r.id.clone(),
+                    number: r.number.clone(),
+                    email: r.email.clone(),
+                })
+                .map_err(|_| BatchFailed::BeforeCommit)?,
+            );
+        }
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let mut tx = conn.begin().await.map_err(unavailable)?;
+        let mut requests: QueryBuilder<'_, MySql> = QueryBuilder::new(
+            "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at) ",
+        );
+        requests.push_values(batch, |mut row, job| {
+            let r = &job.request;
+            row.push_bind(&r.id)
+                .push_bind(&r.number)
+                .push_bind(&r.email)
+                .push_bind(&r.idempotency_key)
+                .push_bind(&r.request_id)
+                .push_bind(created_at);
+        });
+        let mut events: QueryBuilder<'_, MySql> = QueryBuilder::new(
+            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at) ",
+        );
+        events.push_values(batch.iter().zip(&payloads), |mut row, (job, payload)| {
+            let r = &job.request;
+            row.push_bind(&r.event_id)
+                .push_bind(SUBJECT_PRIMECHECK_REQUESTED)
+                .push_bind(payload)
+                .push_bind(&r.request_id)
+                .push_bind(&r.traceparent)
+                .push_bind(self.outbox_max_retries)
+                .push_bind(created_at);
+        });
+        let written = match requests.build().execute(&mut *tx).await {
+            Ok(_) => events.build().execute(&mut *tx).await.map(|_| ()),
+            Err(err) => Err(err),
+        };
+        if written.is_err() {
+            // Explicitly, so that no lock outlives the batch while its requests are retried.
+            let _ = tx.rollback().await;
+            return Err(BatchFailed::BeforeCommit);
+        }
+        tx.commit()
+            .await
+            .map_err(|e| BatchFailed::Commit(classify(e)))?;
+        Ok(created_at)
+    }
+
+    async fn create_one(&self, req: NewRequest) -> Result<CreateOutcome, StoreError> {
         let created_at = now_micros();
         let payload = serde_json::to_string(&PrimeCheckRequested {
             request_id: req.id.clone(),
@@ -508,13 +641,24 @@ pub(crate) fn classify(err: sqlx::Error) -> StoreError {
     }
 }
 
+/// Why a batch of accepted requests was not stored.
+enum BatchFailed {
+    /// No connection (the pool timed out, the database is down): nothing was stored, and
+    /// writing each request on its own would only wait as long again.
+    NoConnection(StoreError),
+    /// A statement failed: nothing was stored, and each request may be written on its own.
+    BeforeCommit,
+    /// The commit failed: the batch may or may not be stored.
+    Commit(StoreError),
+}
+
 fn redact(message: &str, url: &Secret) -> String {
     message.replace(url.expose(), "<DATABASE_URL>")
 }
 
 impl RequestStore for MysqlStore {
     fn create(&self, request: NewRequest) -> BoxFuture<'_, Result<CreateOutcome, StoreError>> {
-        self.create_inner(request).boxed()
+        self.create_grouped(request).boxed()
     }
 
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<PrimeRequest>, StoreError>> {
