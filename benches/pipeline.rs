@@ -15,6 +15,10 @@
 
 mod common;
 
+// The daemon's allocator (see src/main.rs), so that the bench measures what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};

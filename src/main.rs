@@ -7,6 +7,12 @@ use primed::cli::{Cli, Command, ConfigAction, OutboxAction, RatelimitAction};
 use primed::config::Config;
 use primed::{daemon, logging, ops};
 
+/// mimalloc instead of the system allocator: the relay and the API allocate a few small
+/// strings per event, and glibc's malloc and free were a third of the relay's own CPU
+/// (BENCHMARKS.md, "Pipeline").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// EX_USAGE from sysexits.h: the configuration or command line is wrong.
 const EX_USAGE: u8 = 64;
 

@@ -270,23 +270,26 @@ pub async fn rounds(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Stor
 
 /// One claim → publish → mark round.
 pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::StoreError> {
-    let claim = args.store.claim(args.batch_size, args.lease).await?;
-    let events = &claim.events;
-    if events.is_empty() {
+    let mut claim = args.store.claim(args.batch_size, args.lease).await?;
+    if claim.events.is_empty() {
         return Ok(RoundOutcome::default());
     }
-    let messages: Vec<OutgoingMessage> = events
-        .iter()
+    // The strings move into the messages (a round is thousands of them); what the round
+    // still needs of an event afterwards is its id and retry counts.
+    let messages: Vec<OutgoingMessage> = claim
+        .events
+        .iter_mut()
         .map(|e| OutgoingMessage {
-            event_id: e.event_id.clone(),
-            subject: e.subject.clone(),
-            payload: e.payload.clone(),
+            event_id: std::mem::take(&mut e.event_id),
+            subject: std::mem::take(&mut e.subject),
+            payload: std::mem::take(&mut e.payload),
             attempt: e.retry_count + 1,
-            request_id: e.request_id.clone(),
-            traceparent: e.traceparent.clone(),
+            request_id: e.request_id.take(),
+            traceparent: e.traceparent.take(),
             dlq_id: e.dlq_id,
         })
         .collect();
+    let events = &claim.events;
     let results = args.broker.publish_batch(&messages).await;
     let mut outcome = RoundOutcome {
         claimed: events.len(),
@@ -295,7 +298,7 @@ pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Store
     };
     let mut published = Vec::with_capacity(events.len());
     let mut failures = Vec::new();
-    for (event, result) in events.iter().zip(results) {
+    for ((event, message), result) in events.iter().zip(&messages).zip(results) {
         match result {
             Ok(()) => published.push(event.id),
             Err(err) => {
@@ -313,7 +316,7 @@ pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Store
                 } else {
                     outcome.dead += 1;
                 }
-                tracing::debug!(event_id = %event.event_id, attempt = failures_so_far, error = %err, "publish failed");
+                tracing::debug!(event_id = %message.event_id, attempt = failures_so_far, error = %err, "publish failed");
                 failures.push(PublishFailure {
                     id: event.id,
                     error: err.to_string(),

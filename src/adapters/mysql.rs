@@ -455,9 +455,9 @@ impl Settle for HeldClaim {
             if !published.is_empty() {
                 let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
                     "UPDATE outbox SET state = 'published', published_at = NOW(6), error_message = NULL \
-                     WHERE id IN (",
+                     WHERE ",
                 );
-                push_ids(&mut q, published.iter().copied());
+                push_id_set(&mut q, published);
                 q.build().execute(&mut *tx).await.map_err(classify)?;
             }
             record_failures(&mut tx, failures).await?;
@@ -565,6 +565,25 @@ const SWEEP_SQL: &str = "UPDATE outbox SET published_at = DEFAULT \
 
 const SELECT_REQUEST: &str = "SELECT id, number, email, status, is_prime, factor, error, created_at, completed_at \
                               FROM prime_check_requests";
+
+/// `id BETWEEN first AND last` when `ids` is a run of consecutive ids (a claim working off a
+/// backlog usually is, and every id in the range is then one of `ids`), else `id IN (…)`:
+/// MariaDB builds a range for each listed id, a few percent of a relay round's database time.
+fn push_id_set(q: &mut QueryBuilder<'_, MySql>, ids: &[i64]) {
+    let consecutive = ids.windows(2).all(|w| w[0].checked_add(1) == Some(w[1]));
+    match (ids.first(), ids.last()) {
+        (Some(&first), Some(&last)) if consecutive => {
+            q.push("id BETWEEN ")
+                .push_bind(first)
+                .push(" AND ")
+                .push_bind(last);
+        }
+        _ => {
+            q.push("id IN (");
+            push_ids(q, ids.iter().copied());
+        }
+    }
+}
 
 pub(crate) fn push_ids(q: &mut QueryBuilder<'_, MySql>, ids: impl Iterator<Item = i64>) {
     let mut sep = q.separated(", ");
@@ -731,5 +750,30 @@ impl OutboxStore for MysqlStore {
             Ok(done.rows_affected())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn condition(ids: &[i64]) -> String {
+        let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new("");
+        push_id_set(&mut q, ids);
+        q.sql().to_string()
+    }
+
+    #[test]
+    fn a_run_of_consecutive_ids_is_marked_as_a_range() {
+        assert_eq!(condition(&[7, 8, 9, 10]), "id BETWEEN ? AND ?");
+        assert_eq!(condition(&[7]), "id BETWEEN ? AND ?");
+    }
+
+    #[test]
+    fn ids_with_a_gap_are_listed() {
+        // A row between them (another relay's, or not committed yet) must not be marked.
+        assert_eq!(condition(&[7, 8, 10]), "id IN (?, ?, ?)");
+        assert_eq!(condition(&[10, 9, 8]), "id IN (?, ?, ?)");
+        assert_eq!(condition(&[7, 7]), "id IN (?, ?)");
     }
 }
