@@ -234,18 +234,7 @@ impl MysqlStore {
             match self.insert_batch(&batch).await {
                 Ok(created_at) => {
                     for job in batch {
-                        let r = job.request;
-                        let _ = job.reply.send(Ok(CreateOutcome::Created(PrimeRequest {
-                            id: r.id,
-                            number: r.number,
-                            email: r.email,
-                            status: RequestStatus::Pending,
-                            is_prime: None,
-                            factor: None,
-                            created_at,
-                            completed_at: None,
-                            error: None,
-                        })));
+                        let _ = job.reply.send(Ok(created(job.request, created_at)));
                     }
                 }
                 Err(BatchFailed::BeforeCommit) => {
@@ -376,17 +365,7 @@ impl MysqlStore {
             return Err(classify(err));
         }
         tx.commit().await.map_err(classify)?;
-        Ok(CreateOutcome::Created(PrimeRequest {
-            id: req.id,
-            number: req.number,
-            email: req.email,
-            status: RequestStatus::Pending,
-            is_prime: None,
-            factor: None,
-            created_at,
-            completed_at: None,
-            error: None,
-        }))
+        Ok(created(req, created_at))
     }
 
     async fn existing(&self, key: &str, req: &NewRequest) -> Result<CreateOutcome, StoreError> {
@@ -658,6 +637,21 @@ pub(crate) fn classify(err: sqlx::Error) -> StoreError {
         }
         _ => StoreError::Rejected(err.to_string()),
     }
+}
+
+/// The answer for a request just stored.
+fn created(req: NewRequest, created_at: DateTime<Utc>) -> CreateOutcome {
+    CreateOutcome::Created(PrimeRequest {
+        id: req.id,
+        number: req.number,
+        email: req.email,
+        status: RequestStatus::Pending,
+        is_prime: None,
+        factor: None,
+        created_at,
+        completed_at: None,
+        error: None,
+    })
 }
 
 /// Why a batch of accepted requests was not stored.
