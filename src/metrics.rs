@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, TextEncoder,
 };
 
 /// The daemon's instruments.
@@ -39,6 +39,9 @@ pub struct Metrics {
     pub redis_connected_clients: IntGauge,
     /// `database_query_duration_seconds{query_type}`: store calls by port method.
     pub database_query_duration: HistogramVec,
+    /// `accept_transaction_requests`: requests stored per transaction of accepted requests
+    /// (MySQL's group commit; 1 when the daemon is idle).
+    pub accept_transaction_requests: Histogram,
     /// `metrics_collection_errors_total{source}`: gauges that could not be read.
     pub collection_errors: IntCounterVec,
     /// `build_info{version}`: always 1.
@@ -116,6 +119,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         HistogramOpts::new("database_query_duration_seconds", "Database query duration"),
         &["query_type"],
     )?;
+    let accept_transaction_requests = Histogram::with_opts(
+        HistogramOpts::new(
+            "accept_transaction_requests",
+            "Accepted requests stored per database transaction",
+        )
+        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0]),
+    )?;
     let collection_errors = IntCounterVec::new(
         Opts::new(
             "metrics_collection_errors_total",
@@ -184,6 +194,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(database_connections.clone()),
         Box::new(redis_connected_clients.clone()),
         Box::new(database_query_duration.clone()),
+        Box::new(accept_transaction_requests.clone()),
         Box::new(collection_errors.clone()),
         Box::new(build_info.clone()),
     ] {
@@ -203,6 +214,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         database_connections,
         redis_connected_clients,
         database_query_duration,
+        accept_transaction_requests,
         collection_errors,
         build_info,
         rate_limit_hits,

@@ -172,6 +172,8 @@ async fn the_scrape_shows_what_the_pipeline_did() {
     assert!(sample(&m, "redis_connected_clients").unwrap() >= 1.0);
     assert!(sample(&m, r#"database_connections{state="idle"}"#).is_some());
     assert!(sample(&m, "outbox_relay_lag_seconds").unwrap() >= 0.0);
+    // The accepted request was stored by a transaction of the group commit.
+    assert!(sample(&m, "accept_transaction_requests_count").unwrap() >= 1.0);
 
     // Every metric that an alert rule or a dashboard queries is exported.
     let exported = families(&m);

@@ -109,6 +109,9 @@ impl AcceptQueue {
         self.transactions.fetch_add(1, Ordering::Relaxed);
         self.requests
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        crate::metrics::metrics()
+            .accept_transaction_requests
+            .observe(batch.len() as f64);
         Some(batch)
     }
 
