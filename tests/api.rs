@@ -604,6 +604,80 @@ async fn a_fault_in_a_shared_transaction_fails_only_its_own_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_behind_a_stalled_database_give_up_and_store_nothing() {
+    use sqlx::Connection;
+    let db = TestDb::create();
+    // A pool of 2: one writer. It waits 1 s for a connection, so queued requests wait 1 s.
+    let store = Arc::new(
+        MysqlStore::connect(
+            &Secret::new(db.url.clone()),
+            PoolSettings {
+                max_connections: 2,
+                acquire_timeout: Duration::from_secs(1),
+                outbox_max_retries: 3,
+            },
+        )
+        .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    let app = router(AppState::new("api-test-root", Vec::new()).with_requests(store, None, 50));
+
+    // Another session holds the request table: the writer's insert waits for it.
+    let mut locker = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+    sqlx::query("LOCK TABLES prime_check_requests WRITE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let first = {
+        let app = app.clone();
+        tokio::spawn(
+            async move { post(&app, json!({"number": "7", "email": "a@b.co"}), &[]).await },
+        )
+    };
+    let waiting = format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = '{}' \
+         AND STATE = 'Waiting for table metadata lock'",
+        db.name
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while db.count(&waiting) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never reached the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Requests queued behind the stuck writer answer 503 after the pool's timeout, not when
+    // the database comes back.
+    let queued = (0..3)
+        .map(|n| {
+            (
+                json!({"number": (100 + n).to_string(), "email": "a@b.co"}),
+                None,
+            )
+        })
+        .collect();
+    let replies = tokio::time::timeout(Duration::from_secs(10), post_all(&app, queued))
+        .await
+        .expect("queued requests waited for the stalled database");
+    for r in &replies {
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+        assert_eq!(r.body["error"], "store_unavailable");
+    }
+
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let first = first.await.unwrap();
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    // Only the request the writer had taken is stored.
+    assert_eq!(db.count("SELECT COUNT(*) FROM prime_check_requests"), 1);
+    assert_eq!(db.count("SELECT COUNT(*) FROM outbox"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_list_pages_newest_first_and_filters_by_status() {
     let db = TestDb::create();
     let app = app(&db).await;

@@ -48,6 +48,8 @@ pub struct MysqlStore {
     outbox_max_retries: u32,
     floor: Arc<ClaimFloor>,
     accepts: Arc<AcceptQueue>,
+    /// How long an accepted request waits in the queue for a writer (the pool's timeout).
+    accept_wait: Duration,
 }
 
 /// How often a claim looks at every pending row, even while a backlog is being worked off
@@ -152,6 +154,7 @@ impl MysqlStore {
             accepts: Arc::new(AcceptQueue::new(
                 MAX_WRITERS.min(settings.max_connections as usize / 2),
             )),
+            accept_wait: settings.acquire_timeout,
         })
     }
 
@@ -207,17 +210,29 @@ impl MysqlStore {
 
     /// Stores a request: queued, and written by a writer with the requests queued beside it.
     async fn create_grouped(&self, request: NewRequest) -> Result<CreateOutcome, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        if self.accepts.push(Job { request, reply }) {
+        let (reply, mut answer) = oneshot::channel();
+        let (ticket, start_writer) = self.accepts.push(request, reply);
+        if start_writer {
             // Its own task: a client that goes away must not stop the writes of others.
             let store = self.clone();
             tokio::spawn(async move { store.write_accepts().await });
         }
-        answer.await.unwrap_or_else(|_| {
+        let stopped = |_| {
             Err(StoreError::Unavailable(
                 "the request was not stored: its writer stopped (is the daemon shutting down?); try again".into(),
             ))
-        })
+        };
+        match tokio::time::timeout(self.accept_wait, &mut answer).await {
+            Ok(outcome) => outcome.unwrap_or_else(stopped),
+            // Every writer is stuck (a stalled database): give up as a lone request gives up
+            // on the pool, if no writer has taken it yet; then nothing was stored.
+            Err(_) if self.accepts.withdraw(ticket) => Err(StoreError::Unavailable(format!(
+                "the database took no new request for {} s (every writer is busy or stuck); nothing was stored, try again",
+                self.accept_wait.as_secs_f64()
+            ))),
+            // A writer has it: its transaction decides, and the answer says how it went.
+            Err(_) => answer.await.unwrap_or_else(stopped),
+        }
     }
 
     /// A writer: writes queued batches until the queue is empty.

@@ -15,6 +15,10 @@
 //! second write would fail on the ids it already holds; its requests get the error, as a
 //! single request whose commit failed does. With no connection at all, each gets the error
 //! at once instead of waiting out the pool's timeout a second time.
+//!
+//! A request waits in the queue at most the pool's timeout: then, if no writer has taken it,
+//! it is withdrawn and answered as a request that got no connection (nothing stored). A
+//! request whose client went away before a writer took it is not written.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +36,8 @@ pub(crate) const MAX_WRITERS: usize = 4;
 
 /// A request waiting for a writer, and where its answer goes.
 pub(crate) struct Job {
+    /// Tells the job apart in the queue (see [`AcceptQueue::withdraw`]).
+    pub(crate) ticket: u64,
     pub(crate) request: NewRequest,
     pub(crate) reply: oneshot::Sender<Result<CreateOutcome, StoreError>>,
 }
@@ -49,6 +55,7 @@ pub(crate) struct AcceptQueue {
 struct State {
     jobs: VecDeque<Job>,
     writers: usize,
+    next_ticket: u64,
 }
 
 impl std::fmt::Debug for State {
@@ -80,16 +87,36 @@ impl AcceptQueue {
         }
     }
 
-    /// Queues a job. True when the caller must start a writer (fewer than the most are at
-    /// work; the count already includes the new one).
-    pub(crate) fn push(&self, job: Job) -> bool {
+    /// Queues a request. Returns its ticket, and true when the caller must start a writer
+    /// (fewer than the most are at work; the count already includes the new one).
+    pub(crate) fn push(
+        &self,
+        request: NewRequest,
+        reply: oneshot::Sender<Result<CreateOutcome, StoreError>>,
+    ) -> (u64, bool) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.jobs.push_back(job);
+        let ticket = state.next_ticket;
+        state.next_ticket = ticket.wrapping_add(1);
+        state.jobs.push_back(Job {
+            ticket,
+            request,
+            reply,
+        });
         if state.writers < self.writers {
             state.writers += 1;
-            true
+            (ticket, true)
         } else {
-            false
+            (ticket, false)
+        }
+    }
+
+    /// Takes a job back out of the queue, so that it is never written. False when a writer
+    /// has taken it already (its answer is on the way).
+    pub(crate) fn withdraw(&self, ticket: u64) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match state.jobs.iter().position(|job| job.ticket == ticket) {
+            Some(at) => state.jobs.remove(at).is_some(),
+            None => false,
         }
     }
 
@@ -98,13 +125,18 @@ impl AcceptQueue {
     /// job is left without a writer).
     pub(crate) fn take(&self, slot: &mut WriterSlot<'_>) -> Option<Vec<Job>> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.jobs.is_empty() {
-            state.writers -= 1;
-            slot.held = false;
-            return None;
+        let mut batch = Vec::new();
+        while batch.is_empty() {
+            if state.jobs.is_empty() {
+                state.writers -= 1;
+                slot.held = false;
+                return None;
+            }
+            let n = state.jobs.len().min(MAX_BATCH);
+            // A request whose client went away before its write began is not stored, as a
+            // dropped transaction was not before requests shared them.
+            batch.extend(state.jobs.drain(..n).filter(|job| !job.reply.is_closed()));
         }
-        let n = state.jobs.len().min(MAX_BATCH);
-        let batch: Vec<Job> = state.jobs.drain(..n).collect();
         drop(state);
         self.transactions.fetch_add(1, Ordering::Relaxed);
         self.requests
@@ -157,7 +189,10 @@ impl Drop for WriterSlot<'_> {
 mod tests {
     use super::*;
 
-    fn job() -> (Job, oneshot::Receiver<Result<CreateOutcome, StoreError>>) {
+    type Answer = oneshot::Receiver<Result<CreateOutcome, StoreError>>;
+
+    /// Queues a request; its ticket, whether a writer must start, and where its answer comes.
+    fn push(queue: &AcceptQueue) -> (u64, bool, Answer) {
         let (reply, rx) = oneshot::channel();
         let request = NewRequest {
             id: "id".into(),
@@ -168,27 +203,27 @@ mod tests {
             traceparent: None,
             event_id: "e".into(),
         };
-        (Job { request, reply }, rx)
+        let (ticket, start) = queue.push(request, reply);
+        (ticket, start, rx)
     }
 
     #[test]
     fn pushes_start_writers_up_to_the_most_then_queue() {
         let queue = AcceptQueue::new(2);
-        let starts: Vec<bool> = (0..5).map(|_| queue.push(job().0)).collect();
+        let pushed: Vec<_> = (0..5).map(|_| push(&queue)).collect();
+        let starts: Vec<bool> = pushed.iter().map(|p| p.1).collect();
         assert_eq!(starts, [true, true, false, false, false]);
         let mut a = queue.slot();
         assert_eq!(queue.take(&mut a).map(|b| b.len()), Some(5));
         assert!(queue.take(&mut a).is_none());
         // One writer stopped: the next push starts one again.
-        assert!(queue.push(job().0));
+        assert!(push(&queue).1);
     }
 
     #[test]
     fn a_batch_holds_at_most_max_batch_jobs() {
         let queue = AcceptQueue::new(1);
-        for _ in 0..MAX_BATCH + 3 {
-            queue.push(job().0);
-        }
+        let _answers: Vec<_> = (0..MAX_BATCH + 3).map(|_| push(&queue)).collect();
         let mut slot = queue.slot();
         assert_eq!(queue.take(&mut slot).map(|b| b.len()), Some(MAX_BATCH));
         assert_eq!(queue.take(&mut slot).map(|b| b.len()), Some(3));
@@ -204,12 +239,42 @@ mod tests {
     #[test]
     fn a_writer_that_stops_early_gives_its_slot_back() {
         let queue = AcceptQueue::new(1);
-        assert!(queue.push(job().0));
+        let first = push(&queue);
+        assert!(first.1);
         {
             let mut slot = queue.slot();
             let _batch = queue.take(&mut slot);
             // Dropped while held, as by a panic mid-write.
         }
-        assert!(queue.push(job().0), "a new writer is started");
+        assert!(push(&queue).1, "a new writer is started");
+    }
+
+    #[test]
+    fn a_withdrawn_job_is_never_taken_and_a_taken_one_cannot_be_withdrawn() {
+        let queue = AcceptQueue::new(1);
+        let (a, _, _answer_a) = push(&queue);
+        let (b, _, _answer_b) = push(&queue);
+        assert!(queue.withdraw(b));
+        assert!(!queue.withdraw(b), "only once");
+        let mut slot = queue.slot();
+        let batch = queue.take(&mut slot).unwrap();
+        assert_eq!(batch.iter().map(|j| j.ticket).collect::<Vec<_>>(), [a]);
+        assert!(!queue.withdraw(a), "a writer has it");
+    }
+
+    #[test]
+    fn jobs_whose_client_went_away_are_not_written() {
+        let queue = AcceptQueue::new(1);
+        let (gone, _, answer) = push(&queue);
+        drop(answer);
+        let (kept, _, _answer) = push(&queue);
+        let mut slot = queue.slot();
+        let batch = queue.take(&mut slot).unwrap();
+        assert_eq!(batch.iter().map(|j| j.ticket).collect::<Vec<_>>(), [kept]);
+        assert_ne!(gone, kept);
+        // Only gone clients left: the writer stops.
+        let (_, _, answer) = push(&queue);
+        drop(answer);
+        assert!(queue.take(&mut slot).is_none());
     }
 }
