@@ -13,7 +13,7 @@ use actors::outbox_relay::{round, rounds};
 use actors::{Broker, BrokerError, OutgoingMessage, RelayArgs, RelayWake, RetryPolicy};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use primed::adapters::mysql::{CLAIM_SQL, MysqlStore, PoolSettings};
+use primed::adapters::mysql::{CLAIM_ABOVE_FLOOR_SQL, CLAIM_SQL, MysqlStore, PoolSettings};
 use primed::adapters::nats::{CONSUMER_PRIMECHECK, DLQ_STREAM, JetStreamBroker, JetStreamSettings};
 use primed::config::Secret;
 use serde_json::{Value, json};
@@ -257,6 +257,18 @@ async fn the_claim_reads_pending_rows_through_the_state_index() {
         !plan.contains("filesort"),
         "the claim must read pending rows in id order, not sort them all: {plan}"
     );
+
+    // Above a floor, the claim reads a range of the primary key from the floor up, in order.
+    let plan = db.sql(&format!(
+        "EXPLAIN {}",
+        CLAIM_ABOVE_FLOOR_SQL
+            .replacen('?', "150000", 1)
+            .replacen('?', "1000", 1)
+    ));
+    let fields: Vec<&str> = plan.split('\t').collect();
+    assert_eq!(fields.get(3), Some(&"range"), "floor claim plan: {plan}");
+    assert_eq!(fields.get(5), Some(&"PRIMARY"), "floor claim plan: {plan}");
+    assert!(!plan.contains("filesort"), "floor claim plan: {plan}");
 }
 
 /// Working off a backlog, claims start above the highest id claimed so far. A row below

@@ -413,7 +413,12 @@ impl MysqlStore {
                 .map_err(classify)?;
         }
         let mut tx = self.pool.begin().await.map_err(classify)?;
-        let rows = sqlx::query(CLAIM_SQL)
+        let sql = if floor > 0 {
+            CLAIM_ABOVE_FLOOR_SQL
+        } else {
+            CLAIM_SQL
+        };
+        let rows = sqlx::query(sql)
             .bind(floor)
             .bind(limit)
             .fetch_all(&mut *tx)
@@ -538,19 +543,36 @@ async fn record_failures(
     Ok(())
 }
 
-/// The relay's claim: due pending rows above the floor, oldest first, skipping rows another
-/// relay holds.
+/// The relay's claim through `$index`: due pending rows above the floor, oldest first,
+/// skipping rows another relay holds.
+macro_rules! claim_sql {
+    ($index:literal) => {
+        concat!(
+            "SELECT id, event_id, subject, CAST(payload AS CHAR) AS payload, request_id, traceparent, \
+                    retry_count, max_retries, created_at, dlq_id \
+             FROM outbox FORCE INDEX (",
+            $index,
+            ") WHERE state = 'pending' AND published_at = '1970-01-01 00:00:01' AND id > ? \
+               AND (next_retry_at IS NULL OR next_retry_at <= NOW(6)) \
+             ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
+        )
+    };
+}
+
+/// The claim that looks at every pending row (floor 0), through the state index.
 ///
 /// The index is forced: for `ORDER BY id LIMIT n` the optimizer prefers walking the primary
 /// key, which reads every published row still retained (150,000 rows, 80–130 ms per claim,
 /// where the index takes 2 ms) before it finds the pending ones. A pending row's
 /// `published_at` is the epoch, so the claim reads one prefix of the index, in id order.
-pub const CLAIM_SQL: &str = "SELECT id, event_id, subject, CAST(payload AS CHAR) AS payload, request_id, traceparent, \
-                                    retry_count, max_retries, created_at, dlq_id \
-                             FROM outbox FORCE INDEX (idx_state_published_id) \
-                             WHERE state = 'pending' AND published_at = '1970-01-01 00:00:01' AND id > ? \
-                               AND (next_retry_at IS NULL OR next_retry_at <= NOW(6)) \
-                             ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED";
+pub const CLAIM_SQL: &str = claim_sql!("idx_state_published_id");
+
+/// The claim above a floor (a backlog being worked off), along the primary key: the rows
+/// above the highest id claimed are the newest, nearly all pending, so it reads and locks
+/// them where they are, without a lookup from the index entry to the row and a lock on each
+/// (20–22 µs of MariaDB CPU per claimed and marked event instead of 25, mariadb-client loop,
+/// BENCHMARKS.md). It steps over rows other relays published above this one's floor.
+pub const CLAIM_ABOVE_FLOOR_SQL: &str = claim_sql!("PRIMARY");
 
 /// Gives a pending row without the epoch in `published_at` the epoch, so the claim sees it.
 const SWEEP_SQL: &str = "UPDATE outbox SET published_at = DEFAULT \
