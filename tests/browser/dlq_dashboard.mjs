@@ -24,6 +24,10 @@ try {
   await page.fill("#token", token);
   await page.keyboard.press("Enter");
   await page.waitForURL(/\/dlq\/dashboard$/, { timeout: 5000 });
+  // The page asks for the session after it loads, then shows the operator.
+  await page
+    .waitForFunction(() => document.querySelector("#operator")?.textContent === "Ada", null, { timeout: 5000 })
+    .catch(() => {});
   expect(await page.locator("#operator").textContent() === "Ada", "operator shown");
 
   report.step = "list";
