@@ -85,6 +85,23 @@ pub struct PrimeRequest {
     pub error: Option<String>,
 }
 
+impl PrimeRequest {
+    /// `request` as just stored at `created_at`: pending, nothing known yet.
+    pub fn pending(request: NewRequest, created_at: DateTime<Utc>) -> Self {
+        Self {
+            id: request.id,
+            number: request.number,
+            email: request.email,
+            status: RequestStatus::Pending,
+            is_prime: None,
+            factor: None,
+            created_at,
+            completed_at: None,
+            error: None,
+        }
+    }
+}
+
 /// What storing a request did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateOutcome {

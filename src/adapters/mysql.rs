@@ -678,17 +678,7 @@ pub(crate) fn classify(err: sqlx::Error) -> StoreError {
 
 /// The answer for a request just stored.
 fn created(req: NewRequest, created_at: DateTime<Utc>) -> CreateOutcome {
-    CreateOutcome::Created(PrimeRequest {
-        id: req.id,
-        number: req.number,
-        email: req.email,
-        status: RequestStatus::Pending,
-        is_prime: None,
-        factor: None,
-        created_at,
-        completed_at: None,
-        error: None,
-    })
+    CreateOutcome::Created(PrimeRequest::pending(req, created_at))
 }
 
 /// Why a batch of accepted requests was not stored.

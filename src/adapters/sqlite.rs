@@ -161,17 +161,10 @@ impl SqliteStore {
             return Err(rejected(err));
         }
         tx.commit().await.map_err(rejected)?;
-        Ok(CreateOutcome::Created(PrimeRequest {
-            id: req.id,
-            number: req.number,
-            email: req.email,
-            status: RequestStatus::Pending,
-            is_prime: None,
-            factor: None,
-            created_at: from_micros(created_us),
-            completed_at: None,
-            error: None,
-        }))
+        Ok(CreateOutcome::Created(PrimeRequest::pending(
+            req,
+            from_micros(created_us),
+        )))
     }
 
     async fn existing(&self, key: &str, req: &NewRequest) -> Result<CreateOutcome, StoreError> {
