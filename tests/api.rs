@@ -34,9 +34,16 @@ async fn store_for(url: &str) -> Arc<MysqlStore> {
 }
 
 async fn app(db: &TestDb) -> Router {
+    app_and_store(db).await.0
+}
+
+/// The router over a migrated store of `db`, and the store.
+async fn app_and_store(db: &TestDb) -> (Router, Arc<MysqlStore>) {
     let store = store_for(&db.url).await;
     store.migrate().await.unwrap();
-    router(AppState::new("api-test-root", Vec::new()).with_requests(store, None, 50))
+    let app =
+        router(AppState::new("api-test-root", Vec::new()).with_requests(store.clone(), None, 50));
+    (app, store)
 }
 
 struct Reply {
@@ -458,10 +465,7 @@ async fn post_all(app: &Router, requests: Vec<(Value, Option<&'static str>)>) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_transactions_and_each_gets_its_own_answer() {
     let db = TestDb::create();
-    let store = store_for(&db.url).await;
-    store.migrate().await.unwrap();
-    let app =
-        router(AppState::new("api-test-root", Vec::new()).with_requests(store.clone(), None, 50));
+    let (app, store) = app_and_store(&db).await;
     let taken = post(
         &app,
         json!({"number": "5", "email": "a@b.co"}),
@@ -559,10 +563,7 @@ async fn concurrent_requests_share_transactions_and_each_gets_its_own_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fault_in_a_shared_transaction_fails_only_its_own_request() {
     let db = TestDb::create();
-    let store = store_for(&db.url).await;
-    store.migrate().await.unwrap();
-    let app =
-        router(AppState::new("api-test-root", Vec::new()).with_requests(store.clone(), None, 50));
+    let (app, store) = app_and_store(&db).await;
     // The outbox insert of one number fails, after its request row was written.
     db.sql(
         "CREATE TRIGGER fail_outbox BEFORE INSERT ON outbox FOR EACH ROW \

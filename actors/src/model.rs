@@ -62,6 +62,17 @@ pub struct NewRequest {
     pub event_id: String,
 }
 
+impl NewRequest {
+    /// The JSON payload of its `primecheck.requested` event.
+    pub fn event_payload(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(&PrimeCheckRequested {
+            request_id: self.id.clone(),
+            number: self.number.clone(),
+            email: self.email.clone(),
+        })
+    }
+}
+
 /// A stored request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PrimeRequest {

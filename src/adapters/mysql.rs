@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use actors::model::{
-    CreateOutcome, DLQ_OUTBOX, ListQuery, NewRequest, OutboxEvent, PrimeCheckRequested,
-    PrimeRequest, PublishFailure, RequestStatus, SUBJECT_PRIMECHECK_REQUESTED,
+    CreateOutcome, DLQ_OUTBOX, ListQuery, NewRequest, OutboxEvent, PrimeRequest, PublishFailure,
+    RequestStatus, SUBJECT_PRIMECHECK_REQUESTED,
 };
 use actors::{Claim, OutboxStore, RequestStore, Settle, StoreError};
 use chrono::{DateTime, Utc};
@@ -273,18 +273,11 @@ impl MysqlStore {
     async fn insert_batch(&self, batch: &[Job]) -> Result<DateTime<Utc>, BatchFailed> {
         let created_at = now_micros();
         let unavailable = |e| BatchFailed::NoConnection(classify(e));
-        let mut payloads = Vec::with_capacity(batch.len());
-        for job in batch {
-            let r = &job.request;
-            payloads.push(
-                serde_json::to_string(&PrimeCheckRequested {
-                    request_id: r.id.clone(),
-                    number: r.number.clone(),
-                    email: r.email.clone(),
-                })
-                .map_err(|_| BatchFailed::BeforeCommit)?,
-            );
-        }
+        let payloads = batch
+            .iter()
+            .map(|job| job.request.event_payload())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| BatchFailed::BeforeCommit)?;
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         let mut tx = conn.begin().await.map_err(unavailable)?;
         let mut requests: QueryBuilder<'_, MySql> = QueryBuilder::new(
@@ -329,12 +322,9 @@ impl MysqlStore {
 
     async fn create_one(&self, req: NewRequest) -> Result<CreateOutcome, StoreError> {
         let created_at = now_micros();
-        let payload = serde_json::to_string(&PrimeCheckRequested {
-            request_id: req.id.clone(),
-            number: req.number.clone(),
-            email: req.email.clone(),
-        })
-        .map_err(|e| StoreError::Rejected(e.to_string()))?;
+        let payload = req
+            .event_payload()
+            .map_err(|e| StoreError::Rejected(e.to_string()))?;
         let mut conn = self.pool.acquire().await.map_err(classify)?;
         let mut tx = conn.begin().await.map_err(classify)?;
         let inserted = sqlx::query(

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use actors::model::{
-    CreateOutcome, DLQ_OUTBOX, ListQuery, NewRequest, OutboxEvent, PrimeCheckRequested,
-    PrimeRequest, PublishFailure, RequestStatus, SUBJECT_PRIMECHECK_REQUESTED,
+    CreateOutcome, DLQ_OUTBOX, ListQuery, NewRequest, OutboxEvent, PrimeRequest, PublishFailure,
+    RequestStatus, SUBJECT_PRIMECHECK_REQUESTED,
 };
 use actors::{
     Broker, BrokerError, Claim, OutboxStore, OutgoingMessage, RequestStore, Settle, StoreError,
@@ -116,12 +116,9 @@ impl SqliteStore {
     async fn create_inner(&self, req: NewRequest) -> Result<CreateOutcome, StoreError> {
         let created_at = Utc::now();
         let created_us = micros(created_at);
-        let payload = serde_json::to_string(&PrimeCheckRequested {
-            request_id: req.id.clone(),
-            number: req.number.clone(),
-            email: req.email.clone(),
-        })
-        .map_err(|e| StoreError::Rejected(e.to_string()))?;
+        let payload = req
+            .event_payload()
+            .map_err(|e| StoreError::Rejected(e.to_string()))?;
         let mut tx = self.pool.begin().await.map_err(rejected)?;
         let inserted = sqlx::query(
             "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at) \
