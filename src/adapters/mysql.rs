@@ -538,7 +538,7 @@ async fn record_failures(
 macro_rules! claim_sql {
     ($index:literal) => {
         concat!(
-            "SELECT id, event_id, subject, CAST(payload AS CHAR) AS payload, request_id, traceparent, \
+            "SELECT id, event_id, subject, payload, request_id, traceparent, \
                     retry_count, max_retries, created_at, dlq_id \
              FROM outbox FORCE INDEX (",
             $index,
@@ -621,20 +621,22 @@ fn request_from_row(row: &MySqlRow) -> Result<PrimeRequest, StoreError> {
 }
 
 fn event_from_row(row: &MySqlRow) -> Result<OutboxEvent, StoreError> {
-    let payload: String = row.try_get("payload").map_err(classify)?;
-    let retry_count: i32 = row.try_get("retry_count").map_err(classify)?;
-    let max_retries: i32 = row.try_get("max_retries").map_err(classify)?;
+    // By position, in the order of `claim_sql!`: a claim decodes thousands of rows, and a
+    // lookup by name hashes every column name of every row. The payload comes as the stored
+    // bytes (JSON is text; no conversion in the database).
+    let retry_count: i32 = row.try_get(6).map_err(classify)?;
+    let max_retries: i32 = row.try_get(7).map_err(classify)?;
     Ok(OutboxEvent {
-        id: row.try_get("id").map_err(classify)?,
-        event_id: row.try_get("event_id").map_err(classify)?,
-        subject: row.try_get("subject").map_err(classify)?,
-        payload: payload.into_bytes(),
-        request_id: row.try_get("request_id").map_err(classify)?,
-        traceparent: row.try_get("traceparent").map_err(classify)?,
+        id: row.try_get(0).map_err(classify)?,
+        event_id: row.try_get(1).map_err(classify)?,
+        subject: row.try_get(2).map_err(classify)?,
+        payload: row.try_get(3).map_err(classify)?,
+        request_id: row.try_get(4).map_err(classify)?,
+        traceparent: row.try_get(5).map_err(classify)?,
         retry_count: retry_count.max(0) as u32,
         max_retries: max_retries.max(0) as u32,
-        created_at: row.try_get("created_at").map_err(classify)?,
-        dlq_id: row.try_get("dlq_id").map_err(classify)?,
+        created_at: row.try_get(8).map_err(classify)?,
+        dlq_id: row.try_get(9).map_err(classify)?,
     })
 }
 
