@@ -657,17 +657,26 @@ impl actors::HealthStore for MysqlStore {
     }
 }
 
+/// The outbox backlog and the age of the oldest due pending row (the relay's lag), by the
+/// state index: the count reads only the index's `pending` prefix, and the lag the first due
+/// row of the claim's range, the one the relay publishes next. Read as one aggregate over
+/// the pending rows it scanned the whole table (1 s per collection with a backlog of a
+/// million rows; 0.25 s this way, nearly all of it the count).
+pub const OUTBOX_GAUGES_SQL: &str = "SELECT \
+       (SELECT COUNT(*) FROM outbox WHERE state = 'pending') AS pending, \
+       COALESCE((SELECT TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) \
+                 FROM outbox FORCE INDEX (idx_state_published_id) \
+                 WHERE state = 'pending' AND published_at = '1970-01-01 00:00:01' \
+                   AND (next_retry_at IS NULL OR next_retry_at <= NOW(6)) \
+                 ORDER BY id LIMIT 1), 0) AS lag_us";
+
 impl actors::GaugeSource for MysqlStore {
     fn gauges(&self) -> BoxFuture<'_, Result<actors::StoreGauges, StoreError>> {
         async move {
-            let row = sqlx::query(
-                "SELECT COUNT(*) AS pending, \
-                 COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN next_retry_at IS NULL OR next_retry_at <= NOW(6) THEN created_at END), NOW(6)), 0) AS lag_us \
-                 FROM outbox WHERE state = 'pending'",
-            )
-            .fetch_one(self.pool())
-            .await
-            .map_err(classify)?;
+            let row = sqlx::query(OUTBOX_GAUGES_SQL)
+                .fetch_one(self.pool())
+                .await
+                .map_err(classify)?;
             let pending: i64 = row.try_get("pending").map_err(classify)?;
             let lag_us: i64 = row.try_get("lag_us").map_err(classify)?;
             let dead_letters: Vec<(String, i64)> = sqlx::query_as(
