@@ -73,7 +73,8 @@ pub enum OutboxAction {
     /// an OS crash. Events the broker still has within its duplicate window are dropped by
     /// it; consumers apply each event once.
     Replay {
-        /// Events created since this RFC 3339 time or age (`2026-11-24T10:00:00Z`, `90m`, `2h`).
+        /// Events published since this RFC 3339 time or age (`2026-11-24T10:00:00Z`, `90m`,
+        /// `2h`): those the broker acknowledged from then on.
         #[arg(long, value_name = "TIME|AGE")]
         since: String,
     },

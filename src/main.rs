@@ -62,7 +62,7 @@ fn main() -> ExitCode {
                 }
             };
             report(block_on(ops::outbox_replay(&config, since)).map(|n| {
-                println!("{n} outbox events created since {} are due again; a running relay publishes them", since.to_rfc3339());
+                println!("{n} outbox events published since {} are due again; a running relay publishes them", since.to_rfc3339());
             }))
         }
         Command::Ratelimit {

@@ -52,7 +52,7 @@ pub async fn migrate(config: &Config) -> Result<String, OpsError> {
     Ok("migrations are applied; the schema is up to date".into())
 }
 
-/// Makes published outbox events created since `since` due again, so the relay of a running
+/// Makes outbox events published since `since` due again, so the relay of a running
 /// daemon publishes them once more (JetStream drops those it still has; consumers ignore
 /// events they have applied).
 pub async fn outbox_replay(config: &Config, since: DateTime<Utc>) -> Result<u64, OpsError> {

@@ -79,10 +79,13 @@ fn outbox_replay_makes_recent_published_events_due_again() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    // Published within the last 2 hours: the first two, however old (the second waited in a
+    // backlog); published before: the third; never published: the dead one.
     db.sql(
         "INSERT INTO outbox (event_id, subject, payload, state, published_at, created_at) VALUES \
          (UUID(), 'primecheck.requested', '{}', 'published', NOW(6), NOW(6)), \
-         (UUID(), 'primecheck.requested', '{}', 'published', NOW(6), NOW(6) - INTERVAL 3 HOUR), \
+         (UUID(), 'primecheck.requested', '{}', 'published', NOW(6) - INTERVAL 10 MINUTE, NOW(6) - INTERVAL 5 HOUR), \
+         (UUID(), 'primecheck.requested', '{}', 'published', NOW(6) - INTERVAL 3 HOUR, NOW(6) - INTERVAL 3 HOUR), \
          (UUID(), 'primecheck.requested', '{}', 'dead', NULL, NOW(6))",
     );
     let out = primed()
@@ -96,10 +99,21 @@ fn outbox_replay_makes_recent_published_events_due_again() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("1 outbox events"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("2 outbox events"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(
         db.count("SELECT COUNT(*) FROM outbox WHERE state = 'pending'"),
-        1
+        2
+    );
+    assert_eq!(
+        db.count(
+            "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND created_at < NOW(6) - INTERVAL 4 HOUR"
+        ),
+        1,
+        "the event that waited in a backlog was not replayed"
     );
 
     let bad = primed()

@@ -104,8 +104,9 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Deletes published events older than `before`; returns how many.
     fn prune_published(&self, before: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>>;
 
-    /// Makes published events created since `since` due again (after a broker lost
-    /// acknowledged messages); returns how many.
+    /// Makes events published since `since` due again (after a broker lost messages it had
+    /// acknowledged from then on; when they were created does not matter: a backlog's old
+    /// events are published late); returns how many.
     fn replay_since(&self, since: DateTime<Utc>) -> BoxFuture<'_, Result<u64, StoreError>>;
 }
 

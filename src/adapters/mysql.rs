@@ -756,7 +756,7 @@ impl OutboxStore for MysqlStore {
         async move {
             let done = sqlx::query(
                 "UPDATE outbox SET state = 'pending', published_at = DEFAULT, next_retry_at = NULL, \
-                 claimed_until = NULL WHERE state = 'published' AND created_at >= ?",
+                 claimed_until = NULL WHERE state = 'published' AND published_at >= ?",
             )
             .bind(since)
             .execute(&self.pool)

@@ -429,7 +429,7 @@ impl OutboxStore for SqliteStore {
         async move {
             let done = sqlx::query(
                 "UPDATE outbox SET state = 'pending', published_at = NULL, next_retry_at = NULL, claimed_until = NULL \
-                 WHERE state = 'published' AND created_at >= ?",
+                 WHERE state = 'published' AND published_at >= ?",
             )
             .bind(micros(since))
             .execute(&self.pool)
