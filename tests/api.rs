@@ -678,6 +678,95 @@ async fn requests_queued_behind_a_stalled_database_give_up_and_store_nothing() {
     assert_eq!(db.count("SELECT COUNT(*) FROM outbox"), 1);
 }
 
+/// A client retrying with its idempotency key lands in a batch of others: the batch fails
+/// on the taken key and is written again in halves, so the 63 others share a few
+/// transactions instead of taking one each, and every request gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_key_in_a_batch_splits_it_in_halves_not_into_single_writes() {
+    use sqlx::Connection;
+    let db = TestDb::create();
+    // A pool of 2: one writer. Queued requests may wait 30 s for it.
+    let store = Arc::new(
+        MysqlStore::connect(
+            &Secret::new(db.url.clone()),
+            PoolSettings {
+                max_connections: 2,
+                acquire_timeout: Duration::from_secs(30),
+                outbox_max_retries: 3,
+            },
+        )
+        .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    let app =
+        router(AppState::new("api-test-root", Vec::new()).with_requests(store.clone(), None, 50));
+    let body = json!({"number": "5", "email": "a@b.co"});
+    let stored = post(&app, body.clone(), &[("idempotency-key", "retry-1")]).await;
+    assert_eq!(stored.status, StatusCode::ACCEPTED, "{}", stored.body);
+
+    // The writer is held on a locked table while 64 requests queue behind it.
+    let mut locker = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+    sqlx::query("LOCK TABLES prime_check_requests WRITE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let first = {
+        let app = app.clone();
+        tokio::spawn(
+            async move { post(&app, json!({"number": "7", "email": "a@b.co"}), &[]).await },
+        )
+    };
+    let queued: Vec<_> = (0..64)
+        .map(|n| {
+            if n == 40 {
+                (body.clone(), Some("retry-1"))
+            } else {
+                (
+                    json!({"number": (100 + n).to_string(), "email": "a@b.co"}),
+                    None,
+                )
+            }
+        })
+        .collect();
+    let replies = {
+        let app = app.clone();
+        tokio::spawn(async move { post_all(&app, queued).await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.accept_stats().queued < 64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests did not queue: {:?}",
+            store.accept_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = store.accept_stats();
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    assert_eq!(first.await.unwrap().status, StatusCode::ACCEPTED);
+    let replies = replies.await.unwrap();
+
+    for (n, r) in replies.iter().enumerate() {
+        assert_eq!(r.status, StatusCode::ACCEPTED, "request {n}: {}", r.body);
+        if n == 40 {
+            assert_eq!(r.body, stored.body, "the retry gets the first answer");
+        }
+    }
+    let after = store.accept_stats();
+    assert_eq!(after.transactions - before.transactions, 1, "{after:?}");
+    // 64 → 32 + 32, the failing 32 → 16 + 16, … → 1 + 1: two writes per halving.
+    assert!(
+        after.rewrites - before.rewrites <= 12,
+        "a failed batch of 64 took {} writes again",
+        after.rewrites - before.rewrites
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM prime_check_requests"), 65);
+    assert_eq!(db.count("SELECT COUNT(*) FROM outbox"), 65);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_list_pages_newest_first_and_filters_by_status() {
     let db = TestDb::create();

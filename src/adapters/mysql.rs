@@ -238,13 +238,30 @@ impl MysqlStore {
     /// A writer: writes queued batches until the queue is empty.
     async fn write_accepts(self) {
         let mut slot = self.accepts.slot();
-        while let Some(mut batch) = self.accepts.take(&mut slot) {
-            if batch.len() == 1 {
+        while let Some(batch) = self.accepts.take(&mut slot) {
+            self.write_group(batch, false).await;
+        }
+    }
+
+    /// Writes `batch` in one transaction and answers each of its requests. When a statement
+    /// fails (an idempotency key already taken, the same new key twice, a fault), nothing was
+    /// stored and the batch is written again in halves, down to requests written alone (which
+    /// get exactly the answer they would have had alone). One bad request among n so costs
+    /// about 2·log2(n) transactions, not n: a client retrying with its idempotency key does
+    /// not turn the batch it lands in into a hundred single transactions. `again` marks a
+    /// part of a failed batch (counted in [`AcceptStats::rewrites`]).
+    fn write_group(&self, mut batch: Vec<Job>, again: bool) -> BoxFuture<'_, ()> {
+        async move {
+            if again {
+                self.accepts.count_rewrite();
+            }
+            if batch.len() <= 1 {
+                // (Empty when every client of a batch went away before it was taken.)
                 if let Some(job) = batch.pop() {
                     let outcome = self.create_one(job.request).await;
                     let _ = job.reply.send(outcome);
                 }
-                continue;
+                return;
             }
             match self.insert_batch(&batch).await {
                 Ok(created_at) => {
@@ -253,12 +270,11 @@ impl MysqlStore {
                     }
                 }
                 Err(BatchFailed::BeforeCommit) => {
-                    // Each on its own, for the answer it would have had alone.
-                    futures::future::join_all(batch.into_iter().map(|job| async {
-                        let outcome = self.create_one(job.request).await;
-                        let _ = job.reply.send(outcome);
-                    }))
-                    .await;
+                    let second = batch.split_off(batch.len() / 2);
+                    futures::join!(
+                        self.write_group(batch, true),
+                        self.write_group(second, true)
+                    );
                 }
                 Err(BatchFailed::NoConnection(err) | BatchFailed::Commit(err)) => {
                     for job in batch {
@@ -267,6 +283,7 @@ impl MysqlStore {
                 }
             }
         }
+        .boxed()
     }
 
     /// Writes a batch's requests and outbox events in one transaction.

@@ -9,8 +9,10 @@
 //! leaves the database's CPU to the requests themselves.
 //!
 //! A batch is all or nothing, so a row one request could not store (an idempotency key
-//! already taken, an injected fault) fails the whole batch before its commit. Then each of
-//! its requests is written again on its own, and gets the answer it would have had alone.
+//! already taken, an injected fault) fails the whole batch before its commit. Then the batch
+//! is written again in halves, and a failing half in halves again, down to requests written
+//! on their own, which get the answer they would have had alone: one such request among n
+//! costs about 2·log2(n) transactions, not n.
 //! A batch whose commit failed is not written again: the commit may have been applied, and a
 //! second write would fail on the ids it already holds; its requests get the error, as a
 //! single request whose commit failed does. With no connection at all, each gets the error
@@ -49,6 +51,7 @@ pub(crate) struct AcceptQueue {
     writers: usize,
     transactions: AtomicU64,
     requests: AtomicU64,
+    rewrites: AtomicU64,
 }
 
 #[derive(Default)]
@@ -74,6 +77,10 @@ pub struct AcceptStats {
     pub transactions: u64,
     /// Requests they carried.
     pub requests: u64,
+    /// Transactions (or lone writes) that parts of failed batches took when written again.
+    pub rewrites: u64,
+    /// Requests waiting for a writer now.
+    pub queued: u64,
 }
 
 impl AcceptQueue {
@@ -84,6 +91,7 @@ impl AcceptQueue {
             writers: writers.max(1),
             transactions: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            rewrites: AtomicU64::new(0),
         }
     }
 
@@ -160,7 +168,19 @@ impl AcceptQueue {
         AcceptStats {
             transactions: self.transactions.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
+            rewrites: self.rewrites.load(Ordering::Relaxed),
+            queued: self
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .jobs
+                .len() as u64,
         }
+    }
+
+    /// Counts a part of a failed batch written again.
+    pub(crate) fn count_rewrite(&self) {
+        self.rewrites.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -231,7 +251,9 @@ mod tests {
             queue.stats(),
             AcceptStats {
                 transactions: 2,
-                requests: MAX_BATCH as u64 + 3
+                requests: MAX_BATCH as u64 + 3,
+                rewrites: 0,
+                queued: 0,
             }
         );
     }
