@@ -46,6 +46,26 @@ async fn app_and_store(db: &TestDb) -> (Router, Arc<MysqlStore>) {
     (app, store)
 }
 
+/// The router over a migrated store of `db` with a pool of 2 (so one group-commit writer)
+/// whose connections, and so queued requests, wait at most `wait`; and the store.
+async fn one_writer_app(db: &TestDb, wait: Duration) -> (Router, Arc<MysqlStore>) {
+    let store = Arc::new(
+        MysqlStore::connect(
+            &Secret::new(db.url.clone()),
+            PoolSettings {
+                max_connections: 2,
+                acquire_timeout: wait,
+                outbox_max_retries: 3,
+            },
+        )
+        .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    let app =
+        router(AppState::new("api-test-root", Vec::new()).with_requests(store.clone(), None, 50));
+    (app, store)
+}
+
 struct Reply {
     status: StatusCode,
     headers: HeaderMap,
@@ -442,6 +462,41 @@ async fn a_request_without_its_outbox_row_is_impossible() {
     assert_eq!(db.count("SELECT COUNT(*) FROM outbox"), 1);
 }
 
+/// Another session locks the request table and a request is posted: the writer that takes
+/// it waits for the lock (returned once it does) in its insert. Returns the locking session
+/// (`UNLOCK TABLES` on it lets the writer go on) and the request's reply to come.
+async fn stall_the_writer(
+    db: &TestDb,
+    app: &Router,
+) -> (sqlx::MySqlConnection, tokio::task::JoinHandle<Reply>) {
+    use sqlx::Connection;
+    let mut locker = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+    sqlx::query("LOCK TABLES prime_check_requests WRITE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let first = {
+        let app = app.clone();
+        tokio::spawn(
+            async move { post(&app, json!({"number": "7", "email": "a@b.co"}), &[]).await },
+        )
+    };
+    let waiting = format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = '{}' \
+         AND STATE = 'Waiting for table metadata lock'",
+        db.name
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while db.count(&waiting) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never reached the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (locker, first)
+}
+
 /// Posts every body at once, each from its own task; the replies in the same order.
 async fn post_all(app: &Router, requests: Vec<(Value, Option<&'static str>)>) -> Vec<Reply> {
     let tasks: Vec<_> = requests
@@ -606,48 +661,11 @@ async fn a_fault_in_a_shared_transaction_fails_only_its_own_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_queued_behind_a_stalled_database_give_up_and_store_nothing() {
-    use sqlx::Connection;
     let db = TestDb::create();
-    // A pool of 2: one writer. It waits 1 s for a connection, so queued requests wait 1 s.
-    let store = Arc::new(
-        MysqlStore::connect(
-            &Secret::new(db.url.clone()),
-            PoolSettings {
-                max_connections: 2,
-                acquire_timeout: Duration::from_secs(1),
-                outbox_max_retries: 3,
-            },
-        )
-        .unwrap(),
-    );
-    store.migrate().await.unwrap();
-    let app = router(AppState::new("api-test-root", Vec::new()).with_requests(store, None, 50));
+    // One writer; queued requests wait 1 s.
+    let (app, _store) = one_writer_app(&db, Duration::from_secs(1)).await;
 
-    // Another session holds the request table: the writer's insert waits for it.
-    let mut locker = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
-    sqlx::query("LOCK TABLES prime_check_requests WRITE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
-    let first = {
-        let app = app.clone();
-        tokio::spawn(
-            async move { post(&app, json!({"number": "7", "email": "a@b.co"}), &[]).await },
-        )
-    };
-    let waiting = format!(
-        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = '{}' \
-         AND STATE = 'Waiting for table metadata lock'",
-        db.name
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while db.count(&waiting) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer never reached the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut locker, first) = stall_the_writer(&db, &app).await;
 
     // Requests queued behind the stuck writer answer 503 after the pool's timeout, not when
     // the database comes back.
@@ -683,39 +701,15 @@ async fn requests_queued_behind_a_stalled_database_give_up_and_store_nothing() {
 /// transactions instead of taking one each, and every request gets its own answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_key_in_a_batch_splits_it_in_halves_not_into_single_writes() {
-    use sqlx::Connection;
     let db = TestDb::create();
-    // A pool of 2: one writer. Queued requests may wait 30 s for it.
-    let store = Arc::new(
-        MysqlStore::connect(
-            &Secret::new(db.url.clone()),
-            PoolSettings {
-                max_connections: 2,
-                acquire_timeout: Duration::from_secs(30),
-                outbox_max_retries: 3,
-            },
-        )
-        .unwrap(),
-    );
-    store.migrate().await.unwrap();
-    let app =
-        router(AppState::new("api-test-root", Vec::new()).with_requests(store.clone(), None, 50));
+    // One writer; queued requests may wait 30 s for it.
+    let (app, store) = one_writer_app(&db, Duration::from_secs(30)).await;
     let body = json!({"number": "5", "email": "a@b.co"});
     let stored = post(&app, body.clone(), &[("idempotency-key", "retry-1")]).await;
     assert_eq!(stored.status, StatusCode::ACCEPTED, "{}", stored.body);
 
     // The writer is held on a locked table while 64 requests queue behind it.
-    let mut locker = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
-    sqlx::query("LOCK TABLES prime_check_requests WRITE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
-    let first = {
-        let app = app.clone();
-        tokio::spawn(
-            async move { post(&app, json!({"number": "7", "email": "a@b.co"}), &[]).await },
-        )
-    };
+    let (mut locker, first) = stall_the_writer(&db, &app).await;
     let queued: Vec<_> = (0..64)
         .map(|n| {
             if n == 40 {
