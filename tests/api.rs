@@ -471,7 +471,7 @@ async fn stall_the_writer(
 ) -> (sqlx::MySqlConnection, tokio::task::JoinHandle<Reply>) {
     use sqlx::Connection;
     let mut locker = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
-    sqlx::query("LOCK TABLES prime_check_requests WRITE")
+    sqlx::raw_sql("LOCK TABLES prime_check_requests WRITE")
         .execute(&mut locker)
         .await
         .unwrap();
@@ -685,7 +685,7 @@ async fn requests_queued_behind_a_stalled_database_give_up_and_store_nothing() {
         assert_eq!(r.body["error"], "store_unavailable");
     }
 
-    sqlx::query("UNLOCK TABLES")
+    sqlx::raw_sql("UNLOCK TABLES")
         .execute(&mut locker)
         .await
         .unwrap();
@@ -736,7 +736,7 @@ async fn a_taken_key_in_a_batch_splits_it_in_halves_not_into_single_writes() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let before = store.accept_stats();
-    sqlx::query("UNLOCK TABLES")
+    sqlx::raw_sql("UNLOCK TABLES")
         .execute(&mut locker)
         .await
         .unwrap();

@@ -220,11 +220,52 @@ pub fn exists(p: &Path) -> bool {
     p.exists()
 }
 
-/// A database of its own on the shared MariaDB (127.0.0.1:3306, root), dropped afterwards.
+/// The port of the MySQL-protocol server the tests use: the shared MariaDB on 3306, or
+/// `PRIMED_TEST_MYSQL_PORT` (`scripts/mysql-compat.sh` runs the database tests against a
+/// MySQL server of its own that way).
+pub fn db_port() -> u16 {
+    std::env::var("PRIMED_TEST_MYSQL_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3306)
+}
+
+/// Whether that server is MySQL rather than MariaDB (asked once).
+fn is_mysql() -> bool {
+    static MYSQL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MYSQL.get_or_init(|| !mariadb("SELECT VERSION()").contains("MariaDB"))
+}
+
+/// Rows `seq` = 1..=N for the `seq_1_to_N` tables the tests read: MariaDB's sequence engine
+/// has them built in; on MySQL they are views of a numbers table, made once per server.
+const SEQUENCES: [u32; 5] = [50, 3000, 10000, 20000, 200000];
+
+fn mysql_sequences(db: &str) {
+    mariadb(
+        "CREATE DATABASE IF NOT EXISTS primed_test_numbers; \
+         CREATE TABLE IF NOT EXISTS primed_test_numbers.n (n INT NOT NULL PRIMARY KEY)",
+    );
+    if mariadb("SELECT COUNT(*) FROM primed_test_numbers.n").trim() != "200000" {
+        mariadb(
+            "SET SESSION cte_max_recursion_depth = 1000; \
+             INSERT IGNORE INTO primed_test_numbers.n (n) \
+             WITH RECURSIVE d (x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM d WHERE x < 999) \
+             SELECT a.x * 1000 + b.x + 1 FROM d a, d b WHERE a.x < 200",
+        );
+    }
+    for n in SEQUENCES {
+        mariadb(&format!(
+            "CREATE VIEW {db}.seq_1_to_{n} AS SELECT n AS seq FROM primed_test_numbers.n WHERE n <= {n}"
+        ));
+    }
+}
+
+/// A database of its own on the test server (the shared MariaDB on 127.0.0.1:3306, root,
+/// unless [`db_port`] says otherwise), dropped afterwards.
 pub struct TestDb {
     /// Its name.
     pub name: String,
-    /// `mysql://root@127.0.0.1:3306/<name>`
+    /// `mysql://root@127.0.0.1:<port>/<name>`
     pub url: String,
 }
 
@@ -233,17 +274,26 @@ impl TestDb {
     pub fn create() -> Self {
         let name = format!("primed_t_{:016x}", rand::random::<u64>());
         mariadb(&format!("CREATE DATABASE {name}"));
+        if is_mysql() {
+            mysql_sequences(&name);
+        }
         Self {
-            url: format!("mysql://root@127.0.0.1:3306/{name}"),
+            url: format!("mysql://root@127.0.0.1:{}/{name}", db_port()),
             name,
         }
     }
 
     /// Runs SQL in this database (through the mariadb client) and returns its output.
     /// It blocks the calling thread: use it from multi-threaded test runtimes, so that the
-    /// pool's background work (deferred rollbacks) keeps running meanwhile.
+    /// pool's background work (deferred rollbacks) keeps running meanwhile. On MySQL,
+    /// `EXPLAIN` prints the table MariaDB prints (MySQL's default is a tree).
     pub fn sql(&self, sql: &str) -> String {
-        mariadb(&format!("USE {}; {sql}", self.name))
+        let explain = if is_mysql() {
+            "SET SESSION explain_format = TRADITIONAL; "
+        } else {
+            ""
+        };
+        mariadb(&format!("USE {}; {explain}{sql}", self.name))
     }
 
     /// A single number from a query.
@@ -258,16 +308,35 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = Command::new("mariadb")
-            .args(["-h", "127.0.0.1", "-u", "root", "-e"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-P",
+                &db_port().to_string(),
+                "-u",
+                "root",
+                "-e",
+            ])
             .arg(format!("DROP DATABASE IF EXISTS {}", self.name))
             .output();
     }
 }
 
-/// Runs SQL through the mariadb client (batch mode, no column names).
+/// Runs SQL on the test server through the mariadb client (batch mode, no column names).
 pub fn mariadb(sql: &str) -> String {
     let out = Command::new("mariadb")
-        .args(["-h", "127.0.0.1", "-u", "root", "-N", "-B", "-e", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &db_port().to_string(),
+            "-u",
+            "root",
+            "-N",
+            "-B",
+            "-e",
+            sql,
+        ])
         .output()
         .expect("the mariadb client must be installed (scripts/ensure-services.sh installs it)");
     assert!(
