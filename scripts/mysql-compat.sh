@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Runs the test binaries that use a database against MySQL, as `cargo test` runs them against
+# the shared MariaDB.
+#
+# Debian 12 packages no MySQL server; Debian unstable does (the 9.x line, which follows 8.4
+# LTS). This script asks apt-get, by package name, for unstable's `mysql-server-core` and
+# everything it depends on, from the Debian mirror this machine's apt already uses, and
+# unpacks the packages under $PRIMED_MYSQL_ROOT without installing anything: the system is
+# untouched. That mysqld runs with unstable's own C library (through its loader), on a free
+# loopback port, with a data directory of its own, removed afterwards; the shared MariaDB is
+# not involved. The tests find it through PRIMED_TEST_MYSQL_PORT (tests/support).
+#
+# Usage: scripts/mysql-compat.sh [cargo test arguments…]   (default: the database tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[mysql] %s\n' "$*"; }
+
+ROOT=${PRIMED_MYSQL_ROOT:-/opt/primed-mysql}
+SYS=$ROOT/root
+LIBS=$SYS/usr/lib/x86_64-linux-gnu
+MYSQLD=(
+  "$LIBS/ld-linux-x86-64.so.2" --library-path "$LIBS" "$SYS/usr/sbin/mysqld" --no-defaults
+  --basedir="$SYS/usr" --lc-messages-dir="$SYS/usr/share/mysql"
+  --character-sets-dir="$SYS/usr/share/mysql/charsets" --user=root
+)
+
+fetch() {
+  local apt=$ROOT/apt uri
+  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/parts" "$ROOT/debs" "$SYS"
+  # The mirror the machine's own apt sources name (deb822 or one-line format).
+  uri=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+  if [ -z "$uri" ]; then
+    uri=$(awk '$1 == "deb" && $2 !~ /^\[/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)
+  fi
+  [ -n "$uri" ] || { log "no Debian mirror found in /etc/apt; cannot fetch MySQL"; exit 1; }
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri sid main" >"$apt/sources.list"
+  : >"$apt/status"
+  local opts=(
+    -o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=$apt/parts"
+    -o "Dir::State::Lists=$apt/lists" -o "Dir::State::Status=$apt/status"
+    -o "Dir::Cache=$apt/cache" -o "APT::Architecture=amd64" -o "Debug::NoLocking=1"
+  )
+  log "fetching Debian unstable's MySQL server packages into $ROOT"
+  apt-get "${opts[@]}" update -qq
+  # The server and the closure of what it depends on (names only; virtual ones in <>).
+  local pkgs
+  pkgs=$(apt-cache "${opts[@]}" depends --recurse --no-recommends --no-suggests --no-conflicts \
+    --no-breaks --no-replaces --no-enhances mysql-server-core | grep -E '^[a-z0-9]' | sort -u)
+  (cd "$ROOT/debs" && apt-get "${opts[@]}" download -qq $pkgs 2>&1 | grep -v 'unsandboxed' || true)
+  for deb in "$ROOT"/debs/*.deb; do dpkg-deb -x "$deb" "$SYS"; done
+  [ -x "$SYS/usr/sbin/mysqld" ] || { log "mysqld is not among the unpacked packages"; exit 1; }
+}
+
+[ -x "$SYS/usr/sbin/mysqld" ] || fetch
+log "$("${MYSQLD[@]}" --version)"
+
+DATA=$(mktemp -d /tmp/primed-mysql.XXXXXX)
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PID=
+cleanup() {
+  if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+  rm -rf "$DATA"
+}
+trap cleanup EXIT
+
+"${MYSQLD[@]}" --initialize-insecure --datadir="$DATA/db" >"$DATA/init.log" 2>&1 ||
+  { cat "$DATA/init.log"; exit 1; }
+"${MYSQLD[@]}" --datadir="$DATA/db" --port="$PORT" --bind-address=127.0.0.1 \
+  --socket="$DATA/mysqld.sock" --pid-file="$DATA/mysqld.pid" --mysqlx=OFF --secure-file-priv= \
+  >"$DATA/mysqld.log" 2>&1 &
+PID=$!
+for _ in $(seq 300); do
+  mariadb -h 127.0.0.1 -P "$PORT" -u root -e 'SELECT 1' >/dev/null 2>&1 && break
+  kill -0 "$PID" 2>/dev/null || { cat "$DATA/mysqld.log"; exit 1; }
+  sleep 0.2
+done
+mariadb -h 127.0.0.1 -P "$PORT" -u root -N -e 'SELECT CONCAT("MySQL ", VERSION(), " on port '"$PORT"'")'
+
+if [ $# -eq 0 ]; then
+  set -- --test api --test cli --test outbox --test workers --test health --test metrics --test traces
+fi
+PRIMED_TEST_MYSQL_PORT=$PORT cargo test --workspace --locked "$@"
