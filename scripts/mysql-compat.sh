@@ -10,11 +10,16 @@
 # loopback port, with a data directory of its own, removed afterwards; the shared MariaDB is
 # not involved. The tests find it through PRIMED_TEST_MYSQL_PORT (tests/support).
 #
+# The server comes from outside the project and moves with Debian unstable: when it cannot
+# be fetched, unpacked or started, the script says so loudly and skips (exit 0), so that an
+# archive in transition does not block every change; when the tests run, their result counts.
+#
 # Usage: scripts/mysql-compat.sh [cargo test arguments…]   (default: the database tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '[mysql] %s\n' "$*"; }
+skip() { log "SKIPPED, the MySQL tests did not run: $*"; exit 0; }
 
 ROOT=${PRIMED_MYSQL_ROOT:-/opt/primed-mysql}
 SYS=$ROOT/root
@@ -33,7 +38,7 @@ fetch() {
   if [ -z "$uri" ]; then
     uri=$(awk '$1 == "deb" && $2 !~ /^\[/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)
   fi
-  [ -n "$uri" ] || { log "no Debian mirror found in /etc/apt; cannot fetch MySQL"; exit 1; }
+  [ -n "$uri" ] || skip "no Debian mirror found in /etc/apt"
   echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri sid main" >"$apt/sources.list"
   : >"$apt/status"
   local opts=(
@@ -42,18 +47,20 @@ fetch() {
     -o "Dir::Cache=$apt/cache" -o "APT::Architecture=amd64" -o "Debug::NoLocking=1"
   )
   log "fetching Debian unstable's MySQL server packages into $ROOT"
-  apt-get "${opts[@]}" update -qq
+  apt-get "${opts[@]}" update -qq || skip "apt-get update for Debian unstable failed"
   # The server and the closure of what it depends on (names only; virtual ones in <>).
   local pkgs
   pkgs=$(apt-cache "${opts[@]}" depends --recurse --no-recommends --no-suggests --no-conflicts \
-    --no-breaks --no-replaces --no-enhances mysql-server-core | grep -E '^[a-z0-9]' | sort -u)
+    --no-breaks --no-replaces --no-enhances mysql-server-core | grep -E '^[a-z0-9]' | sort -u) ||
+    skip "Debian unstable has no mysql-server-core now"
   (cd "$ROOT/debs" && apt-get "${opts[@]}" download -qq $pkgs 2>&1 | grep -v 'unsandboxed' || true)
-  for deb in "$ROOT"/debs/*.deb; do dpkg-deb -x "$deb" "$SYS"; done
-  [ -x "$SYS/usr/sbin/mysqld" ] || { log "mysqld is not among the unpacked packages"; exit 1; }
+  for deb in "$ROOT"/debs/*.deb; do dpkg-deb -x "$deb" "$SYS" || skip "cannot unpack $deb"; done
+  [ -x "$SYS/usr/sbin/mysqld" ] || skip "mysqld is not among the unpacked packages"
 }
 
 [ -x "$SYS/usr/sbin/mysqld" ] || fetch
-log "$("${MYSQLD[@]}" --version)"
+version=$("${MYSQLD[@]}" --version 2>&1) || skip "the unpacked mysqld does not run: $version"
+log "$version"
 
 DATA=$(mktemp -d /tmp/primed-mysql.XXXXXX)
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -65,16 +72,18 @@ cleanup() {
 trap cleanup EXIT
 
 "${MYSQLD[@]}" --initialize-insecure --datadir="$DATA/db" >"$DATA/init.log" 2>&1 ||
-  { cat "$DATA/init.log"; exit 1; }
+  { cat "$DATA/init.log"; skip "mysqld could not initialize a data directory"; }
 "${MYSQLD[@]}" --datadir="$DATA/db" --port="$PORT" --bind-address=127.0.0.1 \
   --socket="$DATA/mysqld.sock" --pid-file="$DATA/mysqld.pid" --mysqlx=OFF --secure-file-priv= \
   >"$DATA/mysqld.log" 2>&1 &
 PID=$!
 for _ in $(seq 300); do
   mariadb -h 127.0.0.1 -P "$PORT" -u root -e 'SELECT 1' >/dev/null 2>&1 && break
-  kill -0 "$PID" 2>/dev/null || { cat "$DATA/mysqld.log"; exit 1; }
+  kill -0 "$PID" 2>/dev/null || { cat "$DATA/mysqld.log"; PID=; skip "mysqld stopped while starting"; }
   sleep 0.2
 done
+mariadb -h 127.0.0.1 -P "$PORT" -u root -e 'SELECT 1' >/dev/null 2>&1 ||
+  { cat "$DATA/mysqld.log"; skip "mysqld did not answer within 60 s"; }
 mariadb -h 127.0.0.1 -P "$PORT" -u root -N -e 'SELECT CONCAT("MySQL ", VERSION(), " on port '"$PORT"'")'
 
 if [ $# -eq 0 ]; then
