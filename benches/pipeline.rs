@@ -1,6 +1,7 @@
 //! Pipeline benchmarks (a bench binary: `cargo bench --bench pipeline`). Needs MariaDB on
-//! 127.0.0.1:3306 (root, no password) and `nats-server` installed; it creates its own
-//! database and starts its own nats-server, and removes both afterwards.
+//! 127.0.0.1:3306 (root, no password; or MySQL on `BENCH_MYSQL_PORT`) and `nats-server`
+//! installed; it creates its own database and starts its own nats-server, and removes both
+//! afterwards.
 //!
 //! 1. Accept rate: `POST /prime-check` at 64 concurrent clients against MariaDB, next to the
 //!    same two-insert transaction issued directly (the database's ceiling here).
@@ -110,7 +111,7 @@ fn request(i: usize) -> NewRequest {
 }
 
 async fn run(db: &str) {
-    let url = format!("mysql://root@127.0.0.1:3306/{db}");
+    let url = common::db_url(db);
     let store = Arc::new(
         MysqlStore::connect(
             &Secret::new(url.clone()),
@@ -125,10 +126,21 @@ async fn run(db: &str) {
     store.migrate().await.unwrap();
     let version = mariadb("SELECT VERSION()");
     println!(
-        "MariaDB {} (innodb_flush_log_at_trx_commit={})",
+        "{} {} (innodb_flush_log_at_trx_commit={}, binary log {})",
+        if version.contains("MariaDB") {
+            "MariaDB"
+        } else {
+            "MySQL"
+        },
         version.trim(),
-        mariadb("SELECT @@innodb_flush_log_at_trx_commit").trim()
+        mariadb("SELECT @@innodb_flush_log_at_trx_commit").trim(),
+        if mariadb("SELECT @@log_bin").trim() == "1" {
+            "on"
+        } else {
+            "off"
+        },
     );
+    common::numbers(db, env_count("RELAY_ROWS", 200_000).max(20_000));
 
     accept_rate(db, store.clone()).await;
     let nats = Nats::start();
@@ -143,7 +155,7 @@ async fn accept_rate(db: &str, store: Arc<MysqlStore>) {
     // The database's ceiling: the same two inserts in one transaction, issued directly.
     let raw_pool = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(POOL)
-        .connect(&format!("mysql://root@127.0.0.1:3306/{db}"))
+        .connect(&common::db_url(db))
         .await
         .unwrap();
     let t0 = Instant::now();
@@ -282,7 +294,7 @@ async fn relay_throughput(db: &str, store: Arc<MysqlStore>, nats: &Nats) {
         mariadb(&format!("TRUNCATE {db}.outbox"));
         mariadb(&format!(
             "USE {db}; INSERT INTO outbox (event_id, subject, payload, request_id) \
-             SELECT UUID(), 'primecheck.requested', '{payload}', CONCAT('bench-', seq) FROM seq_1_to_{rows}"
+             SELECT UUID(), 'primecheck.requested', '{payload}', CONCAT('bench-', seq) FROM numbers WHERE seq <= {rows}"
         ));
         js.get_stream("PRIME").await.unwrap().purge().await.unwrap();
 
@@ -330,7 +342,7 @@ async fn relay_throughput(db: &str, store: Arc<MysqlStore>, nats: &Nats) {
     // after the timed run so that it publishes every pre-filled row.
     mariadb(&format!(
         "USE {db}; INSERT INTO outbox (event_id, subject, payload, request_id) \
-         SELECT UUID(), 'primecheck.requested', '{payload}', CONCAT('bench-', seq) FROM seq_1_to_20000"
+         SELECT UUID(), 'primecheck.requested', '{payload}', CONCAT('bench-', seq) FROM numbers WHERE seq <= 20000"
     ));
     let (mut claim_t, mut publish_t, mut mark_t) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let sample = 20u32;
