@@ -157,7 +157,7 @@ async fn run(db: &str) {
     );
     let arrivals: Arrivals = Arc::default();
     let smtp_port = smtp_sink(arrivals.clone()).await;
-    let db_url = common::db_url(&db);
+    let db_url = common::db_url(db);
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let client = reqwest::Client::builder()
