@@ -50,18 +50,9 @@ pub fn numbers(db: &str, max: usize) {
 /// Runs SQL through the mariadb client (batch mode, no column names).
 pub fn mariadb(sql: &str) -> String {
     let out = Command::new("mariadb")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &db_port().to_string(),
-            "-u",
-            "root",
-            "-N",
-            "-B",
-            "-e",
-            sql,
-        ])
+        .args(["-h", "127.0.0.1", "-u", "root", "-N", "-B", "-P"])
+        .arg(db_port().to_string())
+        .args(["-e", sql])
         .output()
         .expect("mariadb client");
     assert!(

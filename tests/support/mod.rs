@@ -307,36 +307,25 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let _ = Command::new("mariadb")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-P",
-                &db_port().to_string(),
-                "-u",
-                "root",
-                "-e",
-            ])
+        let _ = client()
+            .arg("-e")
             .arg(format!("DROP DATABASE IF EXISTS {}", self.name))
             .output();
     }
 }
 
+/// The mariadb client, connected to the test server as root.
+fn client() -> Command {
+    let mut client = Command::new("mariadb");
+    client.args(["-h", "127.0.0.1", "-u", "root", "-P"]);
+    client.arg(db_port().to_string());
+    client
+}
+
 /// Runs SQL on the test server through the mariadb client (batch mode, no column names).
 pub fn mariadb(sql: &str) -> String {
-    let out = Command::new("mariadb")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &db_port().to_string(),
-            "-u",
-            "root",
-            "-N",
-            "-B",
-            "-e",
-            sql,
-        ])
+    let out = client()
+        .args(["-N", "-B", "-e", sql])
         .output()
         .expect("the mariadb client must be installed (scripts/ensure-services.sh installs it)");
     assert!(
