@@ -697,7 +697,7 @@ enum BatchFailed {
     /// No connection (the pool timed out, the database is down): nothing was stored, and
     /// writing each request on its own would only wait as long again.
     NoConnection(StoreError),
-    /// A statement failed: nothing was stored, and each request may be written on its own.
+    /// A statement failed: nothing was stored, and the batch may be written again in parts.
     BeforeCommit,
     /// The commit failed: the batch may or may not be stored.
     Commit(StoreError),

@@ -247,8 +247,7 @@ fn mysql_sequences(db: &str) {
     );
     if mariadb("SELECT COUNT(*) FROM primed_test_numbers.n").trim() != "200000" {
         mariadb(
-            "SET SESSION cte_max_recursion_depth = 1000; \
-             INSERT IGNORE INTO primed_test_numbers.n (n) \
+            "INSERT IGNORE INTO primed_test_numbers.n (n) \
              WITH RECURSIVE d (x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM d WHERE x < 999) \
              SELECT a.x * 1000 + b.x + 1 FROM d a, d b WHERE a.x < 200",
         );
