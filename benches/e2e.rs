@@ -1,17 +1,24 @@
-//! End to end: accepted request → result email accepted by the SMTP server, with two
-//! `primed` daemons sharing MariaDB and a nats-server (`cargo bench --bench e2e`).
+//! End to end: accepted request → result email accepted by the SMTP server
+//! (`cargo bench --bench e2e`).
 //!
-//! Needs MariaDB on 127.0.0.1:3306 (root, no password) and `nats-server`; creates its own
-//! database, nats-server and an in-process SMTP sink (which reads the request id from each
-//! email's body), and removes them afterwards.
+//! Needs MariaDB on 127.0.0.1:3306 (root, no password) and `nats-server`. Each setup gets
+//! its own database, nats-server (or, embedded, a data directory) and an in-process SMTP
+//! sink that offers PIPELINING, as Postfix, Mailpit and the peers' sink do; it reads the
+//! request id from each email's body. Everything is removed afterwards.
 //!
-//! 1. Throughput: `E2E_REQUESTS` (default 10,000) 64-bit numbers submitted by 64 concurrent
-//!    clients over both daemons; the time until the last email arrives.
-//! 2. Latency: a steady `E2E_RATE` requests/s (default 500) for `E2E_SECONDS` (default 20);
-//!    per request, the time from sending the POST to the email's arrival.
+//! Setups (`E2E_SETUPS`, comma-separated, default all): `mysql1` (one daemon on MariaDB and
+//! JetStream), `mysql2` (two daemons sharing them), `embedded` (one daemon, SQLite). The
+//! daemons run with their defaults but for rate limiting (off; it has its own bench).
+//! In each:
 //!
-//! `E2E_LOG` sets the daemons' `RUST_LOG` (default `warn`; `info` measures them with their
-//! access and pipeline log lines and spans).
+//! 1. Closed loop: `E2E_REQUESTS` (default 5,000) 18-digit numbers from 32 clients, as the
+//!    peers' driver sends them. Reported: accepted/s (HTTP phase), emails/s end to end
+//!    (delivered / (last email − first POST)), the e2e latency, and on MySQL each stage's
+//!    rate from the tables (accepted, checked, emailed).
+//! 2. Open loop at 100 and at 1,000 requests/s (`E2E_RATES`) for `E2E_SECONDS` (default 10):
+//!    per request, POST sent → email received, p50 / p99 / max.
+//!
+//! `E2E_LOG` sets the daemons' `RUST_LOG` (default `warn`).
 
 // Benchmark code: a failed unwrap is a failed run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -25,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use common::{env_count, pct};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -47,43 +54,62 @@ impl Drop for Proc {
 /// When each request's email arrived, by request id.
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
-/// A minimal SMTP server that accepts everything and notes when each email came.
+/// A minimal SMTP server that accepts everything, answers pipelined commands with one
+/// write per read, and notes when each email came.
 async fn smtp_sink(arrivals: Arrivals) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
+        while let Ok((mut socket, _)) = listener.accept().await {
             let arrivals = arrivals.clone();
             tokio::spawn(async move {
-                let (read, mut write) = socket.into_split();
-                let mut lines = BufReader::new(read).lines();
-                let _ = write.write_all(b"220 sink\r\n").await;
+                let _ = socket.set_nodelay(true);
+                if socket.write_all(b"220 sink ESMTP\r\n").await.is_err() {
+                    return;
+                }
+                let mut pending = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
                 let mut in_data = false;
                 let mut request = None;
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if in_data {
-                        if line == "." {
-                            in_data = false;
-                            if let Some(id) = request.take() {
-                                arrivals.lock().unwrap().insert(id, Instant::now());
-                            }
-                            let _ = write.write_all(b"250 ok\r\n").await;
-                        } else if let Some(id) = line.strip_prefix("Request id: ") {
-                            request = Some(id.trim().to_string());
-                        }
-                        continue;
-                    }
-                    let upper = line.to_ascii_uppercase();
-                    let reply: &[u8] = if upper.starts_with("DATA") {
-                        in_data = true;
-                        b"354 go\r\n"
-                    } else if upper.starts_with("QUIT") {
-                        let _ = write.write_all(b"221 bye\r\n").await;
-                        return;
-                    } else {
-                        b"250 ok\r\n"
+                loop {
+                    let n = match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
                     };
-                    if write.write_all(reply).await.is_err() {
+                    pending.extend_from_slice(&buf[..n]);
+                    let mut replies = Vec::new();
+                    let mut quit = false;
+                    while let Some(end) = pending.windows(2).position(|w| w == b"\r\n") {
+                        let line: Vec<u8> = pending.drain(..end + 2).collect();
+                        let line = String::from_utf8_lossy(&line[..end]);
+                        if in_data {
+                            if line == "." {
+                                in_data = false;
+                                if let Some(id) = request.take() {
+                                    arrivals.lock().unwrap().insert(id, Instant::now());
+                                }
+                                replies.extend_from_slice(b"250 ok\r\n");
+                            } else if let Some(id) = line.strip_prefix("Request id: ") {
+                                request = Some(id.trim().to_string());
+                            }
+                            continue;
+                        }
+                        let upper = line.to_ascii_uppercase();
+                        if upper.starts_with("EHLO") {
+                            replies.extend_from_slice(
+                                b"250-sink\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+                            );
+                        } else if upper.starts_with("DATA") {
+                            in_data = true;
+                            replies.extend_from_slice(b"354 go\r\n");
+                        } else if upper.starts_with("QUIT") {
+                            replies.extend_from_slice(b"221 bye\r\n");
+                            quit = true;
+                        } else {
+                            replies.extend_from_slice(b"250 ok\r\n");
+                        }
+                    }
+                    if (!replies.is_empty() && socket.write_all(&replies).await.is_err()) || quit {
                         return;
                     }
                 }
@@ -93,10 +119,16 @@ async fn smtp_sink(arrivals: Arrivals) -> u16 {
     port
 }
 
-fn daemon(db_url: &str, nats_url: &str, smtp_port: u16, dir: &std::path::Path) -> (Proc, String) {
+/// What a daemon is started with besides the common settings.
+enum Backend<'a> {
+    Mysql { db_url: &'a str, nats_url: &'a str },
+    Embedded,
+}
+
+fn daemon(backend: &Backend, smtp_port: u16, dir: &std::path::Path) -> (Proc, String) {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_primed"))
-        .arg("run")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_primed"));
+    cmd.arg("run")
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env(
@@ -105,27 +137,34 @@ fn daemon(db_url: &str, nats_url: &str, smtp_port: u16, dir: &std::path::Path) -
         )
         // The pipeline is measured here; the limiter has its own benchmark.
         .env("RATE_LIMIT_ENABLED", "false")
-        .env("DATABASE_URL", db_url)
-        .env("NATS_URL", nats_url)
         .env("SMTP_HOST", "127.0.0.1")
         .env("SMTP_PORT", smtp_port.to_string())
         .env("SMTP_TLS", "none")
         .env("SMTP_FROM", "primed@example.com")
         .env("ADMIN_API_KEYS", "bench-token-0123456789")
-        .env("PRIMED_DB_MAX_CONNECTIONS", "32")
         .env("PRIMED_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("PRIMED_INSTANCE", format!("bench-{port}"))
         .env("PRIMED_DATA_DIR", dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("primed");
-    (Proc(child), format!("http://127.0.0.1:{port}"))
+        .stderr(Stdio::inherit());
+    if let Backend::Mysql { db_url, nats_url } = backend {
+        cmd.env("DATABASE_URL", db_url).env("NATS_URL", nats_url);
+    }
+    (
+        Proc(cmd.spawn().expect("primed")),
+        format!("http://127.0.0.1:{port}"),
+    )
 }
 
-async fn post(client: &reqwest::Client, base: &str, n: u64) -> String {
+/// A random 18-digit number (odd, so that some are prime).
+fn number() -> String {
+    (100_000_000_000_000_000u64 + rand::random::<u64>() % 900_000_000_000_000_000 | 1).to_string()
+}
+
+async fn post(client: &reqwest::Client, base: &str, i: usize) -> String {
     let r = client
         .post(format!("{base}/prime-check"))
-        .json(&serde_json::json!({"number": n.to_string(), "email": "bench@example.com"}))
+        .json(&serde_json::json!({"number": number(), "email": format!("bench-{i}@example.com")}))
         .send()
         .await
         .unwrap();
@@ -136,7 +175,163 @@ async fn post(client: &reqwest::Client, base: &str, n: u64) -> String {
         .to_string()
 }
 
-async fn run(db: &str) {
+/// Sent times by request id, for the latency of each.
+type Sent = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Waits until every request in `sent` has its email; returns the latencies, sorted.
+async fn latencies(sent: &Sent, arrivals: &Arrivals, wait: Duration) -> Vec<Duration> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let missing = {
+            let sent = sent.lock().unwrap();
+            let arrived = arrivals.lock().unwrap();
+            sent.keys().filter(|id| !arrived.contains_key(*id)).count()
+        };
+        if missing == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{missing} emails missing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let sent = sent.lock().unwrap();
+    let arrived = arrivals.lock().unwrap();
+    let mut l: Vec<Duration> = sent
+        .iter()
+        .map(|(id, t)| arrived[id].saturating_duration_since(*t))
+        .collect();
+    l.sort();
+    l
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn summary(l: &[Duration]) -> String {
+    format!(
+        "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(pct(l, 0.5)),
+        ms(pct(l, 0.9)),
+        ms(pct(l, 0.99)),
+        ms(l[l.len() - 1])
+    )
+}
+
+/// Each stage's rate from the tables: rows / (last − first timestamp).
+fn stage_rates(db: &str) -> String {
+    let span = |table: &str, column: &str| {
+        let out = common::mariadb(&format!(
+            "SELECT COUNT({column}), TIMESTAMPDIFF(MICROSECOND, MIN({column}), MAX({column})) FROM {db}.{table}"
+        ));
+        let mut f = out.split_whitespace();
+        let n: f64 = f.next().unwrap().parse().unwrap();
+        let us: f64 = f.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        if us > 0.0 { n / (us / 1e6) } else { 0.0 }
+    };
+    format!(
+        "stages: accepted {:.0}/s, checked {:.0}/s, emailed {:.0}/s",
+        span("prime_check_requests", "created_at"),
+        span("prime_check_requests", "completed_at"),
+        span("sent_emails", "sent_at")
+    )
+}
+
+async fn measure(name: &str, bases: &[String], arrivals: &Arrivals, db: Option<&str>) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let bases = Arc::new(bases.to_vec());
+
+    // 1. Closed loop.
+    let total = env_count("E2E_REQUESTS", 5_000);
+    let sent: Sent = Arc::default();
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (client, bases, next, sent) =
+            (client.clone(), bases.clone(), next.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return;
+                }
+                let t = Instant::now();
+                let id = post(&client, &bases[i % bases.len()], i).await;
+                sent.lock().unwrap().insert(id, t);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let accepted = started.elapsed();
+    let l = latencies(&sent, arrivals, Duration::from_secs(600)).await;
+    let last = {
+        let sent = sent.lock().unwrap();
+        let arrived = arrivals.lock().unwrap();
+        sent.keys().map(|id| arrived[id]).max().unwrap()
+    };
+    let done = last.duration_since(started);
+    println!(
+        "{name} closed loop, {total} requests, 32 clients: accepted {:.0}/s; emails {:.0}/s end to end ({:.2} s); e2e {}",
+        total as f64 / accepted.as_secs_f64(),
+        total as f64 / done.as_secs_f64(),
+        done.as_secs_f64(),
+        summary(&l)
+    );
+    if let Some(db) = db {
+        println!("{name} closed loop {}", stage_rates(db));
+    }
+
+    // 2. Open loop.
+    let seconds = env_count("E2E_SECONDS", 10);
+    let rates = std::env::var("E2E_RATES").unwrap_or_else(|_| "100,1000".into());
+    for rate in rates
+        .split(',')
+        .filter_map(|r| r.trim().parse::<usize>().ok())
+    {
+        let sent: Sent = Arc::default();
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = Vec::new();
+        for i in 0..rate * seconds {
+            ticker.tick().await;
+            let (client, bases, sent) = (client.clone(), bases.clone(), sent.clone());
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let id = post(&client, &bases[i % bases.len()], total + i).await;
+                sent.lock().unwrap().insert(id, t);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let l = latencies(&sent, arrivals, Duration::from_secs(120)).await;
+        println!(
+            "{name} open loop {rate}/s for {seconds} s ({} requests): e2e {}",
+            l.len(),
+            summary(&l)
+        );
+    }
+}
+
+async fn wait_ready(base: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = client.get(format!("{base}/ready")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "daemon at {base} did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn mysql(db: &str, daemons: usize) {
     let nats_port = free_port();
     let nats_dir = tempfile::tempdir().unwrap();
     let _nats = Proc(
@@ -159,119 +354,49 @@ async fn run(db: &str) {
     let smtp_port = smtp_sink(arrivals.clone()).await;
     let db_url = common::db_url(db);
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-        .unwrap();
-    // The first daemon migrates and sets up the streams; then the second joins.
-    let mut daemons = Vec::new();
+    let backend = Backend::Mysql {
+        db_url: &db_url,
+        nats_url: &nats_url,
+    };
+    let dirs: Vec<_> = (0..daemons).map(|_| tempfile::tempdir().unwrap()).collect();
+    // The first daemon migrates and sets up the streams; then the others join.
+    let mut procs = Vec::new();
     let mut bases = Vec::new();
     for dir in &dirs {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let (proc, base) = daemon(&db_url, &nats_url, smtp_port, dir.path());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = client.get(format!("{base}/ready")).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "daemon at {base} did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        daemons.push(proc);
+        let (proc, base) = daemon(&backend, smtp_port, dir.path());
+        wait_ready(&base).await;
+        procs.push(proc);
         bases.push(base);
     }
-    let bases = Arc::new(bases);
+    measure(&format!("mysql{daemons}"), &bases, &arrivals, Some(db)).await;
+}
 
-    // 1. Throughput.
-    let total = env_count("E2E_REQUESTS", 10_000);
-    let started = Instant::now();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..64 {
-        let (client, bases, next) = (client.clone(), bases.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total {
-                    return;
-                }
-                let n = rand::random::<u64>() | 1;
-                post(&client, &bases[i % 2], n).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let accepted = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while arrivals.lock().unwrap().len() < total {
-        assert!(Instant::now() < deadline, "emails missing");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let done = started.elapsed();
-    println!(
-        "throughput: {total} requests accepted in {:.2} s ({:.0}/s); all emails in {:.2} s: {:.0} requests/s end to end (2 daemons)",
-        accepted.as_secs_f64(),
-        total as f64 / accepted.as_secs_f64(),
-        done.as_secs_f64(),
-        total as f64 / done.as_secs_f64()
-    );
-
-    // 2. Latency at a steady rate.
-    let rate = env_count("E2E_RATE", 500);
-    let seconds = env_count("E2E_SECONDS", 20);
-    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = Vec::new();
-    let count = rate * seconds;
-    for i in 0..count {
-        ticker.tick().await;
-        let (client, bases, sent) = (client.clone(), bases.clone(), sent.clone());
-        tasks.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let id = post(&client, &bases[i % 2], rand::random::<u64>() | 1).await;
-            sent.lock().unwrap().insert(id, t);
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let missing = {
-            let sent = sent.lock().unwrap();
-            let arrived = arrivals.lock().unwrap();
-            sent.keys().filter(|id| !arrived.contains_key(*id)).count()
-        };
-        if missing == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{missing} emails missing");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let mut latencies: Vec<Duration> = {
-        let sent = sent.lock().unwrap();
-        let arrived = arrivals.lock().unwrap();
-        sent.iter()
-            .map(|(id, t)| arrived[id].saturating_duration_since(*t))
-            .collect()
-    };
-    latencies.sort();
-    println!(
-        "latency at {rate} requests/s for {seconds} s ({} requests): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        latencies.len(),
-        pct(&latencies, 0.5).as_secs_f64() * 1000.0,
-        pct(&latencies, 0.9).as_secs_f64() * 1000.0,
-        pct(&latencies, 0.99).as_secs_f64() * 1000.0,
-        latencies[latencies.len() - 1].as_secs_f64() * 1000.0
-    );
-    drop(daemons);
+async fn embedded() {
+    let arrivals: Arrivals = Arc::default();
+    let smtp_port = smtp_sink(arrivals.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_proc, base) = daemon(&Backend::Embedded, smtp_port, dir.path());
+    wait_ready(&base).await;
+    measure("embedded", &[base], &arrivals, None).await;
 }
 
 fn main() {
-    common::with_database("primed_e2e", |db| async move { run(&db).await });
+    let setups = std::env::var("E2E_SETUPS").unwrap_or_else(|_| "mysql1,mysql2,embedded".into());
+    for setup in setups.split(',').map(str::trim) {
+        match setup {
+            "mysql1" => {
+                common::with_database("primed_e2e", |db| async move { mysql(&db, 1).await })
+            }
+            "mysql2" => {
+                common::with_database("primed_e2e", |db| async move { mysql(&db, 2).await })
+            }
+            "embedded" => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(embedded()),
+            other => panic!("unknown setup {other:?} in E2E_SETUPS (mysql1, mysql2, embedded)"),
+        }
+    }
 }

@@ -157,6 +157,7 @@ async fn the_scrape_shows_what_the_pipeline_did() {
             r#"database_query_duration_seconds_count{query_type="record_email"}"#,
             1.0,
         ),
+        (r#"email_unrecorded_window_seconds_count"#, 1.0),
         (r#"dlq_message_count{status="pending"}"#, 0.0),
         (r#"message_queue_length{queue_name="email.send"}"#, 0.0),
         (r#"actor_up{actor="http"}"#, 1.0),

@@ -20,6 +20,10 @@ pub struct PipelineMetrics {
     /// `messages_processed_total{subject,outcome}`: consumer outcomes (`success`, `retry`,
     /// `dead_letter`).
     pub messages_processed: IntCounterVec,
+    /// `email_unrecorded_window_seconds`: from the SMTP server's acceptance of an email to
+    /// the commit of its `sent_emails` row. A daemon killed inside this window sends that
+    /// email again after a redelivery: it is the only source of duplicate emails.
+    pub email_unrecorded_window: prometheus::Histogram,
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -53,16 +57,27 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
         ),
         &["subject", "outcome"],
     )?;
+    let email_unrecorded_window = prometheus::Histogram::with_opts(
+        HistogramOpts::new(
+            "email_unrecorded_window_seconds",
+            "Time from the SMTP server's acceptance of an email to the commit of its record",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+        ]),
+    )?;
     let r = registry();
     r.register(Box::new(prime_check_requests.clone()))?;
     r.register(Box::new(prime_check_duration.clone()))?;
     r.register(Box::new(emails_sent.clone()))?;
     r.register(Box::new(messages_processed.clone()))?;
+    r.register(Box::new(email_unrecorded_window.clone()))?;
     Ok(PipelineMetrics {
         prime_check_requests,
         prime_check_duration,
         emails_sent,
         messages_processed,
+        email_unrecorded_window,
     })
 }
 

@@ -314,10 +314,16 @@ impl EmailHandler {
             recipient: send.email.clone(),
             message_id: email.message_id.clone(),
         };
+        let accepted = Instant::now();
         let mut delay = Duration::from_millis(100);
         for attempt in 1.. {
             match self.store.record_email(sent.clone()).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    crate::metrics::pipeline()
+                        .email_unrecorded_window
+                        .observe(accepted.elapsed().as_secs_f64());
+                    return Ok(());
+                }
                 Err(err) if attempt < 5 => {
                     tracing::warn!(event_id = %message.event_id, error = %err, "sent an email but could not record it yet; retrying");
                     tokio::time::sleep(delay).await;

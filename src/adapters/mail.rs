@@ -1,4 +1,4 @@
-//! Mail: SMTP through lettre (pooled connections), or `.eml` files in the embedded mode.
+//! Mail: SMTP through lettre's connections in primed's pool (`smtp.rs`), or `.eml` files in the embedded mode.
 //!
 //! SMTP failures are classified for the retry policy: the server cannot be reached
 //! (refused, reset, timed out, TLS failure) → transient and `connection` (counts towards the
@@ -12,11 +12,12 @@ use actors::model::ErrorClass;
 use actors::workers::{Email, MailError, Mailer};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use lettre::Message;
 use lettre::message::{Mailbox, header::ContentType};
-use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::client::TlsParameters;
+
+use super::smtp::{Security, SendError, Server, SmtpPool};
 
 use crate::config::{SmtpConfig, SmtpTls};
 
@@ -61,15 +62,15 @@ fn build(from: &Mailbox, email: &Email) -> Result<Message, MailError> {
         .map_err(|e| permanent(format!("cannot build the email: {e}")))
 }
 
-/// Sends through an SMTP server.
+/// Sends through an SMTP server ([`SmtpPool`]: pooled, pipelined, one write per step).
 pub struct SmtpMailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    pool: SmtpPool,
     from: Mailbox,
     host: String,
 }
 
 impl SmtpMailer {
-    /// A pooled transport to the configured server (connections are made on first use).
+    /// A pool of up to `pool_size` connections to the configured server (made on first use).
     pub fn new(
         config: &SmtpConfig,
         timeout: Duration,
@@ -85,31 +86,35 @@ impl SmtpMailer {
                 reason: e.to_string(),
             })
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
-            .port(config.port)
-            .timeout(Some(timeout))
-            .pool_config(PoolConfig::new().max_size(pool_size.max(1)));
-        builder = match config.tls {
-            SmtpTls::None => builder.tls(Tls::None),
-            SmtpTls::StartTls => builder.tls(Tls::Required(tls()?)),
-            SmtpTls::Tls => builder.tls(Tls::Wrapper(tls()?)),
+        let security = match config.tls {
+            SmtpTls::None => Security::None,
+            SmtpTls::StartTls => Security::StartTls(tls()?),
+            SmtpTls::Tls => Security::Tls(tls()?),
         };
-        if let (Some(user), Some(password)) = (&config.username, &config.password) {
-            builder = builder.credentials(Credentials::new(
+        let credentials = match (&config.username, &config.password) {
+            (Some(user), Some(password)) => Some(Credentials::new(
                 user.clone(),
                 password.expose().to_string(),
-            ));
-        }
+            )),
+            _ => None,
+        };
+        let server = Server {
+            host: config.host.clone(),
+            port: config.port,
+            security,
+            credentials,
+            timeout,
+        };
         Ok(Self {
-            transport: builder.build(),
+            pool: SmtpPool::new(server, pool_size as usize),
             from,
             host: format!("{}:{}", config.host, config.port),
         })
     }
 }
 
-/// Classifies an SMTP error.
-pub fn classify(host: &str, err: &lettre::transport::smtp::Error) -> MailError {
+/// Classifies an SMTP failure.
+pub fn classify(host: &str, err: &SendError) -> MailError {
     if err.is_permanent() {
         return permanent(format!("the SMTP server {host} refused the email: {err}"));
     }
@@ -132,10 +137,10 @@ impl Mailer for SmtpMailer {
     fn send<'a>(&'a self, email: &'a Email) -> BoxFuture<'a, Result<(), MailError>> {
         async move {
             let message = build(&self.from, email)?;
-            self.transport
-                .send(message)
+            let envelope = message.envelope();
+            self.pool
+                .send(envelope.from(), envelope.to(), &message.formatted())
                 .await
-                .map(|_| ())
                 .map_err(|e| classify(&self.host, &e))
         }
         .boxed()

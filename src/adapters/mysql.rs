@@ -50,6 +50,8 @@ pub struct MysqlStore {
     accepts: Arc<AcceptQueue>,
     /// How long an accepted request waits in the queue for a writer (the pool's timeout).
     accept_wait: Duration,
+    /// The workers' records, in groups.
+    effects: Arc<super::mysql_workers::Effects>,
 }
 
 /// How often a claim looks at every pending row, even while a backlog is being worked off
@@ -147,7 +149,6 @@ impl MysqlStore {
             })
             .connect_lazy_with(options);
         Ok(Self {
-            pool,
             outbox_max_retries: settings.outbox_max_retries,
             floor: Arc::new(ClaimFloor::new()),
             // Half the pool at most, so that accepting never starves the relay and workers.
@@ -155,6 +156,8 @@ impl MysqlStore {
                 MAX_WRITERS.min(settings.max_connections as usize / 2),
             )),
             accept_wait: settings.acquire_timeout,
+            effects: Arc::new(super::mysql_workers::Effects::new(&pool)),
+            pool,
         })
     }
 
@@ -199,6 +202,11 @@ impl MysqlStore {
     /// The pool, for tests and tools.
     pub fn pool(&self) -> &MySqlPool {
         &self.pool
+    }
+
+    /// The workers' grouped records.
+    pub(crate) fn effects(&self) -> &super::mysql_workers::Effects {
+        &self.effects
     }
 
     /// How many transactions stored how many accepted requests (see [`mysql_accept`]).

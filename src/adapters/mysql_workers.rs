@@ -16,11 +16,14 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::mysql::MySqlRow;
-use sqlx::{Acquire, MySql, MySqlConnection, QueryBuilder, Row};
+use std::sync::Arc;
+
+use sqlx::{Acquire, MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
 use super::common::{
     HealthRow, LogRow, health_rows, is_duplicate, json_payload, letter_history, refused,
 };
+use super::group::Group;
 use super::mysql::{MysqlStore, classify, now_micros};
 
 const SELECT_LETTER: &str = "SELECT id, original_subject, original_message_id, dlq_subject, \
@@ -79,54 +82,267 @@ async fn count_statistic(
     Ok(())
 }
 
-impl MysqlStore {
-    async fn record_result_inner(&self, r: PrimeResult) -> Result<bool, StoreError> {
-        let payload =
-            serde_json::to_string(&r.email).map_err(|e| StoreError::Rejected(e.to_string()))?;
-        let mut conn = self.pool().acquire().await.map_err(classify)?;
-        let mut tx = conn.begin().await.map_err(classify)?;
-        let first = sqlx::query("INSERT INTO processed_events (event_id, consumer) VALUES (?, ?)")
-            .bind(&r.event_id)
-            .bind(PRIMECHECK_CONSUMER)
-            .execute(&mut *tx)
-            .await;
-        match first {
-            Ok(_) => {}
-            Err(e) if is_duplicate(&e) => {
-                let _ = tx.rollback().await;
-                return Ok(false);
-            }
-            Err(e) => return Err(classify(e)),
-        }
-        sqlx::query(
-            "UPDATE prime_check_requests SET status = 'done', is_prime = ?, factor = ?, error = NULL, \
-             digits = ?, duration_us = ?, completed_at = NOW(6) WHERE id = ?",
-        )
-        .bind(r.email.is_prime)
-        .bind(&r.email.factor)
-        .bind(r.email.digits as i64)
-        .bind(i64::try_from(r.duration.as_micros()).unwrap_or(i64::MAX))
-        .bind(&r.email.request_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        sqlx::query(
-            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&r.email_event_id)
-        .bind(SUBJECT_EMAIL_SEND)
-        .bind(&payload)
-        .bind(&r.request_id)
-        .bind(&r.traceparent)
-        .bind(now_micros())
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        Ok(true)
-    }
+/// Most records in one batch of the workers' group commit.
+const EFFECT_BATCH: usize = 64;
 
+/// Most batches of one kind in flight at once.
+const EFFECT_WRITERS: usize = 2;
+
+/// The workers' records, written in groups ([`Group`]).
+pub(crate) struct Effects {
+    /// Prime-check results with their `email.send` events.
+    results: Arc<Group<PrimeResult, bool>>,
+    /// Sent emails.
+    sent: Arc<Group<SentEmail, bool>>,
+    /// Whether emails were sent (reads, grouped the same way: one query for many).
+    sent_checks: Arc<Group<String, bool>>,
+}
+
+impl std::fmt::Debug for Effects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Effects").finish_non_exhaustive()
+    }
+}
+
+impl Effects {
+    pub(crate) fn new(pool: &MySqlPool) -> Self {
+        let p = pool.clone();
+        let results = Group::new(
+            EFFECT_WRITERS,
+            EFFECT_BATCH,
+            Arc::new(move |batch| {
+                let pool = p.clone();
+                async move { write_results(&pool, batch).await }.boxed()
+            }),
+        );
+        let p = pool.clone();
+        let sent = Group::new(
+            EFFECT_WRITERS,
+            EFFECT_BATCH,
+            Arc::new(move |batch| {
+                let pool = p.clone();
+                async move { write_sent(&pool, batch).await }.boxed()
+            }),
+        );
+        let p = pool.clone();
+        let sent_checks = Group::new(
+            EFFECT_WRITERS,
+            EFFECT_BATCH,
+            Arc::new(move |batch| {
+                let pool = p.clone();
+                async move { were_sent(&pool, batch).await }.boxed()
+            }),
+        );
+        Self {
+            results,
+            sent,
+            sent_checks,
+        }
+    }
+}
+
+/// Which of these events' emails were recorded as sent: one query.
+async fn were_sent(pool: &MySqlPool, event_ids: Vec<String>) -> Vec<Result<bool, StoreError>> {
+    let mut q: QueryBuilder<'_, MySql> =
+        QueryBuilder::new("SELECT event_id FROM sent_emails WHERE event_id IN (");
+    let mut list = q.separated(", ");
+    for id in &event_ids {
+        list.push_bind(id);
+    }
+    q.push(")");
+    let sent = match q.build().fetch_all(pool).await {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<std::collections::HashSet<String>, _>>(),
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(sent) => event_ids.iter().map(|id| Ok(sent.contains(id))).collect(),
+        Err(e) => {
+            let e = classify(e);
+            event_ids.iter().map(|_| Err(e.clone())).collect()
+        }
+    }
+}
+
+/// Writes each record of a batch: together when they can be, else one by one (`alone`),
+/// so that each gets the answer it would have had alone.
+async fn write_batch<T, W, A>(
+    pool: &MySqlPool,
+    mut batch: Vec<T>,
+    together: W,
+    alone: A,
+) -> Vec<Result<bool, StoreError>>
+where
+    W: AsyncFnOnce(&MySqlPool, &[T]) -> Result<(), Together>,
+    A: AsyncFn(&MySqlPool, T) -> Result<bool, StoreError>,
+{
+    if batch.len() == 1
+        && let Some(record) = batch.pop()
+    {
+        return vec![alone(pool, record).await];
+    }
+    match together(pool, &batch).await {
+        Ok(()) => batch.iter().map(|_| Ok(true)).collect(),
+        Err(Together::Duplicate) => {
+            // One of them was already recorded: find out which, one at a time.
+            let mut answers = Vec::with_capacity(batch.len());
+            for record in batch {
+                answers.push(alone(pool, record).await);
+            }
+            answers
+        }
+        Err(Together::Failed(e)) => batch.iter().map(|_| Err(e.clone())).collect(),
+    }
+}
+
+/// Why a batch was not written together.
+enum Together {
+    /// A record's event was already recorded (nothing of the batch was written).
+    Duplicate,
+    /// Anything else: every record of the batch gets this error.
+    Failed(StoreError),
+}
+
+fn together(e: sqlx::Error) -> Together {
+    if is_duplicate(&e) {
+        Together::Duplicate
+    } else {
+        Together::Failed(classify(e))
+    }
+}
+
+async fn write_results(pool: &MySqlPool, batch: Vec<PrimeResult>) -> Vec<Result<bool, StoreError>> {
+    write_batch(pool, batch, results_together, record_result_alone).await
+}
+
+async fn write_sent(pool: &MySqlPool, batch: Vec<SentEmail>) -> Vec<Result<bool, StoreError>> {
+    write_batch(pool, batch, sent_together, record_email_alone).await
+}
+
+/// Results in one transaction: their `processed_events` rows, the requests' updates and
+/// the `email.send` events.
+async fn results_together(pool: &MySqlPool, batch: &[PrimeResult]) -> Result<(), Together> {
+    let payloads = batch
+        .iter()
+        .map(|r| serde_json::to_string(&r.email))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Together::Failed(StoreError::Rejected(e.to_string())))?;
+    let failed = |e| Together::Failed(classify(e));
+    let mut conn = pool.acquire().await.map_err(failed)?;
+    let mut tx = conn.begin().await.map_err(failed)?;
+    let mut q: QueryBuilder<'_, MySql> =
+        QueryBuilder::new("INSERT INTO processed_events (event_id, consumer) ");
+    q.push_values(batch, |mut b, r| {
+        b.push_bind(&r.event_id).push_bind(PRIMECHECK_CONSUMER);
+    });
+    q.build().execute(&mut *tx).await.map_err(together)?;
+    for r in batch {
+        update_request(&mut tx, r).await.map_err(failed)?;
+    }
+    let created_at = now_micros();
+    let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
+        "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, created_at) ",
+    );
+    q.push_values(batch.iter().zip(&payloads), |mut b, (r, payload)| {
+        b.push_bind(&r.email_event_id)
+            .push_bind(SUBJECT_EMAIL_SEND)
+            .push_bind(payload)
+            .push_bind(&r.request_id)
+            .push_bind(&r.traceparent)
+            .push_bind(created_at);
+    });
+    q.build().execute(&mut *tx).await.map_err(failed)?;
+    tx.commit().await.map_err(failed)?;
+    Ok(())
+}
+
+async fn update_request(conn: &mut MySqlConnection, r: &PrimeResult) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE prime_check_requests SET status = 'done', is_prime = ?, factor = ?, error = NULL, \
+         digits = ?, duration_us = ?, completed_at = NOW(6) WHERE id = ?",
+    )
+    .bind(r.email.is_prime)
+    .bind(&r.email.factor)
+    .bind(r.email.digits as i64)
+    .bind(i64::try_from(r.duration.as_micros()).unwrap_or(i64::MAX))
+    .bind(&r.email.request_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One result in its own transaction: `false` when the event was already processed.
+async fn record_result_alone(pool: &MySqlPool, r: PrimeResult) -> Result<bool, StoreError> {
+    let payload =
+        serde_json::to_string(&r.email).map_err(|e| StoreError::Rejected(e.to_string()))?;
+    let mut conn = pool.acquire().await.map_err(classify)?;
+    let mut tx = conn.begin().await.map_err(classify)?;
+    let first = sqlx::query("INSERT INTO processed_events (event_id, consumer) VALUES (?, ?)")
+        .bind(&r.event_id)
+        .bind(PRIMECHECK_CONSUMER)
+        .execute(&mut *tx)
+        .await;
+    match first {
+        Ok(_) => {}
+        Err(e) if is_duplicate(&e) => {
+            let _ = tx.rollback().await;
+            return Ok(false);
+        }
+        Err(e) => return Err(classify(e)),
+    }
+    update_request(&mut tx, &r).await.map_err(classify)?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&r.email_event_id)
+    .bind(SUBJECT_EMAIL_SEND)
+    .bind(&payload)
+    .bind(&r.request_id)
+    .bind(&r.traceparent)
+    .bind(now_micros())
+    .execute(&mut *tx)
+    .await
+    .map_err(classify)?;
+    tx.commit().await.map_err(classify)?;
+    Ok(true)
+}
+
+/// Sent emails in one multi-row insert (one commit).
+async fn sent_together(pool: &MySqlPool, batch: &[SentEmail]) -> Result<(), Together> {
+    let mut q: QueryBuilder<'_, MySql> =
+        QueryBuilder::new("INSERT INTO sent_emails (event_id, request_id, recipient, message_id) ");
+    q.push_values(batch, |mut b, s| {
+        b.push_bind(&s.event_id)
+            .push_bind(&s.request_id)
+            .push_bind(&s.recipient)
+            .push_bind(&s.message_id);
+    });
+    q.build().execute(pool).await.map_err(together)?;
+    Ok(())
+}
+
+/// One sent email: `false` when it was already recorded.
+async fn record_email_alone(pool: &MySqlPool, sent: SentEmail) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO sent_emails (event_id, request_id, recipient, message_id) VALUES (?, ?, ?, ?)",
+    )
+    .bind(&sent.event_id)
+    .bind(&sent.request_id)
+    .bind(&sent.recipient)
+    .bind(&sent.message_id)
+    .execute(pool)
+    .await;
+    match done {
+        Ok(_) => Ok(true),
+        Err(e) if is_duplicate(&e) => Ok(false),
+        Err(e) => Err(classify(e)),
+    }
+}
+
+impl MysqlStore {
     async fn dead_letter_inner(&self, l: NewDeadLetter) -> Result<Option<i64>, StoreError> {
         let payload = json_payload(&l.payload);
         let dlq = dlq_subject(&l.original_subject);
@@ -278,7 +494,7 @@ impl MysqlStore {
 
 impl WorkerStore for MysqlStore {
     fn record_result(&self, result: PrimeResult) -> BoxFuture<'_, Result<bool, StoreError>> {
-        self.record_result_inner(result).boxed()
+        async move { self.effects().results.submit(result).await }.boxed()
     }
 
     fn processed<'a>(
@@ -301,34 +517,16 @@ impl WorkerStore for MysqlStore {
 
     fn email_sent<'a>(&'a self, event_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
         async move {
-            let row = sqlx::query("SELECT 1 FROM sent_emails WHERE event_id = ?")
-                .bind(event_id)
-                .fetch_optional(self.pool())
+            self.effects()
+                .sent_checks
+                .submit(event_id.to_string())
                 .await
-                .map_err(classify)?;
-            Ok(row.is_some())
         }
         .boxed()
     }
 
     fn record_email(&self, sent: SentEmail) -> BoxFuture<'_, Result<bool, StoreError>> {
-        async move {
-            let done = sqlx::query(
-                "INSERT INTO sent_emails (event_id, request_id, recipient, message_id) VALUES (?, ?, ?, ?)",
-            )
-            .bind(&sent.event_id)
-            .bind(&sent.request_id)
-            .bind(&sent.recipient)
-            .bind(&sent.message_id)
-            .execute(self.pool())
-            .await;
-            match done {
-                Ok(_) => Ok(true),
-                Err(e) if is_duplicate(&e) => Ok(false),
-                Err(e) => Err(classify(e)),
-            }
-        }
-        .boxed()
+        async move { self.effects().sent.submit(sent).await }.boxed()
     }
 
     fn log_attempts<'a>(&'a self, logs: &'a [AttemptLog]) -> BoxFuture<'a, Result<(), StoreError>> {
