@@ -125,7 +125,7 @@ enum Backend<'a> {
     Embedded,
 }
 
-fn daemon(backend: &Backend, smtp_port: u16, dir: &std::path::Path) -> (Proc, String) {
+fn daemon(backend: &Backend<'_>, smtp_port: u16, dir: &std::path::Path) -> (Proc, String) {
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_primed"));
     cmd.arg("run")
@@ -158,7 +158,7 @@ fn daemon(backend: &Backend, smtp_port: u16, dir: &std::path::Path) -> (Proc, St
 
 /// A random 18-digit number (odd, so that some are prime).
 fn number() -> String {
-    (100_000_000_000_000_000u64 + rand::random::<u64>() % 900_000_000_000_000_000 | 1).to_string()
+    ((100_000_000_000_000_000u64 + rand::random::<u64>() % 900_000_000_000_000_000) | 1).to_string()
 }
 
 async fn post(client: &reqwest::Client, base: &str, i: usize) -> String {

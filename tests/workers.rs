@@ -774,3 +774,113 @@ async fn the_dlq_cli_lists_reprocesses_in_batches_with_progress_and_discards() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_effects_are_written_together_and_each_gets_its_own_answer() {
+    use actors::WorkerStore;
+    use actors::model::{EmailSend, PrimeResult, SentEmail};
+    use primed::adapters::mysql::{MysqlStore, PoolSettings};
+    let db = TestDb::create();
+    let store = MysqlStore::connect(
+        &primed::config::Secret::new(db.url.clone()),
+        PoolSettings {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+            outbox_max_retries: 3,
+        },
+    )
+    .unwrap();
+    store.migrate().await.unwrap();
+    const N: usize = 60;
+    let rows: Vec<String> = (0..N)
+        .map(|i| format!("('r-{i}', '{i}', 'a{i}@example.com')"))
+        .collect();
+    db.sql(&format!(
+        "INSERT INTO prime_check_requests (id, number, email) VALUES {}",
+        rows.join(", ")
+    ));
+    let result = |i: usize| PrimeResult {
+        event_id: format!("e-{i}"),
+        email_event_id: format!("m-{i}"),
+        email: EmailSend {
+            request_id: format!("r-{i}"),
+            number: i.to_string(),
+            email: format!("a{i}@example.com"),
+            is_prime: i % 2 == 0,
+            factor: (i % 2 == 1).then(|| format!("f{i}")),
+            digits: i,
+        },
+        duration: Duration::from_micros(i as u64),
+        request_id: None,
+        traceparent: None,
+    };
+    // Event 7 was handled before: in whatever batch it lands, it alone answers false.
+    assert!(store.record_result(result(7)).await.unwrap());
+    let answers = futures::future::join_all((0..N).map(|i| {
+        let store = store.clone();
+        let r = result(i);
+        async move { store.record_result(r).await.unwrap() }
+    }))
+    .await;
+    for (i, fresh) in answers.iter().enumerate() {
+        assert_eq!(*fresh, i != 7, "result {i}");
+    }
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE subject = 'email.send'"),
+        N as i64
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM processed_events"), N as i64);
+    // Each request got its own values (the batch updates all of them in one statement).
+    let stored = db.sql(
+        "SELECT id, status, is_prime, COALESCE(factor, '-'), digits, duration_us FROM prime_check_requests ORDER BY id",
+    );
+    let mut seen = 0;
+    for line in stored.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let i: usize = f[0].trim_start_matches("r-").parse().unwrap();
+        let factor = if i % 2 == 1 {
+            format!("f{i}")
+        } else {
+            "-".into()
+        };
+        assert_eq!(
+            &f[1..],
+            &[
+                "done",
+                if i % 2 == 0 { "1" } else { "0" },
+                factor.as_str(),
+                i.to_string().as_str(),
+                i.to_string().as_str()
+            ],
+            "request r-{i}"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, N);
+
+    // Sent emails: recorded together, one known before; checks read together.
+    let sent = |i: usize| SentEmail {
+        event_id: format!("m-{i}"),
+        request_id: format!("r-{i}"),
+        recipient: format!("a{i}@example.com"),
+        message_id: format!("<m-{i}@primed>"),
+    };
+    assert!(store.record_email(sent(3)).await.unwrap());
+    let answers = futures::future::join_all((0..N).map(|i| {
+        let store = store.clone();
+        async move { store.record_email(sent(i)).await.unwrap() }
+    }))
+    .await;
+    for (i, fresh) in answers.iter().enumerate() {
+        assert_eq!(*fresh, i != 3, "sent email {i}");
+    }
+    assert_eq!(db.count("SELECT COUNT(*) FROM sent_emails"), N as i64);
+    let checks = futures::future::join_all((0..N + 10).map(|i| {
+        let store = store.clone();
+        async move { store.email_sent(&format!("m-{i}")).await.unwrap() }
+    }))
+    .await;
+    for (i, was) in checks.iter().enumerate() {
+        assert_eq!(*was, i < N, "check {i}");
+    }
+}

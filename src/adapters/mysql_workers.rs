@@ -238,9 +238,7 @@ async fn results_together(pool: &MySqlPool, batch: &[PrimeResult]) -> Result<(),
         b.push_bind(&r.event_id).push_bind(PRIMECHECK_CONSUMER);
     });
     q.build().execute(&mut *tx).await.map_err(together)?;
-    for r in batch {
-        update_request(&mut tx, r).await.map_err(failed)?;
-    }
+    update_requests(&mut tx, batch).await.map_err(failed)?;
     let created_at = now_micros();
     let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
         "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, created_at) ",
@@ -255,6 +253,48 @@ async fn results_together(pool: &MySqlPool, batch: &[PrimeResult]) -> Result<(),
     });
     q.build().execute(&mut *tx).await.map_err(failed)?;
     tx.commit().await.map_err(failed)?;
+    Ok(())
+}
+
+/// Marks the batch's requests done in one statement (a `CASE` per column, by id).
+async fn update_requests(
+    conn: &mut MySqlConnection,
+    batch: &[PrimeResult],
+) -> Result<(), sqlx::Error> {
+    let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
+        "UPDATE prime_check_requests SET status = 'done', error = NULL, completed_at = NOW(6)",
+    );
+    let column = |q: &mut QueryBuilder<'_, MySql>,
+                  name: &str,
+                  value: &dyn Fn(&mut QueryBuilder<'_, MySql>, &PrimeResult)| {
+        q.push(format_args!(", {name} = CASE id"));
+        for r in batch {
+            q.push(" WHEN ")
+                .push_bind(r.email.request_id.clone())
+                .push(" THEN ");
+            value(q, r);
+        }
+        q.push(" END");
+    };
+    column(&mut q, "is_prime", &|q, r| {
+        q.push_bind(r.email.is_prime);
+    });
+    column(&mut q, "factor", &|q, r| {
+        q.push_bind(r.email.factor.clone());
+    });
+    column(&mut q, "digits", &|q, r| {
+        q.push_bind(r.email.digits as i64);
+    });
+    column(&mut q, "duration_us", &|q, r| {
+        q.push_bind(i64::try_from(r.duration.as_micros()).unwrap_or(i64::MAX));
+    });
+    q.push(" WHERE id IN (");
+    let mut ids = q.separated(", ");
+    for r in batch {
+        ids.push_bind(r.email.request_id.clone());
+    }
+    q.push(")");
+    q.build().execute(conn).await?;
     Ok(())
 }
 

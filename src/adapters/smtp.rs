@@ -201,11 +201,9 @@ impl SmtpPool {
 
     async fn connect_inner(&self) -> Result<Conn, SendError> {
         let s = &self.server;
-        let tcp = TcpStream::connect((s.host.as_str(), s.port))
+        let corked = Corked::connect(&s.host, s.port)
             .await
             .map_err(SendError::Connect)?;
-        tcp.set_nodelay(true).map_err(SendError::Connect)?;
-        let corked = Corked::new(tcp).map_err(SendError::Connect)?;
         let mut smtp = match &s.security {
             Security::Tls(params) => {
                 // lettre makes its TLS streams only from its own network stream type.
@@ -375,6 +373,13 @@ pub struct Corked {
 }
 
 impl Corked {
+    /// Connects, with `TCP_NODELAY` (the writes are held here instead).
+    pub async fn connect(host: &str, port: u16) -> std::io::Result<Self> {
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        Self::new(tcp)
+    }
+
     /// Wraps a connected stream.
     pub fn new(tcp: TcpStream) -> std::io::Result<Self> {
         let peer = tcp.peer_addr()?;
@@ -629,6 +634,43 @@ mod tests {
             body.as_bytes(),
         )
         .await
+    }
+
+    #[tokio::test]
+    async fn corked_writes_wait_for_the_next_read_and_leave_together() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut corked = Corked::connect("127.0.0.1", port).await.unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        assert!(corked.tcp.nodelay().unwrap(), "Nagle's algorithm is off");
+        // What lettre does for a message: write, flush, write the terminator, flush.
+        corked.write_all(b"Subject: x\r\n\r\nbody").await.unwrap();
+        corked.flush().await.unwrap();
+        corked.write_all(b"\r\n.\r\n").await.unwrap();
+        corked.flush().await.unwrap();
+        let mut buf = [0u8; 256];
+        assert_eq!(
+            peer.try_read(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "nothing is sent by a flush"
+        );
+        // Reading the reply sends both at once.
+        let reader = tokio::spawn(async move {
+            let mut reply = [0u8; 16];
+            let n = corked.read(&mut reply).await.unwrap();
+            (corked, reply[..n].to_vec())
+        });
+        let n = peer.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"Subject: x\r\n\r\nbody\r\n.\r\n");
+        peer.write_all(b"250 ok\r\n").await.unwrap();
+        let (mut corked, reply) = reader.await.unwrap();
+        assert_eq!(reply, b"250 ok\r\n");
+        // A shutdown sends what is held.
+        corked.write_all(b"QUIT\r\n").await.unwrap();
+        corked.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"QUIT\r\n");
     }
 
     #[tokio::test]
