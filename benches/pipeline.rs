@@ -286,6 +286,7 @@ async fn relay_throughput(db: &str, store: Arc<MysqlStore>, nats: &Nats) {
         prune_interval: Duration::from_secs(3600),
         wake: RelayWake::new("unused"),
         stats: Default::default(),
+        background_settle: None,
     };
     // Relay and raw publishing take turns, `repeats` times, each on a fresh outbox and an
     // empty stream, so that a slow moment of the shared machine does not decide the ratio.
@@ -461,6 +462,8 @@ async fn relay_lag(db: &str, store: Arc<MysqlStore>, nats: &Nats) {
         prune_interval: Duration::from_secs(3600),
         wake: wake.clone(),
         stats: Default::default(),
+        // As the daemon runs it.
+        background_settle: Some(actors::outbox_relay::SettleSlots::new(parallel())),
     };
     let (relay, handle) = Actor::spawn(Some("bench-relay".into()), OutboxRelay, args)
         .await

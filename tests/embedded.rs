@@ -103,6 +103,7 @@ async fn the_embedded_store_keeps_the_outbox_promises() {
         prune_interval: Duration::from_secs(3600),
         wake: RelayWake::new("unused"),
         stats: Default::default(),
+        background_settle: None,
     };
     while round(&args).await.unwrap().claimed > 0 {}
     assert_eq!(queue.depth(SUBJECT_PRIMECHECK_REQUESTED).await.unwrap(), 5);
@@ -305,6 +306,7 @@ async fn an_event_the_embedded_relay_cannot_publish_fails_its_request_with_the_r
         prune_interval: Duration::from_secs(3600),
         wake: RelayWake::new("unused"),
         stats: Default::default(),
+        background_settle: None,
     };
     assert_eq!(round(&args).await.unwrap().dead, 1);
     let got = store.get(&created.id).await.unwrap().unwrap();

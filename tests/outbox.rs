@@ -68,6 +68,7 @@ fn relay_args(store: Arc<MysqlStore>, broker: Arc<dyn Broker>, batch: u32) -> Re
         prune_interval: Duration::from_secs(3600),
         wake: RelayWake::new("unused"),
         stats: Default::default(),
+        background_settle: None,
     }
 }
 
@@ -676,5 +677,111 @@ async fn concurrent_first_starts_migrate_one_at_a_time() {
     assert_eq!(
         db.count("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1"),
         std::fs::read_dir("migrations/mysql").unwrap().count() as i64
+    );
+}
+
+/// A store whose settles take 200 ms (a slow commit).
+struct SlowSettles(Arc<MysqlStore>);
+
+struct Delayed(actors::Claim);
+
+impl actors::Settle for Delayed {
+    fn settle<'a>(
+        self: Box<Self>,
+        published: &'a [i64],
+        failures: &'a [actors::model::PublishFailure],
+    ) -> BoxFuture<'a, Result<(), actors::StoreError>> {
+        async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.0.settle(published, failures).await
+        }
+        .boxed()
+    }
+}
+
+impl actors::OutboxStore for SlowSettles {
+    fn claim(
+        &self,
+        limit: u32,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<actors::Claim, actors::StoreError>> {
+        async move {
+            let mut claim = self.0.claim(limit, lease).await?;
+            if claim.events.is_empty() {
+                return Ok(claim);
+            }
+            let events = std::mem::take(&mut claim.events);
+            Ok(actors::Claim::new(events, Box::new(Delayed(claim))))
+        }
+        .boxed()
+    }
+
+    fn prune_published(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<u64, actors::StoreError>> {
+        self.0.prune_published(before)
+    }
+
+    fn replay_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<u64, actors::StoreError>> {
+        self.0.replay_since(since)
+    }
+}
+
+/// With the daemon's background settling, a round returns before its rows are marked (here
+/// 200 ms later); the rounds after it claim while those marks are pending and must skip the
+/// still-locked rows: every row is published exactly once, and every one is marked as soon
+/// as the settles are drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_that_settle_in_the_background_publish_each_row_once() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let rows = 3000;
+    let store = store(&db, 3).await;
+    db.sql(&format!(
+        "INSERT INTO outbox (event_id, subject, payload) \
+         SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq) FROM seq_1_to_{rows}"
+    ));
+    let (broker, _client) = prime_stream(&nats).await;
+    let recording = Arc::new(Recording {
+        inner: broker,
+        seen: Mutex::new(HashMap::new()),
+    });
+    let slots = actors::outbox_relay::SettleSlots::new(3);
+    let mut args = relay_args(store.clone(), recording.clone(), 500);
+    args.store = Arc::new(SlowSettles(store.clone()));
+    args.parallel_rounds = 3;
+    args.background_settle = Some(slots.clone());
+    let mut published = 0;
+    loop {
+        let outcome = rounds(&args).await.unwrap();
+        published += outcome.published;
+        // Rows under a pending mark are skipped: an empty claim may come while marks run.
+        assert!(
+            slots.drain(Duration::from_secs(10)).await,
+            "the settles end"
+        );
+        let marked: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state = 'published'")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            marked as usize, published,
+            "every published row is marked once drained"
+        );
+        if outcome.claimed == 0 {
+            break;
+        }
+    }
+    assert_eq!(published, rows);
+    let seen = recording.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), rows);
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "an event was published twice"
     );
 }

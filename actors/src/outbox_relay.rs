@@ -99,6 +99,46 @@ pub struct RelayArgs {
     pub wake: RelayWake,
     /// Its progress and counts, read by the heartbeat (`worker_health_checks`).
     pub stats: Arc<crate::liveness::WorkerStats>,
+    /// When set, a round's marks and commit run in the background ([`SettleSlots`]), so the
+    /// next round claims while they commit; `None`: a round settles before it returns (tests
+    /// and tools that read the outbox right after a round).
+    pub background_settle: Option<SettleSlots>,
+}
+
+/// Claims settling in the background, at most `n` at once.
+///
+/// A round's critical path is claim → publish → acks; marking the rows published and
+/// committing (a durable commit) only has to happen before the rows are claimed again, and
+/// they cannot be: the claim keeps them locked (or leased) until it settles, so later claims
+/// skip them. Taking the mark and commit off the path lets an event that arrives during a
+/// round be claimed a commit sooner.
+#[derive(Clone, Debug)]
+pub struct SettleSlots {
+    slots: Arc<tokio::sync::Semaphore>,
+    n: u32,
+}
+
+impl SettleSlots {
+    /// At most `n` claims (each holding its rows and a database connection) unsettled.
+    pub fn new(n: u32) -> Self {
+        let n = n.max(1);
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(n as usize)),
+            n,
+        }
+    }
+
+    /// Waits until every background settle has finished, at most `timeout`; false if some
+    /// had not.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        match tokio::time::timeout(timeout, self.slots.acquire_many(self.n)).await {
+            Ok(Ok(all)) => {
+                drop(all);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The relay's state.
@@ -152,6 +192,21 @@ impl Actor for OutboxRelay {
             args,
             failing_since: None,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<RelayMsg>,
+        state: &mut RelayState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(settle) = &state.args.background_settle
+            && !settle.drain(Duration::from_secs(5)).await
+        {
+            tracing::warn!(
+                "outbox marks still running at stop; their events will be published again"
+            );
+        }
+        Ok(())
     }
 
     async fn post_start(
@@ -268,8 +323,15 @@ pub async fn rounds(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Stor
     }
 }
 
-/// One claim → publish → mark round.
+/// One claim → publish → mark round (the mark in the background with
+/// [`RelayArgs::background_settle`]).
 pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::StoreError> {
+    let slot = match &args.background_settle {
+        Some(settle) => Some(settle.slots.clone().acquire_owned().await.map_err(|_| {
+            crate::store::StoreError::Unavailable("the relay is shutting down".into())
+        })?),
+        None => None,
+    };
     let mut claim = args.store.claim(args.batch_size, args.lease).await?;
     if claim.events.is_empty() {
         return Ok(RoundOutcome::default());
@@ -326,6 +388,18 @@ pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Store
         }
     }
     outcome.published = published.len();
-    claim.settle(&published, &failures).await?;
+    match slot {
+        Some(slot) => {
+            tokio::spawn(async move {
+                let _slot = slot;
+                if let Err(err) = claim.settle(&published, &failures).await {
+                    // The rows are released unmarked: a later round publishes them again,
+                    // and the broker drops the duplicates (Nats-Msg-Id).
+                    tracing::warn!(error = %err, events = published.len() + failures.len(), "could not mark outbox events published; they will be published again");
+                }
+            });
+        }
+        None => claim.settle(&published, &failures).await?,
+    }
     Ok(outcome)
 }

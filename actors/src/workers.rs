@@ -15,6 +15,11 @@ use crate::outbox_relay::RelayWake;
 use crate::primality::{self, PrimalityError};
 use crate::store::{StoreError, WorkerStore};
 
+/// Numbers of at most this many digits (below 2^64) are tested on the worker's own task:
+/// deterministic Miller–Rabin and Lucas on 64-bit words take microseconds. Longer ones go to
+/// the blocking pool.
+pub const INLINE_DIGITS: usize = 19;
+
 /// Consumer name recorded in `processed_events` for prime checks.
 pub const PRIMECHECK_CONSUMER: &str = "primecheck";
 
@@ -44,21 +49,25 @@ impl PrimeCheckHandler {
         {
             return Ok(());
         }
-        let permit = self
-            .cpu
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Failure::unavailable("the CPU pool is closed (shutting down)"))?;
-        let number = request.number.clone();
         let limit = self.time_limit;
         let started = Instant::now();
-        let verdict = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            primality::check(&number, Some(Instant::now() + limit))
-        })
-        .await
-        .map_err(|e| Failure::transient(format!("the primality test crashed: {e}")))?;
+        let verdict =
+            if request.number.len() <= INLINE_DIGITS {
+                // A 64-bit test takes microseconds: a trip to the blocking pool would cost more.
+                primality::check(&request.number, Some(started + limit))
+            } else {
+                let permit =
+                    self.cpu.clone().acquire_owned().await.map_err(|_| {
+                        Failure::unavailable("the CPU pool is closed (shutting down)")
+                    })?;
+                let number = request.number.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    primality::check(&number, Some(Instant::now() + limit))
+                })
+                .await
+                .map_err(|e| Failure::transient(format!("the primality test crashed: {e}")))?
+            };
         let duration = started.elapsed();
         let m = crate::metrics::pipeline();
         m.prime_check_duration
