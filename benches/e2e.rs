@@ -18,7 +18,8 @@
 //! 2. Open loop at 100 and at 1,000 requests/s (`E2E_RATES`) for `E2E_SECONDS` (default 10):
 //!    per request, POST sent → email received, p50 / p99 / max.
 //!
-//! `E2E_LOG` sets the daemons' `RUST_LOG` (default `warn`).
+//! `E2E_LOG` sets the daemons' `RUST_LOG` (default `info`, the daemon's own default); each
+//! daemon's JSON lines go to a file in its data directory, as under the peers' driver.
 
 // Benchmark code: a failed unwrap is a failed run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -133,7 +134,7 @@ fn daemon(backend: &Backend<'_>, smtp_port: u16, dir: &std::path::Path) -> (Proc
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env(
             "RUST_LOG",
-            std::env::var("E2E_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("E2E_LOG").unwrap_or_else(|_| "info".into()),
         )
         // The pipeline is measured here; the limiter has its own benchmark.
         .env("RATE_LIMIT_ENABLED", "false")
@@ -145,7 +146,7 @@ fn daemon(backend: &Backend<'_>, smtp_port: u16, dir: &std::path::Path) -> (Proc
         .env("PRIMED_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("PRIMED_INSTANCE", format!("bench-{port}"))
         .env("PRIMED_DATA_DIR", dir)
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("daemon.log")).expect("daemon log file"))
         .stderr(Stdio::inherit());
     if let Backend::Mysql { db_url, nats_url } = backend {
         cmd.env("DATABASE_URL", db_url).env("NATS_URL", nats_url);

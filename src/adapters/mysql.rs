@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions, MySqlRow};
-use sqlx::{Acquire, MySql, QueryBuilder, Row};
+use sqlx::{MySql, QueryBuilder, Row};
 use tokio::sync::oneshot;
 
 pub use super::mysql_accept::AcceptStats;
@@ -126,6 +126,56 @@ pub enum MysqlSetupError {
     Migrate(String),
 }
 
+/// A pooled connection returned (and so pinged by sqlx) less than this long ago is used
+/// without another ping, unless a connection was lost lately ([`suspect`]).
+const FRESH_CONNECTION: Duration = Duration::from_secs(1);
+
+/// How long after a lost connection every pooled connection is pinged before use.
+const SUSPECT_FOR: Duration = Duration::from_secs(5);
+
+/// Until when (unix ms) connections are pinged before every use: the server killed or lost
+/// one lately, and the others it held are likely gone too.
+static SUSPECT_UNTIL_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+fn suspect() -> bool {
+    Utc::now().timestamp_millis() < SUSPECT_UNTIL_MS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The connection the error came on is gone (killed, timed out, the server restarted).
+fn connection_lost(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|e| matches!(e.number(), 1927 | 2006 | 2013 | 1053)),
+        _ => false,
+    }
+}
+
+fn note(err: &sqlx::Error) {
+    if connection_lost(err) {
+        let until = Utc::now().timestamp_millis()
+            + i64::try_from(SUSPECT_FOR.as_millis()).unwrap_or(i64::MAX / 4);
+        SUSPECT_UNTIL_MS.fetch_max(until, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Begins a transaction on a live connection. A pooled connection used within
+/// [`FRESH_CONNECTION`] is not pinged; if the server dropped it meanwhile, its `BEGIN` —
+/// the first thing sent, so nothing was written — fails, and the transaction begins again
+/// on another, pinged first (as every connection is for [`SUSPECT_FOR`] after a loss).
+pub(crate) async fn begin(
+    pool: &MySqlPool,
+) -> Result<sqlx::Transaction<'static, MySql>, sqlx::Error> {
+    match pool.begin().await {
+        Err(err) if connection_lost(&err) => {
+            note(&err);
+            pool.begin().await
+        }
+        other => other,
+    }
+}
+
 impl MysqlStore {
     /// Connects (lazily: connections are made as needed and re-made after they break).
     pub fn connect(url: &Secret, settings: PoolSettings) -> Result<Self, MysqlSetupError> {
@@ -136,8 +186,18 @@ impl MysqlStore {
         let pool = MySqlPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
-            // A connection killed by the server is noticed and replaced before use.
-            .test_before_acquire(true)
+            // A connection killed by the server is noticed and replaced before use. sqlx
+            // pings every connection as it returns to the pool; one taken again within
+            // FRESH_CONNECTION of that is not pinged a second time (a round trip per use).
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= FRESH_CONNECTION || suspect() {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             // Held claims must not take gap locks (they would block inserts).
             .after_connect(|conn, _| {
                 Box::pin(async move {
@@ -192,10 +252,17 @@ impl MysqlStore {
 
     /// Answers a trivial query (for `/health`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?;
+        let select = || sqlx::query("SELECT 1").execute(&self.pool);
+        match select().await {
+            // A connection the server dropped since its last use: ask again on a live one.
+            Err(err) if connection_lost(&err) => {
+                note(&err);
+                select().await.map_err(classify)?;
+            }
+            other => {
+                other.map_err(classify)?;
+            }
+        }
         Ok(())
     }
 
@@ -303,8 +370,7 @@ impl MysqlStore {
             .map(|job| job.request.event_payload())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| BatchFailed::BeforeCommit)?;
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        let mut tx = conn.begin().await.map_err(unavailable)?;
+        let mut tx = begin(&self.pool).await.map_err(unavailable)?;
         let mut requests: QueryBuilder<'_, MySql> = QueryBuilder::new(
             "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at) ",
         );
@@ -350,8 +416,7 @@ impl MysqlStore {
         let payload = req
             .event_payload()
             .map_err(|e| StoreError::Rejected(e.to_string()))?;
-        let mut conn = self.pool.acquire().await.map_err(classify)?;
-        let mut tx = conn.begin().await.map_err(classify)?;
+        let mut tx = begin(&self.pool).await.map_err(classify)?;
         let inserted = sqlx::query(
             "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at) \
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -370,7 +435,6 @@ impl MysqlStore {
             // holding it while asking the pool for another can exhaust the pool under a
             // burst of repeats.
             let _ = tx.rollback().await;
-            drop(conn);
             return match (&req.idempotency_key, duplicate) {
                 (Some(key), true) => self.existing(key, &req).await,
                 _ => Err(classify(err)),
@@ -427,7 +491,7 @@ impl MysqlStore {
                 .await
                 .map_err(classify)?;
         }
-        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let mut tx = begin(&self.pool).await.map_err(classify)?;
         let sql = if floor > 0 {
             CLAIM_ABOVE_FLOOR_SQL
         } else {
@@ -670,6 +734,7 @@ fn event_from_row(row: &MySqlRow) -> Result<OutboxEvent, StoreError> {
 /// Maps a driver error to the port's error: connection trouble, timeouts, deadlocks and
 /// lock-wait timeouts can succeed later; anything else is refused.
 pub(crate) fn classify(err: sqlx::Error) -> StoreError {
+    note(&err);
     match &err {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut

@@ -18,13 +18,13 @@ use futures::future::BoxFuture;
 use sqlx::mysql::MySqlRow;
 use std::sync::Arc;
 
-use sqlx::{Acquire, MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
+use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
 use super::common::{
     HealthRow, LogRow, health_rows, is_duplicate, json_payload, letter_history, refused,
 };
 use super::group::Group;
-use super::mysql::{MysqlStore, classify, now_micros};
+use super::mysql::{MysqlStore, begin, classify, now_micros};
 
 const SELECT_LETTER: &str = "SELECT id, original_subject, original_message_id, dlq_subject, \
     CAST(payload AS CHAR) AS payload, error_message, error_type, retry_count, original_created_at, \
@@ -230,8 +230,7 @@ async fn results_together(pool: &MySqlPool, batch: &[PrimeResult]) -> Result<(),
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Together::Failed(StoreError::Rejected(e.to_string())))?;
     let failed = |e| Together::Failed(classify(e));
-    let mut conn = pool.acquire().await.map_err(failed)?;
-    let mut tx = conn.begin().await.map_err(failed)?;
+    let mut tx = begin(pool).await.map_err(failed)?;
     let mut q: QueryBuilder<'_, MySql> =
         QueryBuilder::new("INSERT INTO processed_events (event_id, consumer) ");
     q.push_values(batch, |mut b, r| {
@@ -317,8 +316,7 @@ async fn update_request(conn: &mut MySqlConnection, r: &PrimeResult) -> Result<(
 async fn record_result_alone(pool: &MySqlPool, r: PrimeResult) -> Result<bool, StoreError> {
     let payload =
         serde_json::to_string(&r.email).map_err(|e| StoreError::Rejected(e.to_string()))?;
-    let mut conn = pool.acquire().await.map_err(classify)?;
-    let mut tx = conn.begin().await.map_err(classify)?;
+    let mut tx = begin(pool).await.map_err(classify)?;
     let first = sqlx::query("INSERT INTO processed_events (event_id, consumer) VALUES (?, ?)")
         .bind(&r.event_id)
         .bind(PRIMECHECK_CONSUMER)
@@ -386,8 +384,7 @@ impl MysqlStore {
     async fn dead_letter_inner(&self, l: NewDeadLetter) -> Result<Option<i64>, StoreError> {
         let payload = json_payload(&l.payload);
         let dlq = dlq_subject(&l.original_subject);
-        let mut conn = self.pool().acquire().await.map_err(classify)?;
-        let mut tx = conn.begin().await.map_err(classify)?;
+        let mut tx = begin(self.pool()).await.map_err(classify)?;
         let id = if let Some(dlq_id) = l.dlq_id {
             // A reprocess failed again: back to pending with the new error.
             let updated = sqlx::query(
@@ -453,8 +450,7 @@ impl MysqlStore {
         let mut out = Vec::with_capacity(r.ids.len());
         let delay_us = i64::try_from(r.delay.as_micros()).unwrap_or(i64::MAX / 2);
         for &id in &r.ids {
-            let mut conn = self.pool().acquire().await.map_err(classify)?;
-            let mut tx = conn.begin().await.map_err(classify)?;
+            let mut tx = begin(self.pool()).await.map_err(classify)?;
             let row = sqlx::query(&format!("{SELECT_LETTER} WHERE id = ? FOR UPDATE"))
                 .bind(id)
                 .fetch_optional(&mut *tx)
