@@ -80,6 +80,10 @@ pub struct Backends {
     pub gauges: Arc<dyn actors::GaugeSource>,
     /// The JetStream consumers' pending counts, with NATS.
     pub consumer_gauges: Option<crate::adapters::nats::ConsumerGauges>,
+    /// The outbox takes its marks while other claims run (MySQL, row locks). SQLite has one
+    /// writer: overlapping marks with claims there only makes them wait on each other's
+    /// lock, and under load past its busy timeout.
+    pub background_settle: bool,
     dependencies: Vec<Dependency>,
 }
 
@@ -200,6 +204,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
             "the prime-check and email workers need the store and the broker of the same mode (MySQL with NATS, or both embedded); requests will wait as pending"
         );
     }
+    let background_settle = mysql_store.is_some();
     let dlq = match (&workers, mysql_store) {
         (_, Some(store)) => Some(Arc::new(Timed(store)) as Arc<dyn DlqStore>),
         (Some(w), None) => Some(w.dlq.clone()),
@@ -221,6 +226,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
         health,
         gauges,
         consumer_gauges,
+        background_settle,
         dependencies,
     })
 }

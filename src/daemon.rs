@@ -176,9 +176,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         prune_interval: Duration::from_secs(600),
         wake: wake.clone(),
         stats: liveness.register(tree::OUTBOX_RELAY),
-        background_settle: Some(actors::outbox_relay::SettleSlots::new(
-            config.tuning.outbox_parallel_rounds,
-        )),
+        background_settle: backends
+            .background_settle
+            .then(|| actors::outbox_relay::SettleSlots::new(config.tuning.outbox_parallel_rounds)),
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let pipeline = backends.workers.as_ref().map(|w| {
