@@ -106,39 +106,36 @@ impl std::fmt::Debug for Effects {
 
 impl Effects {
     pub(crate) fn new(pool: &MySqlPool) -> Self {
-        let p = pool.clone();
-        let results = Group::new(
-            EFFECT_WRITERS,
-            EFFECT_BATCH,
-            Arc::new(move |batch| {
-                let pool = p.clone();
-                async move { write_results(&pool, batch).await }.boxed()
-            }),
-        );
-        let p = pool.clone();
-        let sent = Group::new(
-            EFFECT_WRITERS,
-            EFFECT_BATCH,
-            Arc::new(move |batch| {
-                let pool = p.clone();
-                async move { write_sent(&pool, batch).await }.boxed()
-            }),
-        );
-        let p = pool.clone();
-        let sent_checks = Group::new(
-            EFFECT_WRITERS,
-            EFFECT_BATCH,
-            Arc::new(move |batch| {
-                let pool = p.clone();
-                async move { were_sent(&pool, batch).await }.boxed()
-            }),
-        );
         Self {
-            results,
-            sent,
-            sent_checks,
+            results: group(pool, |pool, batch| async move {
+                write_results(&pool, batch).await
+            }),
+            sent: group(
+                pool,
+                |pool, batch| async move { write_sent(&pool, batch).await },
+            ),
+            sent_checks: group(
+                pool,
+                |pool, batch| async move { were_sent(&pool, batch).await },
+            ),
         }
     }
+}
+
+/// A group whose batches `write` writes on `pool`.
+fn group<T, R, F, Fut>(pool: &MySqlPool, write: F) -> Arc<Group<T, R>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(MySqlPool, Vec<T>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Vec<Result<R, StoreError>>> + Send + 'static,
+{
+    let pool = pool.clone();
+    Group::new(
+        EFFECT_WRITERS,
+        EFFECT_BATCH,
+        Arc::new(move |batch| write(pool.clone(), batch).boxed()),
+    )
 }
 
 /// Which of these events' emails were recorded as sent: one query.
