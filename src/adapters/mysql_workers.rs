@@ -163,34 +163,34 @@ async fn were_sent(pool: &MySqlPool, event_ids: Vec<String>) -> Vec<Result<bool,
     }
 }
 
-/// Writes each record of a batch: together when they can be, else one by one (`alone`),
-/// so that each gets the answer it would have had alone.
-async fn write_batch<T, W, A>(
+/// Writes a batch's records together; when one of them was already recorded (nothing was
+/// written), writes each on its own, so that each gets the answer it would have had alone:
+/// `true` when it was recorded now, `false` when it had been before.
+async fn write_batch<T, W>(
     pool: &MySqlPool,
-    mut batch: Vec<T>,
+    batch: &[T],
     together: W,
-    alone: A,
 ) -> Vec<Result<bool, StoreError>>
 where
-    W: AsyncFnOnce(&MySqlPool, &[T]) -> Result<(), Together>,
-    A: AsyncFn(&MySqlPool, T) -> Result<bool, StoreError>,
+    W: AsyncFn(&MySqlPool, &[T]) -> Result<(), Together>,
 {
-    if batch.len() == 1
-        && let Some(record) = batch.pop()
-    {
-        return vec![alone(pool, record).await];
-    }
-    match together(pool, &batch).await {
-        Ok(()) => batch.iter().map(|_| Ok(true)).collect(),
-        Err(Together::Duplicate) => {
-            // One of them was already recorded: find out which, one at a time.
+    let answer = |written: Result<(), Together>| match written {
+        Ok(()) => Ok(true),
+        Err(Together::Duplicate) => Ok(false),
+        Err(Together::Failed(e)) => Err(e),
+    };
+    match together(pool, batch).await {
+        Err(Together::Duplicate) if batch.len() > 1 => {
             let mut answers = Vec::with_capacity(batch.len());
             for record in batch {
-                answers.push(alone(pool, record).await);
+                answers.push(answer(together(pool, std::slice::from_ref(record)).await));
             }
             answers
         }
-        Err(Together::Failed(e)) => batch.iter().map(|_| Err(e.clone())).collect(),
+        written => {
+            let written = answer(written);
+            batch.iter().map(|_| written.clone()).collect()
+        }
     }
 }
 
@@ -211,11 +211,11 @@ fn together(e: sqlx::Error) -> Together {
 }
 
 async fn write_results(pool: &MySqlPool, batch: Vec<PrimeResult>) -> Vec<Result<bool, StoreError>> {
-    write_batch(pool, batch, results_together, record_result_alone).await
+    write_batch(pool, &batch, results_together).await
 }
 
 async fn write_sent(pool: &MySqlPool, batch: Vec<SentEmail>) -> Vec<Result<bool, StoreError>> {
-    write_batch(pool, batch, sent_together, record_email_alone).await
+    write_batch(pool, &batch, sent_together).await
 }
 
 /// Results in one transaction: their `processed_events` rows, the requests' updates and
@@ -228,28 +228,39 @@ async fn results_together(pool: &MySqlPool, batch: &[PrimeResult]) -> Result<(),
         .map_err(|e| Together::Failed(StoreError::Rejected(e.to_string())))?;
     let failed = |e| Together::Failed(classify(e));
     let mut tx = begin(pool).await.map_err(failed)?;
-    let mut q: QueryBuilder<'_, MySql> =
-        QueryBuilder::new("INSERT INTO processed_events (event_id, consumer) ");
-    q.push_values(batch, |mut b, r| {
-        b.push_bind(&r.event_id).push_bind(PRIMECHECK_CONSUMER);
-    });
-    q.build().execute(&mut *tx).await.map_err(together)?;
-    update_requests(&mut tx, batch).await.map_err(failed)?;
-    let created_at = now_micros();
-    let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
-        "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, created_at) ",
-    );
-    q.push_values(batch.iter().zip(&payloads), |mut b, (r, payload)| {
-        b.push_bind(&r.email_event_id)
-            .push_bind(SUBJECT_EMAIL_SEND)
-            .push_bind(payload)
-            .push_bind(&r.request_id)
-            .push_bind(&r.traceparent)
-            .push_bind(created_at);
-    });
-    q.build().execute(&mut *tx).await.map_err(failed)?;
-    tx.commit().await.map_err(failed)?;
-    Ok(())
+    let written = async {
+        let mut q: QueryBuilder<'_, MySql> =
+            QueryBuilder::new("INSERT INTO processed_events (event_id, consumer) ");
+        q.push_values(batch, |mut b, r| {
+            b.push_bind(&r.event_id).push_bind(PRIMECHECK_CONSUMER);
+        });
+        q.build().execute(&mut *tx).await.map_err(together)?;
+        update_requests(&mut tx, batch).await.map_err(failed)?;
+        let created_at = now_micros();
+        let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
+            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, created_at) ",
+        );
+        q.push_values(batch.iter().zip(&payloads), |mut b, (r, payload)| {
+            b.push_bind(&r.email_event_id)
+                .push_bind(SUBJECT_EMAIL_SEND)
+                .push_bind(payload)
+                .push_bind(&r.request_id)
+                .push_bind(&r.traceparent)
+                .push_bind(created_at);
+        });
+        q.build().execute(&mut *tx).await.map_err(failed)?;
+        Ok(())
+    }
+    .await;
+    match written {
+        Ok(()) => tx.commit().await.map_err(failed),
+        Err(e) => {
+            // At once, so that no lock (a duplicate key takes one) outlives the batch while
+            // its records are written again one by one.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
 }
 
 /// Marks the batch's requests done in one statement (a `CASE` per column, by id).
@@ -294,57 +305,6 @@ async fn update_requests(
     Ok(())
 }
 
-async fn update_request(conn: &mut MySqlConnection, r: &PrimeResult) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE prime_check_requests SET status = 'done', is_prime = ?, factor = ?, error = NULL, \
-         digits = ?, duration_us = ?, completed_at = NOW(6) WHERE id = ?",
-    )
-    .bind(r.email.is_prime)
-    .bind(&r.email.factor)
-    .bind(r.email.digits as i64)
-    .bind(i64::try_from(r.duration.as_micros()).unwrap_or(i64::MAX))
-    .bind(&r.email.request_id)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// One result in its own transaction: `false` when the event was already processed.
-async fn record_result_alone(pool: &MySqlPool, r: PrimeResult) -> Result<bool, StoreError> {
-    let payload =
-        serde_json::to_string(&r.email).map_err(|e| StoreError::Rejected(e.to_string()))?;
-    let mut tx = begin(pool).await.map_err(classify)?;
-    let first = sqlx::query("INSERT INTO processed_events (event_id, consumer) VALUES (?, ?)")
-        .bind(&r.event_id)
-        .bind(PRIMECHECK_CONSUMER)
-        .execute(&mut *tx)
-        .await;
-    match first {
-        Ok(_) => {}
-        Err(e) if is_duplicate(&e) => {
-            let _ = tx.rollback().await;
-            return Ok(false);
-        }
-        Err(e) => return Err(classify(e)),
-    }
-    update_request(&mut tx, &r).await.map_err(classify)?;
-    sqlx::query(
-        "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&r.email_event_id)
-    .bind(SUBJECT_EMAIL_SEND)
-    .bind(&payload)
-    .bind(&r.request_id)
-    .bind(&r.traceparent)
-    .bind(now_micros())
-    .execute(&mut *tx)
-    .await
-    .map_err(classify)?;
-    tx.commit().await.map_err(classify)?;
-    Ok(true)
-}
-
 /// Sent emails in one multi-row insert (one commit).
 async fn sent_together(pool: &MySqlPool, batch: &[SentEmail]) -> Result<(), Together> {
     let mut q: QueryBuilder<'_, MySql> =
@@ -357,24 +317,6 @@ async fn sent_together(pool: &MySqlPool, batch: &[SentEmail]) -> Result<(), Toge
     });
     q.build().execute(pool).await.map_err(together)?;
     Ok(())
-}
-
-/// One sent email: `false` when it was already recorded.
-async fn record_email_alone(pool: &MySqlPool, sent: SentEmail) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "INSERT INTO sent_emails (event_id, request_id, recipient, message_id) VALUES (?, ?, ?, ?)",
-    )
-    .bind(&sent.event_id)
-    .bind(&sent.request_id)
-    .bind(&sent.recipient)
-    .bind(&sent.message_id)
-    .execute(pool)
-    .await;
-    match done {
-        Ok(_) => Ok(true),
-        Err(e) if is_duplicate(&e) => Ok(false),
-        Err(e) => Err(classify(e)),
-    }
 }
 
 impl MysqlStore {
