@@ -107,6 +107,7 @@ fn request(i: usize) -> NewRequest {
         request_id: Some(format!("bench-{i}")),
         traceparent: None,
         event_id: uuid::Uuid::now_v7().to_string(),
+        owner: None,
     }
 }
 

@@ -12,6 +12,28 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// `value` with the credentials of every URL in it (`scheme://user:password@host`, one URL or
+/// a comma-separated list) replaced by `<redacted>`, so that a value that is not a secret as
+/// a whole (`NATS_URL`) can be shown and logged without the password it may carry.
+pub fn redact_url_credentials(value: &str) -> String {
+    value
+        .split(',')
+        .map(|part| {
+            let Some(scheme_end) = part.find("://") else {
+                return part.to_string();
+            };
+            let authority_start = scheme_end + 3;
+            let rest = &part[authority_start..];
+            let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_len].rfind('@') {
+                Some(at) => format!("{}<redacted>{}", &part[..authority_start], &rest[at..]),
+                None => part.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Every key primed reads, with whether it is a secret, its default and what it means.
 pub const KEYS: &[Key] = &[
     key(
@@ -31,6 +53,30 @@ pub const KEYS: &[Key] = &[
         false,
         Some("30"),
         "deadline for a graceful shutdown",
+    ),
+    key(
+        "PRIMED_HTTP_HEADER_TIMEOUT_SECONDS",
+        false,
+        Some("10"),
+        "seconds a client has to send a request's headers once it started, before its connection is closed",
+    ),
+    key(
+        "PRIMED_HTTP_BODY_TIMEOUT_SECONDS",
+        false,
+        Some("30"),
+        "seconds a client has to send a request's body (else 408)",
+    ),
+    key(
+        "PRIMED_HTTP_IDLE_TIMEOUT_SECONDS",
+        false,
+        Some("60"),
+        "seconds a kept-alive connection may wait for its next request",
+    ),
+    key(
+        "PRIMED_HTTP_MAX_CONNECTIONS",
+        false,
+        Some("1024"),
+        "most HTTP connections open at once; more are answered 503 and closed",
     ),
     key(
         "PRIMED_HEARTBEAT_INTERVAL_SECONDS",
@@ -393,7 +439,12 @@ pub const KEYS: &[Key] = &[
         None,
         "comma-separated admin tokens; unset generates one in the data directory",
     ),
-    key("JWT_SECRET", true, None, "HS256 secret for user tokens"),
+    key(
+        "JWT_SECRET",
+        true,
+        None,
+        "HS256 secret for user tokens (at least 32 bytes; tokens must carry exp)",
+    ),
 ];
 
 /// One configuration key.
@@ -560,8 +611,34 @@ pub enum StoreConfig {
     },
 }
 
+/// What one HTTP client may hold of the server: time to send a request, time a kept-alive
+/// connection may idle, and how many connections all clients together may keep open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// From a request's first byte to its last header.
+    pub header_timeout: Duration,
+    /// From the headers to the body's last byte.
+    pub body_timeout: Duration,
+    /// Between the end of an answer and the next request on the connection.
+    pub idle_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    /// The defaults of the configuration keys.
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+        }
+    }
+}
+
 /// The message broker.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub enum BrokerConfig {
     /// A durable queue table in the embedded store.
     Embedded,
@@ -574,6 +651,25 @@ pub enum BrokerConfig {
         /// Replicas of each stream (more than 1 needs a JetStream cluster).
         replicas: usize,
     },
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    /// The URL without the credentials it may carry.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("Embedded"),
+            Self::Nats {
+                url,
+                stream,
+                replicas,
+            } => f
+                .debug_struct("Nats")
+                .field("url", &redact_url_credentials(url))
+                .field("stream", stream)
+                .field("replicas", replicas)
+                .finish(),
+        }
+    }
 }
 
 /// Redis for rate limiting.
@@ -818,6 +914,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Graceful shutdown deadline.
     pub shutdown_timeout: Duration,
+    /// What one HTTP client may hold of the server.
+    pub http_limits: HttpLimits,
     /// Heartbeat interval.
     pub heartbeat_interval: Duration,
     /// Gauge collection interval.
@@ -876,7 +974,7 @@ impl Raw {
         let secret = lookup(name).is_some_and(|k| k.secret);
         let value = match self.get(name) {
             Some(_) if secret => "<redacted>".to_string(),
-            Some(v) => format!("{v:?}"),
+            Some(v) => format!("{:?}", redact_url_credentials(v)),
             None => "nothing".to_string(),
         };
         ConfigError::Invalid {
@@ -1000,6 +1098,19 @@ impl Config {
             )?
             .into(),
         );
+        let seconds = |name| {
+            raw.positive(name, "a whole number of seconds, at least 1")
+                .map(|n| Duration::from_secs(n.into()))
+        };
+        let http_limits = HttpLimits {
+            header_timeout: seconds("PRIMED_HTTP_HEADER_TIMEOUT_SECONDS")?,
+            body_timeout: seconds("PRIMED_HTTP_BODY_TIMEOUT_SECONDS")?,
+            idle_timeout: seconds("PRIMED_HTTP_IDLE_TIMEOUT_SECONDS")?,
+            max_connections: raw.positive(
+                "PRIMED_HTTP_MAX_CONNECTIONS",
+                "a whole number of connections, at least 1",
+            )? as usize,
+        };
         let heartbeat_interval = Duration::from_secs(
             raw.positive(
                 "PRIMED_HEARTBEAT_INTERVAL_SECONDS",
@@ -1128,13 +1239,19 @@ impl Config {
             "comma-separated tokens of at least 16 characters each",
         )?;
         let jwt_secret = raw.secret("JWT_SECRET");
+        if jwt_secret.as_ref().is_some_and(|s| s.expose().len() < 32) {
+            return Err(raw.invalid(
+                "JWT_SECRET",
+                "at least 32 bytes (a guessable HS256 secret lets anyone sign user tokens), e.g. the output of `openssl rand -hex 32`",
+            ));
+        }
 
         let effective = KEYS
             .iter()
             .map(|k| {
                 let (value, origin) = match raw.values.get(k.name) {
                     Some((_, o)) if k.secret => (Some("<redacted>".to_string()), o.clone()),
-                    Some((v, o)) => (Some(v.clone()), o.clone()),
+                    Some((v, o)) => (Some(redact_url_credentials(v)), o.clone()),
                     None => (k.default.map(String::from), Origin::Default),
                 };
                 (k, value, origin)
@@ -1148,6 +1265,7 @@ impl Config {
             heartbeat_interval,
             metrics_interval,
             fault_injection,
+            http_limits,
             instance,
             tuning,
             workers,
@@ -1820,6 +1938,10 @@ mod tests {
                 "NATS_URL must be a nats:// URL",
             ),
             (
+                &[("JWT_SECRET", "a")],
+                "JWT_SECRET must be at least 32 bytes",
+            ),
+            (
                 &[("NATS_URL", "nats://a:4222,http://b:4222")],
                 "NATS_URL must be a nats:// URL",
             ),
@@ -1960,9 +2082,32 @@ mod tests {
     }
 
     #[test]
+    fn url_credentials_are_redacted() {
+        assert_eq!(
+            redact_url_credentials("nats://user:pa55@n1:4222, nats://tok@n2:4222,nats://n3:4222"),
+            "nats://<redacted>@n1:4222, nats://<redacted>@n2:4222,nats://n3:4222"
+        );
+        assert_eq!(
+            redact_url_credentials("http://h:4318/v1?next=a@b"),
+            "http://h:4318/v1?next=a@b",
+            "an @ after the authority is not userinfo"
+        );
+        assert_eq!(redact_url_credentials("plain@value"), "plain@value");
+        let cfg = load(&[("NATS_URL", "nats://user:pa55word@n1:4222")]).unwrap();
+        let rendered = cfg.render();
+        assert!(!rendered.contains("pa55word"), "{rendered}");
+        assert!(rendered.contains("nats://<redacted>@n1:4222"), "{rendered}");
+        assert!(!format!("{cfg:?}").contains("pa55word"));
+        let err = load(&[("NATS_URL", "http://user:pa55word@n1:4222")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("pa55word"), "{err}");
+    }
+
+    #[test]
     fn secrets_never_show_in_debug_output() {
         let c = load(&[
-            ("JWT_SECRET", "topsecret"),
+            ("JWT_SECRET", "topsecret-topsecret-topsecret-topsecret"),
             ("DATABASE_URL", "mysql://u:pw@h/db"),
         ])
         .unwrap();

@@ -86,9 +86,29 @@ impl DaemonError {
     }
 }
 
+/// Creates `dir` (and its missing parents) readable by this user only (0700): it holds the
+/// embedded database, the emails and the admin token. An existing directory keeps its mode
+/// (the operator chose it), with a warning when other users can read it.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %dir.display(),
+            mode = format!("{mode:o}"),
+            "the data directory is open to other users (it holds the database, the emails and the admin token); run `chmod 700` on it"
+        );
+    }
+    Ok(())
+}
+
 /// Runs the daemon until a signal or a fatal failure of the tree.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| DaemonError::DataDir {
+    create_private_dir(&config.data_dir).map_err(|source| DaemonError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
@@ -135,8 +155,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 None
             }
         };
-    let mut app =
-        AppState::new(tree::ROOT, admin_keys).with_fault_injection(config.fault_injection);
+    let mut app = AppState::new(tree::ROOT, admin_keys)
+        .with_fault_injection(config.fault_injection)
+        .with_limits(config.http_limits)
+        .with_jwt_secret(config.jwt_secret.clone());
     if let Some(limiter) = limiter {
         if limiter.has_redis() {
             let probe = limiter.clone();

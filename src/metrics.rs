@@ -17,6 +17,11 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// `http_request_duration_seconds{method,route}`.
     pub http_request_duration: HistogramVec,
+    /// `http_connections_open`: client connections the server holds.
+    pub http_connections_open: IntGauge,
+    /// `http_connections_closed_total{reason}`: connections the server ended itself:
+    /// `refused` (over `PRIMED_HTTP_MAX_CONNECTIONS`), `header_timeout`, `idle_timeout`.
+    pub http_connections_closed: IntCounterVec,
     /// `actor_up{actor}`: 1 while the actor runs.
     pub actor_up: IntGaugeVec,
     /// `actor_restarts_total{actor}`.
@@ -74,6 +79,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ]),
         &["method", "route"],
     )?;
+    let http_connections_open = IntGauge::new(
+        "http_connections_open",
+        "HTTP client connections the server holds",
+    )?;
+    let http_connections_closed = IntCounterVec::new(
+        Opts::new(
+            "http_connections_closed_total",
+            "HTTP connections the server ended itself, by reason (refused over the cap, header_timeout, idle_timeout)",
+        ),
+        &["reason"],
+    )?;
+    for reason in ["refused", "header_timeout", "idle_timeout"] {
+        http_connections_closed.with_label_values(&[reason]);
+    }
     let actor_up = IntGaugeVec::new(
         Opts::new("actor_up", "1 while the supervised actor runs"),
         &["actor"],
@@ -183,6 +202,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     for c in [
         Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(http_request_duration.clone()),
+        Box::new(http_connections_open.clone()),
+        Box::new(http_connections_closed.clone()),
         Box::new(actor_up.clone()),
         Box::new(actor_restarts.clone()),
         Box::new(worker_heartbeat_age.clone()),
@@ -203,6 +224,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     Ok(Metrics {
         http_requests,
         http_request_duration,
+        http_connections_open,
+        http_connections_closed,
         actor_up,
         actor_restarts,
         worker_heartbeat_age,
@@ -246,6 +269,25 @@ pub fn render() -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// The `method` label of a request: one of the standard methods, or `other`. A client chooses
+/// the method's text, so using it verbatim would let anyone add label values (series) without
+/// bound.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Counts and times every HTTP request by its route template, inside a span that continues
 /// the caller's W3C trace (`traceparent`) or starts one (a `layer` on the router).
 pub async fn http_layer(
@@ -254,7 +296,7 @@ pub async fn http_layer(
 ) -> axum::response::Response {
     use tracing::Instrument;
     let t0 = std::time::Instant::now();
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method()).to_string();
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()

@@ -26,6 +26,7 @@ fn request(n: &str, key: Option<&str>) -> NewRequest {
         request_id: Some("req".into()),
         traceparent: None,
         event_id: uuid::Uuid::now_v7().to_string(),
+        owner: None,
     }
 }
 
@@ -81,6 +82,7 @@ async fn the_embedded_store_keeps_the_outbox_promises() {
             status: None,
             limit: 3,
             before: None,
+            owner: None,
         })
         .await
         .unwrap();

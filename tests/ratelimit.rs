@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use support::{Daemon, RedisServer, primed, redis_cli};
 
 const SHARED_REDIS: u16 = 6379;
-const JWT_SECRET: &str = "ratelimit-test-secret";
+const JWT_SECRET: &str = "ratelimit-test-secret-0123456789abcdef";
 const ADMIN: &str = "ratelimit-admin-token-0123";
 const SERVICE_KEY: &str = "ratelimit-service-key-0123";
 

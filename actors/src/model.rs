@@ -60,6 +60,8 @@ pub struct NewRequest {
     pub traceparent: Option<String>,
     /// The event id of its `primecheck.requested` outbox row.
     pub event_id: String,
+    /// The `sub` of the user token it came with; none: anonymous (or an admin or service).
+    pub owner: Option<String>,
 }
 
 impl NewRequest {
@@ -94,6 +96,8 @@ pub struct PrimeRequest {
     pub completed_at: Option<DateTime<Utc>>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The `sub` of the user token it came with, if any.
+    pub owner: Option<String>,
 }
 
 impl PrimeRequest {
@@ -103,6 +107,7 @@ impl PrimeRequest {
             id: request.id,
             number: request.number,
             email: request.email,
+            owner: request.owner,
             status: RequestStatus::Pending,
             is_prime: None,
             factor: None,
@@ -144,6 +149,8 @@ pub struct ListQuery {
     pub limit: u32,
     /// Only requests older than this id (the previous page's last id).
     pub before: Option<String>,
+    /// Only the requests of this user (a token's `sub`); none: everyone's (admin).
+    pub owner: Option<String>,
 }
 
 /// An outbox row claimed for publishing.

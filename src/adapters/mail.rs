@@ -177,11 +177,27 @@ impl Mailer for FileMailer {
                 connection: true,
                 message: format!("cannot write the email to {}: {e}", self.dir.display()),
             };
-            tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
-            let tmp = self.dir.join(format!(".{name}.tmp"));
-            tokio::fs::write(&tmp, message.formatted())
+            // Readable by this user only: the emails carry addresses and results.
+            tokio::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
                 .await
                 .map_err(io)?;
+            let tmp = self.dir.join(format!(".{name}.tmp"));
+            {
+                use tokio::io::AsyncWriteExt;
+                let mut file = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .await
+                    .map_err(io)?;
+                file.write_all(&message.formatted()).await.map_err(io)?;
+                file.flush().await.map_err(io)?;
+            }
             tokio::fs::rename(&tmp, self.dir.join(format!("{name}.eml")))
                 .await
                 .map_err(io)

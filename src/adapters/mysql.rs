@@ -372,7 +372,7 @@ impl MysqlStore {
             .map_err(|_| BatchFailed::BeforeCommit)?;
         let mut tx = begin(&self.pool).await.map_err(unavailable)?;
         let mut requests: QueryBuilder<'_, MySql> = QueryBuilder::new(
-            "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at) ",
+            "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at, owner) ",
         );
         requests.push_values(batch, |mut row, job| {
             let r = &job.request;
@@ -381,7 +381,8 @@ impl MysqlStore {
                 .push_bind(&r.email)
                 .push_bind(&r.idempotency_key)
                 .push_bind(&r.request_id)
-                .push_bind(created_at);
+                .push_bind(created_at)
+                .push_bind(&r.owner);
         });
         let mut events: QueryBuilder<'_, MySql> = QueryBuilder::new(
             "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at) ",
@@ -418,8 +419,8 @@ impl MysqlStore {
             .map_err(|e| StoreError::Rejected(e.to_string()))?;
         let mut tx = begin(&self.pool).await.map_err(classify)?;
         let inserted = sqlx::query(
-            "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at, owner) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&req.id)
         .bind(&req.number)
@@ -427,6 +428,7 @@ impl MysqlStore {
         .bind(&req.idempotency_key)
         .bind(&req.request_id)
         .bind(created_at)
+        .bind(&req.owner)
         .execute(&mut *tx)
         .await;
         if let Err(err) = inserted {
@@ -658,7 +660,7 @@ const SWEEP_SQL: &str = "UPDATE outbox SET published_at = DEFAULT \
                              WHERE state = 'pending' \
                                AND (published_at IS NULL OR published_at > '1970-01-01 00:00:01')";
 
-const SELECT_REQUEST: &str = "SELECT id, number, email, status, is_prime, factor, error, created_at, completed_at \
+const SELECT_REQUEST: &str = "SELECT id, number, email, status, is_prime, factor, error, created_at, completed_at, owner \
                               FROM prime_check_requests";
 
 /// `id BETWEEN first AND last` when `ids` is a run of consecutive ids (a claim working off a
@@ -706,6 +708,7 @@ fn request_from_row(row: &MySqlRow) -> Result<PrimeRequest, StoreError> {
         error: row.try_get("error").map_err(classify)?,
         created_at: row.try_get("created_at").map_err(classify)?,
         completed_at: row.try_get("completed_at").map_err(classify)?,
+        owner: row.try_get("owner").map_err(classify)?,
     })
 }
 
@@ -806,6 +809,9 @@ impl RequestStore for MysqlStore {
             }
             if let Some(before) = &query.before {
                 q.push(" AND id < ").push_bind(before.clone());
+            }
+            if let Some(owner) = &query.owner {
+                q.push(" AND owner = ").push_bind(owner.clone());
             }
             q.push(" ORDER BY id DESC LIMIT ").push_bind(query.limit);
             let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;

@@ -222,6 +222,7 @@ mod tests {
             request_id: None,
             traceparent: None,
             event_id: "e".into(),
+            owner: None,
         };
         let (ticket, start) = queue.push(request, reply);
         (ticket, start, rx)

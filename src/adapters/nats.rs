@@ -198,7 +198,7 @@ impl JetStreamBroker {
             .map(|u| u.trim().parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| NatsSetupError::Connect {
-                url: url.into(),
+                url: crate::config::redact_url_credentials(url),
                 reason: e.to_string(),
             })?;
         let (tx, disconnects) = tokio::sync::watch::channel(0u64);
@@ -221,7 +221,7 @@ impl JetStreamBroker {
             .connect(servers)
             .await
             .map_err(|e| NatsSetupError::Connect {
-                url: url.into(),
+                url: crate::config::redact_url_credentials(url),
                 reason: e.to_string(),
             })?;
         let mut js = jetstream::new(client.clone());

@@ -80,6 +80,21 @@ impl SqliteStore {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
+        // Created here, readable by this user only, so that SQLite's journal files (which
+        // take the database's mode) are private too.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(setup_error(&e)),
+            }
+        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -121,8 +136,8 @@ impl SqliteStore {
             .map_err(|e| StoreError::Rejected(e.to_string()))?;
         let mut tx = self.pool.begin().await.map_err(rejected)?;
         let inserted = sqlx::query(
-            "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at, owner) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&req.id)
         .bind(&req.number)
@@ -130,6 +145,7 @@ impl SqliteStore {
         .bind(&req.idempotency_key)
         .bind(&req.request_id)
         .bind(created_us)
+        .bind(&req.owner)
         .execute(&mut *tx)
         .await;
         if let Err(err) = inserted {
@@ -299,7 +315,7 @@ impl Settle for LeasedClaim {
     }
 }
 
-const SELECT_REQUEST: &str = "SELECT id, number, email, status, is_prime, factor, error, created_at, completed_at FROM prime_check_requests";
+const SELECT_REQUEST: &str = "SELECT id, number, email, status, is_prime, factor, error, created_at, completed_at, owner FROM prime_check_requests";
 
 fn request_from_row(row: &SqliteRow) -> Result<PrimeRequest, StoreError> {
     let status: String = row.try_get("status").map_err(rejected)?;
@@ -315,6 +331,7 @@ fn request_from_row(row: &SqliteRow) -> Result<PrimeRequest, StoreError> {
         error: row.try_get("error").map_err(rejected)?,
         created_at: from_micros(row.try_get("created_at").map_err(rejected)?),
         completed_at: completed.map(from_micros),
+        owner: row.try_get("owner").map_err(rejected)?,
     })
 }
 
@@ -352,6 +369,9 @@ impl RequestStore for SqliteStore {
             }
             if let Some(before) = &query.before {
                 q.push(" AND id < ").push_bind(before.clone());
+            }
+            if let Some(owner) = &query.owner {
+                q.push(" AND owner = ").push_bind(owner.clone());
             }
             q.push(" ORDER BY id DESC LIMIT ").push_bind(query.limit);
             let rows = q.build().fetch_all(&self.pool).await.map_err(rejected)?;

@@ -13,7 +13,7 @@ use axum::Json;
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use ractor::rpc::CallResult;
 use supervision::{ChildKind, ChildStatus, SupervisorMsg, status};
 
@@ -103,6 +103,7 @@ pub async fn actors(State(state): State<AppState>) -> Result<Json<ChildStatus>, 
     params(("name" = String, Path, description = "The actor's name, as in GET /admin/actors")),
     responses(
         (status = 200, description = "Restarted"),
+        (status = 202, description = "`http` only: the HTTP server restarts right after this answer (it would otherwise wait for its own answer to drain)"),
         (status = 401, description = "No or wrong token", body = ErrorBody),
         (status = 404, description = "No such actor", body = ErrorBody),
         (status = 409, description = "The restart failed", body = ErrorBody),
@@ -111,7 +112,7 @@ pub async fn restart(
     State(state): State<AppState>,
     operator: Option<axum::Extension<Operator>>,
     UrlPath(name): UrlPath<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let operator = operator.map_or_else(|| "api-token".to_string(), |o| o.0.0.clone());
     let tree = tree(&state).await?;
     let Some(parent) = parent_of(&tree, &name) else {
@@ -136,6 +137,43 @@ pub async fn restart(
         )
     })?;
     let supervisor: supervision::SupervisorRef = supervisor.into();
+    if name == crate::tree::HTTP {
+        // Stopping the server waits for the answers in flight, this one too: answer first,
+        // then restart. Connections made meanwhile wait in the shared socket's backlog for
+        // the next incarnation; none is refused.
+        let timeout = state.status_timeout * 15;
+        let (actor, supervisor_name) = (name.clone(), parent.clone());
+        tokio::spawn(async move {
+            // The server's drain waits for this answer, which is complete by then.
+            match supervisor
+                .call(
+                    |reply| SupervisorMsg::RestartChild(actor.clone(), reply),
+                    Some(timeout),
+                )
+                .await
+            {
+                Ok(CallResult::Success(Ok(()))) => {
+                    tracing::info!(target: "audit", operator = %operator, action = "restart", actor = %actor, supervisor = %supervisor_name, "admin action");
+                }
+                other => {
+                    let reason = match other {
+                        Ok(CallResult::Success(Err(err))) => err.to_string(),
+                        _ => "not confirmed in time".to_string(),
+                    };
+                    tracing::warn!(target: "audit", operator = %operator, action = "restart", actor = %actor, reason = %reason, "admin action failed; check GET /admin/actors");
+                }
+            }
+        });
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "restarting": name,
+                "supervisor": parent,
+                "message": "the HTTP server restarts after this answer; new connections wait for it, none is refused (GET /admin/actors shows its restart count)",
+            })),
+        )
+            .into_response());
+    }
     match supervisor
         .call(
             |reply| SupervisorMsg::RestartChild(name.clone(), reply),
@@ -145,9 +183,7 @@ pub async fn restart(
     {
         Ok(CallResult::Success(Ok(()))) => {
             tracing::info!(target: "audit", operator = %operator, action = "restart", actor = %name, supervisor = %parent, "admin action");
-            Ok(Json(
-                serde_json::json!({"restarted": name, "supervisor": parent}),
-            ))
+            Ok(Json(serde_json::json!({"restarted": name, "supervisor": parent})).into_response())
         }
         Ok(CallResult::Success(Err(err))) => Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -3,6 +3,11 @@
 //! Handlers are thin: validate (see [`super::validate`]) → call the [`RequestStore`] port →
 //! map to a response. A stored request and its outbox event are one transaction, so an
 //! accepted (202) request is never lost; the relay is woken right after the commit.
+//!
+//! Who sees what: a request is kept with the `sub` of the user token it came with. The list
+//! shows a user only their own requests and an admin token everything; an anonymous caller
+//! gets no list. One request read by its id (an unguessable UUIDv7) is public, with the
+//! address masked (`m…@example.com`) unless the caller is its owner or an admin.
 
 use actors::model::{CreateOutcome, ListQuery, NewRequest, PrimeRequest, RequestStatus};
 use actors::{RequestStore, StoreError};
@@ -110,6 +115,9 @@ pub struct CheckList {
     pub items: Vec<CheckView>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
+    /// Why the list is empty for a caller without a token (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<&'static str>,
 }
 
 /// Filters and paging of `GET /prime-check-list`.
@@ -230,6 +238,10 @@ pub async fn create(
             .map(String::from)
     });
 
+    let owner = match caller(&state, &headers)? {
+        Caller::User(sub) => Some(sub),
+        Caller::Admin | Caller::Anonymous => None,
+    };
     let outcome = store(&state)?
         .create(NewRequest {
             id: uuid::Uuid::now_v7().to_string(),
@@ -239,6 +251,7 @@ pub async fn create(
             request_id: Some(request_id),
             traceparent,
             event_id: uuid::Uuid::now_v7().to_string(),
+            owner,
         })
         .await
         .map_err(store_error)?;
@@ -292,8 +305,10 @@ pub async fn create(
 )]
 pub async fn get_one(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CheckView>, ApiError> {
+    let caller = caller(&state, &headers)?;
     if !validate::request_id(&id) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -302,7 +317,14 @@ pub async fn get_one(
         ));
     }
     match store(&state)?.get(&id).await.map_err(store_error)? {
-        Some(request) => Ok(Json(request.into())),
+        Some(request) => {
+            let own = caller.sees_address_of(&request);
+            let mut view = CheckView::from(request);
+            if !own {
+                view.email = mask_email(&view.email);
+            }
+            Ok(Json(view))
+        }
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "request_not_found",
@@ -311,7 +333,8 @@ pub async fn get_one(
     }
 }
 
-/// Requests, newest first, one page at a time.
+/// Requests, newest first, one page at a time: a user's own (bearer user token), everyone's
+/// (admin token), or none for a caller without a token.
 #[utoipa::path(
     get,
     path = "/prime-check-list",
@@ -327,8 +350,10 @@ pub async fn get_one(
 )]
 pub async fn list(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<CheckList>, ApiError> {
+    let caller = caller(&state, &headers)?;
     let status = match params.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(RequestStatus::parse(s).ok_or_else(|| {
@@ -356,11 +381,24 @@ pub async fn list(
             ));
         }
     }
+    let owner = match caller {
+        Caller::Admin => None,
+        Caller::User(sub) => Some(sub),
+        Caller::Anonymous => {
+            // Nothing is anyone's without a token: an empty page, and why.
+            return Ok(Json(CheckList {
+                items: Vec::new(),
+                next_cursor: None,
+                hint: Some(ANONYMOUS_LIST_HINT),
+            }));
+        }
+    };
     let items = store(&state)?
         .list(ListQuery {
             status,
             limit,
             before: params.cursor,
+            owner,
         })
         .await
         .map_err(store_error)?;
@@ -370,5 +408,92 @@ pub async fn list(
     Ok(Json(CheckList {
         items: items.into_iter().map(CheckView::from).collect(),
         next_cursor,
+        hint: None,
     }))
+}
+
+/// What an anonymous caller's (empty) list says.
+pub const ANONYMOUS_LIST_HINT: &str = "the list shows a user their own requests: send 'Authorization: Bearer <your user token>' (an admin token lists everyone's); one request can be read by its id without a token, its address masked";
+
+/// Who is asking, for what they may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// An admin token: everything.
+    Admin,
+    /// A verified user token: their own requests.
+    User(String),
+    /// No credentials.
+    Anonymous,
+}
+
+impl Caller {
+    /// Whether this caller may see `request`'s address unmasked.
+    pub fn sees_address_of(&self, request: &PrimeRequest) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::User(sub) => request.owner.as_deref() == Some(sub.as_str()),
+            Caller::Anonymous => false,
+        }
+    }
+}
+
+/// Resolves the caller from its `Authorization` header: an admin token, a valid HS256 user
+/// token (`JWT_SECRET`), or none. A token that is neither is a 401, never anonymous.
+pub fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(Caller::Anonymous);
+    };
+    let invalid = |why: String| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            format!("the bearer token is not valid: {why}"),
+        )
+    };
+    let token = auth
+        .to_str()
+        .ok()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| invalid("send it as 'Authorization: Bearer <token>'".into()))?;
+    if crate::config::Secret::any_matches(state.admin_keys(), token) {
+        return Ok(Caller::Admin);
+    }
+    let Some(secret) = &state.jwt_secret else {
+        return Err(invalid(
+            "user tokens are not accepted here (JWT_SECRET is not set)".into(),
+        ));
+    };
+    let now = chrono::Utc::now().timestamp();
+    crate::ratelimit::identity::verify_hs256(token, secret.expose().as_bytes(), now)
+        .map(Caller::User)
+        .map_err(|e| match e {
+            crate::ratelimit::identity::CredentialError::Token(why) => invalid(why),
+            other => invalid(other.to_string()),
+        })
+}
+
+/// `mary@example.com` → `m…@example.com`: enough for its owner to recognise, too little to
+/// harvest.
+pub fn mask_email(email: &str) -> String {
+    match email.rsplit_once('@') {
+        Some((local, domain)) => {
+            let first = local.chars().next().map(String::from).unwrap_or_default();
+            format!("{first}…@{domain}")
+        }
+        None => "…".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_masked_to_their_first_letter_and_domain() {
+        assert_eq!(mask_email("mary@example.com"), "m…@example.com");
+        assert_eq!(mask_email("m@example.com"), "m…@example.com");
+        assert_eq!(mask_email("ürsula@b.example"), "ü…@b.example");
+        assert_eq!(mask_email("a@b@c.example"), "a…@c.example");
+    }
 }

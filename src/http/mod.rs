@@ -65,6 +65,10 @@ pub struct AppState {
     pub controls: Controls,
     /// `worker_health_checks`, for the admin page.
     pub health_store: Option<Arc<dyn actors::HealthStore>>,
+    /// Timeouts and the connection cap of the server.
+    pub limits: crate::config::HttpLimits,
+    /// The HS256 secret of user tokens (who owns which request); none: no user tokens.
+    pub jwt_secret: Option<Secret>,
 }
 
 /// Switches and states the admin API exposes.
@@ -95,7 +99,21 @@ impl AppState {
             sessions: session::Sessions::default(),
             controls: Controls::default(),
             health_store: None,
+            limits: crate::config::HttpLimits::default(),
+            jwt_secret: None,
         }
+    }
+
+    /// Accepts user tokens signed with `secret`.
+    pub fn with_jwt_secret(mut self, secret: Option<Secret>) -> Self {
+        self.jwt_secret = secret;
+        self
+    }
+
+    /// Serves with these timeouts and connection cap.
+    pub fn with_limits(mut self, limits: crate::config::HttpLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Exposes the consumers' pause switches and the breaker to the admin API.
@@ -256,6 +274,11 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/check.js", get(ui::check_js))
         .route("/assets/style.css", get(ui::style_css))
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            server::bounded_body,
+        ))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn(crate::metrics::http_layer))
         .layer(axum::middleware::from_fn(ui::security_headers))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

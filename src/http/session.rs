@@ -21,6 +21,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use super::extract::ApiJson;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "primed_session";
@@ -136,7 +137,7 @@ fn session_cookie(id: &str, max_age: u64) -> HeaderValue {
 ))]
 pub async fn login(
     State(state): State<AppState>,
-    Json(body): Json<LoginBody>,
+    ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
     let operator = body.operator.trim();
     if operator.is_empty() || operator.len() > 100 || operator.chars().any(char::is_control) {
@@ -165,6 +166,10 @@ pub async fn login(
         header::SET_COOKIE,
         session_cookie(&id, SESSION_TTL.as_secs()),
     );
+    // It carries the CSRF token: no cache may keep it.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 
@@ -192,7 +197,7 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Respon
 pub async fn current(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<SessionView>, ApiError> {
+) -> Result<Response, ApiError> {
     let session = state.sessions.from_headers(&headers).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -200,10 +205,15 @@ pub async fn current(
             "not logged in: POST /login with your name and an admin token",
         )
     })?;
-    Ok(Json(SessionView {
-        operator: session.operator,
-        csrf_token: session.csrf,
-    }))
+    let no_store = [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))];
+    Ok((
+        no_store,
+        Json(SessionView {
+            operator: session.operator,
+            csrf_token: session.csrf,
+        }),
+    )
+        .into_response())
 }
 
 #[cfg(test)]

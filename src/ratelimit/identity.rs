@@ -174,7 +174,8 @@ struct Claims {
 }
 
 /// Verifies an HS256 JWT and returns its `sub`. Only HS256 is accepted (no `none`, no
-/// algorithm confusion); `exp` and `nbf`, when present, are checked with 30 s leeway.
+/// algorithm confusion); `exp` is required (a token that never expires cannot be taken back)
+/// and, with `nbf` when present, checked with 30 s leeway.
 pub fn verify_hs256(token: &str, secret: &[u8], now: i64) -> Result<String, CredentialError> {
     let bad = |why: &str| CredentialError::Token(why.to_string());
     let mut parts = token.split('.');
@@ -211,6 +212,11 @@ pub fn verify_hs256(token: &str, secret: &[u8], now: i64) -> Result<String, Cred
     }
     if claims.nbf.is_some_and(|nbf| now + LEEWAY_SECS < nbf) {
         return Err(bad("it is not valid yet"));
+    }
+    if claims.exp.is_none() {
+        return Err(bad(
+            "it has no exp claim; user tokens must expire (issue them with an exp)",
+        ));
     }
     match claims.sub {
         Some(sub) if !sub.is_empty() && sub.len() <= MAX_SUB_LEN => Ok(sub),
@@ -291,11 +297,11 @@ mod tests {
     fn a_well_known_token_verifies() {
         // The example token of jwt.io, signed with "your-256-bit-secret".
         let token = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
-        assert_eq!(
-            verify_hs256(token, b"your-256-bit-secret", 0).unwrap(),
-            "1234567890"
-        );
-        assert!(verify_hs256(token, b"another secret", 0).is_err());
+        // Its signature verifies; it is refused only because it never expires.
+        let err = verify_hs256(token, b"your-256-bit-secret", 0).unwrap_err();
+        assert!(err.to_string().contains("no exp claim"), "{err}");
+        let err = verify_hs256(token, b"another secret", 0).unwrap_err();
+        assert!(err.to_string().contains("signature"), "{err}");
     }
 
     #[test]
@@ -305,8 +311,12 @@ mod tests {
         let good = sign_hs256(&json!({"sub": "alice", "exp": now + 60}), secret);
         assert_eq!(verify_hs256(&good, secret, now).unwrap(), "alice");
         let expired = sign_hs256(&json!({"sub": "alice", "exp": now - 31}), secret);
-        let early = sign_hs256(&json!({"sub": "alice", "nbf": now + 31}), secret);
-        let nosub = sign_hs256(&json!({"name": "alice"}), secret);
+        let early = sign_hs256(
+            &json!({"sub": "alice", "nbf": now + 31, "exp": now + 60}),
+            secret,
+        );
+        let nosub = sign_hs256(&json!({"name": "alice", "exp": now + 60}), secret);
+        let noexp = sign_hs256(&json!({"sub": "alice"}), secret);
         let none_alg = format!(
             "{}.{}.",
             URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
@@ -318,6 +328,7 @@ mod tests {
             (expired.as_str(), "expired"),
             (early.as_str(), "not valid yet"),
             (nosub.as_str(), "no sub"),
+            (noexp.as_str(), "no exp"),
             (none_alg.as_str(), "only HS256"),
             (tampered.as_str(), "not"),
             ("abc", "not a JWT"),
@@ -354,7 +365,7 @@ mod tests {
             cfg.resolve(ip, &h, 0).unwrap(),
             Identity::Bypass(Bypass::Admin)
         );
-        let token = sign_hs256(&json!({"sub": "bob"}), b"jwt");
+        let token = sign_hs256(&json!({"sub": "bob", "exp": 60}), b"jwt");
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
