@@ -79,6 +79,12 @@ pub const KEYS: &[Key] = &[
         "most HTTP connections open at once; more are answered 503 and closed",
     ),
     key(
+        "PRIMED_AUTH_FAILURES_PER_MINUTE",
+        false,
+        Some("10"),
+        "failed authentications a client address may make a minute (and at once) before its credentials are refused with 429",
+    ),
+    key(
         "PRIMED_HEARTBEAT_INTERVAL_SECONDS",
         false,
         Some("5"),
@@ -916,6 +922,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// What one HTTP client may hold of the server.
     pub http_limits: HttpLimits,
+    /// Failed authentications a client address may make a minute.
+    pub auth_failures_per_minute: u32,
     /// Heartbeat interval.
     pub heartbeat_interval: Duration,
     /// Gauge collection interval.
@@ -1111,6 +1119,10 @@ impl Config {
                 "a whole number of connections, at least 1",
             )? as usize,
         };
+        let auth_failures_per_minute = raw.positive(
+            "PRIMED_AUTH_FAILURES_PER_MINUTE",
+            "a whole number of failed authentications a minute, at least 1",
+        )?;
         let heartbeat_interval = Duration::from_secs(
             raw.positive(
                 "PRIMED_HEARTBEAT_INTERVAL_SECONDS",
@@ -1266,6 +1278,7 @@ impl Config {
             metrics_interval,
             fault_injection,
             http_limits,
+            auth_failures_per_minute,
             instance,
             tuning,
             workers,
@@ -1531,15 +1544,18 @@ impl Config {
                     b: part,
                 });
             }
-            if !(url.starts_with("mysql://") || url.starts_with("mariadb://")) {
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            // Parsed as `run` will parse it (a port that is not a number, say), so that
+            // `config check` catches what `run` would stop on.
+            if !url.starts_with("mysql://")
+                || url.parse::<sqlx::mysql::MySqlConnectOptions>().is_err()
+            {
                 return Err(raw.invalid(
                     "DATABASE_URL",
                     "a mysql:// URL, e.g. mysql://user:password@127.0.0.1:3306/prime_check_db",
                 ));
             }
-            return Ok(StoreConfig::Mysql {
-                url: Secret(url.replacen("mariadb://", "mysql://", 1)),
-            });
+            return Ok(StoreConfig::Mysql { url: Secret(url) });
         }
         let Some(host) = raw.host("MYSQL_HOST")? else {
             if let Some(part) = parts.iter().find(|p| raw.is_set(p)) {
@@ -1628,6 +1644,23 @@ impl Config {
             }),
             None => Ok(BrokerConfig::Embedded),
         }
+    }
+
+    /// Settings that are valid but probably not what the operator meant, each as a sentence
+    /// saying what to do; `config check` prints them and `run` logs them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(net) = self
+            .rate_limit
+            .trusted_proxies
+            .iter()
+            .find(|n| n.prefix_len() == 0)
+        {
+            out.push(format!(
+                "RATE_LIMIT_TRUSTED_PROXIES contains {net}, which trusts every address: any client can choose the address it is limited and logged as with X-Forwarded-For; list only your proxies' addresses"
+            ));
+        }
+        out
     }
 
     /// The effective configuration as `KEY = value  # origin` lines, secrets redacted.
@@ -1938,6 +1971,10 @@ mod tests {
                 "NATS_URL must be a nats:// URL",
             ),
             (
+                &[("DATABASE_URL", "mysql://u:pw@db:port/x")],
+                "DATABASE_URL must be a mysql:// URL",
+            ),
+            (
                 &[("JWT_SECRET", "a")],
                 "JWT_SECRET must be at least 32 bytes",
             ),
@@ -2102,6 +2139,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("pa55word"), "{err}");
+    }
+
+    #[test]
+    fn trusting_every_address_is_warned_about() {
+        assert!(load(&[]).unwrap().warnings().is_empty());
+        let narrow = load(&[("RATE_LIMIT_TRUSTED_PROXIES", "10.0.0.0/8")]).unwrap();
+        assert!(narrow.warnings().is_empty());
+        for everyone in ["0.0.0.0/0", "192.0.2.1, ::/0"] {
+            let c = load(&[("RATE_LIMIT_TRUSTED_PROXIES", everyone)]).unwrap();
+            let w = c.warnings();
+            assert_eq!(w.len(), 1, "{everyone}: {w:?}");
+            assert!(w[0].contains("trusts every address"), "{w:?}");
+        }
     }
 
     #[test]

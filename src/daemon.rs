@@ -108,6 +108,9 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// Runs the daemon until a signal or a fatal failure of the tree.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     create_private_dir(&config.data_dir).map_err(|source| DaemonError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -158,7 +161,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut app = AppState::new(tree::ROOT, admin_keys)
         .with_fault_injection(config.fault_injection)
         .with_limits(config.http_limits)
-        .with_jwt_secret(config.jwt_secret.clone());
+        .with_jwt_secret(config.jwt_secret.clone())
+        .with_auth_failure_limit(config.auth_failures_per_minute);
     if let Some(limiter) = limiter {
         if limiter.has_redis() {
             let probe = limiter.clone();

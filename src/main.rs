@@ -35,6 +35,9 @@ fn main() -> ExitCode {
         } => match load() {
             Ok(config) => {
                 print!("{}", config.render());
+                for warning in config.warnings() {
+                    println!("# warning: {warning}");
+                }
                 println!("# configuration is valid");
                 ExitCode::SUCCESS
             }

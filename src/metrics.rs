@@ -22,6 +22,9 @@ pub struct Metrics {
     /// `http_connections_closed_total{reason}`: connections the server ended itself:
     /// `refused` (over `PRIMED_HTTP_MAX_CONNECTIONS`), `header_timeout`, `idle_timeout`.
     pub http_connections_closed: IntCounterVec,
+    /// `auth_failures_total{result}`: requests whose credentials were `refused` (401), or
+    /// `limited` (429: their address failed too often).
+    pub auth_failures: IntCounterVec,
     /// `actor_up{actor}`: 1 while the actor runs.
     pub actor_up: IntGaugeVec,
     /// `actor_restarts_total{actor}`.
@@ -92,6 +95,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     for reason in ["refused", "header_timeout", "idle_timeout"] {
         http_connections_closed.with_label_values(&[reason]);
+    }
+    let auth_failures = IntCounterVec::new(
+        Opts::new(
+            "auth_failures_total",
+            "Requests with credentials that were refused (401) or, after too many failures from their address, limited (429)",
+        ),
+        &["result"],
+    )?;
+    for result in ["refused", "limited"] {
+        auth_failures.with_label_values(&[result]);
     }
     let actor_up = IntGaugeVec::new(
         Opts::new("actor_up", "1 while the supervised actor runs"),
@@ -204,6 +217,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Box::new(http_request_duration.clone()),
         Box::new(http_connections_open.clone()),
         Box::new(http_connections_closed.clone()),
+        Box::new(auth_failures.clone()),
         Box::new(actor_up.clone()),
         Box::new(actor_restarts.clone()),
         Box::new(worker_heartbeat_age.clone()),
@@ -226,6 +240,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         http_request_duration,
         http_connections_open,
         http_connections_closed,
+        auth_failures,
         actor_up,
         actor_restarts,
         worker_heartbeat_age,

@@ -210,3 +210,10 @@ fn the_admin_page_shows_the_live_tree_and_pauses_consumers() {
         );
     }
 }
+
+#[test]
+fn login_never_sends_the_operator_to_another_site() {
+    let d = Daemon::start(&[("ADMIN_API_KEYS", TOKEN)]);
+    let report = node_script("login_redirect.mjs", &[&d.url(""), TOKEN]);
+    assert!(report["landed"].is_object(), "{report}");
+}

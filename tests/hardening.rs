@@ -592,3 +592,89 @@ async fn the_list_shows_each_user_their_own_requests_on_mysql() {
     let d = Daemon::start(&[("JWT_SECRET", JWT_SECRET), ("DATABASE_URL", &db.url)]);
     each_caller_sees_only_what_is_theirs(&d).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_admin_tokens_is_limited_per_address_and_logged_once() {
+    let mut d = Daemon::start(&[("PRIMED_AUTH_FAILURES_PER_MINUTE", "3")]);
+    let http = reqwest::Client::new();
+    let token = d.admin_token();
+    let login = |guess: String| {
+        let http = http.clone();
+        let url = d.url("/login");
+        async move {
+            http.post(url)
+                .json(&json!({"operator": "eve", "token": guess}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..2 {
+        assert_eq!(login(format!("wrong-guess-{i:016}")).await.status(), 401);
+    }
+    let r = http
+        .get(d.url("/admin/actors"))
+        .bearer_auth("wrong-bearer-guess-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a bearer guess costs the same");
+    // The bucket is empty: even the right token waits now.
+    let r = login(token.clone()).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let (_, _, code) = json_error(r).await;
+    assert_eq!(code, "too_many_failed_authentications");
+    // Requests without credentials are not held up.
+    let r = http.get(d.url("/ready")).send().await.unwrap();
+    assert!(r.status() != 429, "{}", r.status());
+    let text = reqwest::get(d.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&text, r#"auth_failures_total{result="refused"}"#),
+        3.0
+    );
+    assert!(sample(&text, r#"auth_failures_total{result="limited"}"#) >= 1.0);
+    let lines = d
+        .log_so_far()
+        .lines()
+        .filter(|l| l.contains("failed authentication"))
+        .count();
+    assert_eq!(lines, 1, "three failures in a minute are one log line");
+}
+
+#[test]
+fn config_check_warns_of_trusting_everyone_and_refuses_a_port_that_is_not_a_number() {
+    let out = primed()
+        .args(["config", "check"])
+        .env("RATE_LIMIT_TRUSTED_PROXIES", "0.0.0.0/0")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("# warning: RATE_LIMIT_TRUSTED_PROXIES contains 0.0.0.0/0"),
+        "{text}"
+    );
+
+    let out = primed()
+        .args(["config", "check"])
+        .env("DATABASE_URL", "mysql://u:hunter2secret@db:port/x")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(64), "{text}");
+    assert!(
+        text.contains("DATABASE_URL must be a mysql:// URL"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2secret"), "{text}");
+}

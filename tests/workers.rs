@@ -884,3 +884,74 @@ async fn concurrent_effects_are_written_together_and_each_gets_its_own_answer() 
         assert_eq!(*was, i < N, "check {i}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_filters_past_2038_still_match() {
+    use actors::model::{DlqQuery, ErrorClass, NewDeadLetter};
+    use actors::{DlqStore, WorkerStore};
+    use primed::adapters::mysql::{MysqlStore, PoolSettings};
+    let db = TestDb::create();
+    let store = MysqlStore::connect(
+        &primed::config::Secret::new(db.url.clone()),
+        PoolSettings {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(5),
+            outbox_max_retries: 3,
+        },
+    )
+    .unwrap();
+    store.migrate().await.unwrap();
+    store
+        .dead_letter(NewDeadLetter {
+            original_subject: "email.send".into(),
+            original_message_id: Some("email-2038".into()),
+            payload: b"{}".to_vec(),
+            error: "boom".into(),
+            error_type: ErrorClass::Transient,
+            retry_count: 3,
+            original_created_at: chrono::Utc::now(),
+            request_id: None,
+            dlq_id: None,
+        })
+        .await
+        .unwrap();
+    let at = |rfc3339: &str| {
+        chrono::DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let count = |since: Option<&str>, until: Option<&str>| {
+        let query = DlqQuery {
+            since: since.map(at),
+            until: until.map(at),
+            limit: 10,
+            ..Default::default()
+        };
+        let store = &store;
+        async move { store.list(query).await.unwrap().len() }
+    };
+    assert_eq!(
+        count(None, Some("2099-01-01T00:00:00Z")).await,
+        1,
+        "until 2099"
+    );
+    assert_eq!(
+        count(Some("1900-01-01T00:00:00Z"), None).await,
+        1,
+        "since 1900"
+    );
+    assert_eq!(
+        count(Some("1900-01-01T00:00:00Z"), Some("2999-12-31T00:00:00Z")).await,
+        1
+    );
+    assert_eq!(
+        count(Some("2099-01-01T00:00:00Z"), None).await,
+        0,
+        "since 2099"
+    );
+    assert_eq!(
+        count(None, Some("1960-01-01T00:00:00Z")).await,
+        0,
+        "until 1960"
+    );
+}

@@ -602,11 +602,25 @@ impl DlqStore for MysqlStore {
             if let Some(s) = query.status {
                 q.push(" AND status = ").push_bind(s.as_str());
             }
+            // TIMESTAMP holds 1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC, and a bound
+            // outside that range matches nothing at all: a bound beyond either end filters
+            // nothing out (or, for `since` past the end, everything).
+            let (first, last) = timestamp_range();
             if let Some(since) = query.since {
-                q.push(" AND dlq_created_at >= ").push_bind(since);
+                if since > last {
+                    return Ok(Vec::new());
+                }
+                if since > first {
+                    q.push(" AND dlq_created_at >= ").push_bind(since);
+                }
             }
             if let Some(until) = query.until {
-                q.push(" AND dlq_created_at < ").push_bind(until);
+                if until <= first {
+                    return Ok(Vec::new());
+                }
+                if until <= last {
+                    q.push(" AND dlq_created_at < ").push_bind(until);
+                }
             }
             if let Some(text) = query.search.as_deref().filter(|t| !t.is_empty()) {
                 // LIKE metacharacters in the text match themselves.
@@ -871,4 +885,12 @@ impl actors::GaugeSource for MysqlStore {
         }
         .boxed()
     }
+}
+
+/// The first and last instants a MySQL `TIMESTAMP` column holds.
+fn timestamp_range() -> (DateTime<Utc>, DateTime<Utc>) {
+    (
+        DateTime::from_timestamp(1, 0).unwrap_or(DateTime::UNIX_EPOCH),
+        DateTime::from_timestamp(i64::from(i32::MAX), 0).unwrap_or(DateTime::<Utc>::MAX_UTC),
+    )
 }

@@ -288,7 +288,8 @@ pub async fn create(
     Ok(response)
 }
 
-/// One request and, when done, its result.
+/// One request and, when done, its result. Anyone with the id may read it; the address is
+/// masked (`m…@example.com`) unless the caller owns the request (user token) or is an admin.
 #[utoipa::path(
     get,
     path = "/prime-check/{id}",

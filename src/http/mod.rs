@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth_guard;
 pub mod dlq;
 pub mod error;
 pub mod extract;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub limits: crate::config::HttpLimits,
     /// The HS256 secret of user tokens (who owns which request); none: no user tokens.
     pub jwt_secret: Option<Secret>,
+    /// Failed authentications per client address.
+    pub auth_failures: Arc<auth_guard::AuthFailures>,
 }
 
 /// Switches and states the admin API exposes.
@@ -101,7 +104,15 @@ impl AppState {
             health_store: None,
             limits: crate::config::HttpLimits::default(),
             jwt_secret: None,
+            auth_failures: Arc::new(auth_guard::AuthFailures::new(10)),
         }
+    }
+
+    /// Refuses (429) an address's credentials after `per_minute` failed authentications a
+    /// minute.
+    pub fn with_auth_failure_limit(mut self, per_minute: u32) -> Self {
+        self.auth_failures = Arc::new(auth_guard::AuthFailures::new(per_minute));
+        self
     }
 
     /// Accepts user tokens signed with `secret`.
@@ -185,7 +196,7 @@ impl AppState {
 #[openapi(
     info(
         title = "primed",
-        description = "Prime-number checking with a reliable, supervised pipeline. Errors are JSON `{\"error\": code, \"message\": text}`."
+        description = "Prime-number checking with a reliable, supervised pipeline. Errors are JSON `{\"error\": code, \"message\": text}`. Limits: a request body is at most 1 MiB (413, refused before it is read when declared larger); headers must arrive within PRIMED_HTTP_HEADER_TIMEOUT_SECONDS (10 s) and a body within PRIMED_HTTP_BODY_TIMEOUT_SECONDS (30 s, else 408 `body_timeout`); a connection idle for PRIMED_HTTP_IDLE_TIMEOUT_SECONDS (60 s) is closed; over PRIMED_HTTP_MAX_CONNECTIONS (1024) connections are answered 503 `too_many_connections`; after PRIMED_AUTH_FAILURES_PER_MINUTE (10) failed authentications a minute, an address's credentials are answered 429 `too_many_failed_authentications`. Visibility: the list shows a user token's own requests, everything to an admin token, nothing without a token; one request read by id masks its address unless the caller owns it or is an admin."
     ),
     tags(
         (name = "prime-check", description = "Submit numbers and read results"),
@@ -277,6 +288,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             server::bounded_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth_guard::guard,
         ))
         .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn(crate::metrics::http_layer))

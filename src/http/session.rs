@@ -148,7 +148,8 @@ pub async fn login(
         ));
     }
     if !crate::config::Secret::any_matches(state.admin_keys(), body.token.trim()) {
-        tracing::warn!(target: "audit", operator, "login refused: not an admin token");
+        // Logged by the failed-authentication guard, once a minute per address.
+        tracing::debug!(target: "audit", operator, "login refused: not an admin token");
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

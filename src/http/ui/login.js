@@ -4,10 +4,21 @@
 const form = document.getElementById("login-form");
 const errorBox = document.getElementById("error");
 
+// Where to go after login: `next` only if it resolves to a page of this daemon. A string
+// check is not enough: browsers read "/\\evil.example" and "/\t/evil.example" as another
+// host, so resolve it the way the browser will and compare origins.
 function target() {
-  const next = new URLSearchParams(location.search).get("next") || "/dlq/dashboard";
-  // Only paths of this daemon.
-  return next.startsWith("/") && !next.startsWith("//") ? next : "/dlq/dashboard";
+  const fallback = "/dlq/dashboard";
+  const next = new URLSearchParams(location.search).get("next");
+  if (!next || !next.startsWith("/")) return fallback;
+  let url;
+  try {
+    url = new URL(next, location.origin);
+  } catch {
+    return fallback;
+  }
+  if (url.origin !== location.origin) return fallback;
+  return url.pathname + url.search + url.hash;
 }
 
 form.addEventListener("submit", async (event) => {
