@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde_json::json;
-use support::{Daemon, primed};
+use support::{Daemon, primed, sample, scrape};
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
@@ -34,12 +34,7 @@ async fn made_up_methods_do_not_grow_the_metrics() {
             .unwrap();
         assert!(r.status().is_client_error(), "{}", r.status());
     }
-    let text = reqwest::get(d.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&d).await;
     assert!(
         !text.contains("MMMMMMMM"),
         "a client-chosen method became a label value"
@@ -57,17 +52,8 @@ async fn made_up_methods_do_not_grow_the_metrics() {
 
 #[test]
 fn url_credentials_never_show_in_config_check() {
-    let out = primed()
-        .args(["config", "check"])
-        .env("NATS_URL", "nats://someone:hunter2secret@127.0.0.1:4222")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    let (status, text) = config_check("NATS_URL", "nats://someone:hunter2secret@127.0.0.1:4222");
+    assert!(status.success(), "{text}");
     assert!(!text.contains("hunter2secret"), "{text}");
     assert!(text.contains("nats://<redacted>@127.0.0.1:4222"), "{text}");
 }
@@ -80,19 +66,27 @@ fn url_credentials_never_show_in_the_connect_error() {
         .env("PRIMED_DATA_DIR", tempfile::tempdir().unwrap().path())
         .env("PRIMED_HTTP_ADDR", "127.0.0.1:0")
         .env("NATS_URL", "nats://someone:hunter2secret@127.0.0.1:99999");
-    let out = tokio_free_output(d);
+    let (_, out) = run(d);
     assert!(!out.contains("hunter2secret"), "{out}");
     assert!(out.contains("<redacted>@127.0.0.1"), "{out}");
 }
 
-/// Runs `cmd` until it exits (a connect failure ends `primed run`), stdout and stderr joined.
-fn tokio_free_output(mut cmd: std::process::Command) -> String {
+/// `primed config check` with `key` set to `value`: its exit status and output.
+fn config_check(key: &str, value: &str) -> (std::process::ExitStatus, String) {
+    let mut check = primed();
+    check.args(["config", "check"]).env(key, value);
+    run(check)
+}
+
+/// Runs `cmd` to its end: its exit status, and stdout and stderr joined.
+fn run(mut cmd: std::process::Command) -> (std::process::ExitStatus, String) {
     let out = cmd.output().unwrap();
-    format!(
+    let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    )
+    );
+    (out.status, text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,12 +264,6 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 const SHORT_LIMITS: &[(&str, &str)] = &[
     ("PRIMED_HTTP_HEADER_TIMEOUT_SECONDS", "1"),
     ("PRIMED_HTTP_BODY_TIMEOUT_SECONDS", "1"),
@@ -345,12 +333,7 @@ async fn slow_and_silent_clients_are_cut_off() {
         "{answer}"
     );
 
-    let text = reqwest::get(d.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&d).await;
     assert!(
         sample(
             &text,
@@ -484,40 +467,27 @@ fn user_token(sub: &str) -> String {
 /// admin) can then read.
 async fn each_caller_sees_only_what_is_theirs(d: &Daemon) {
     let http = reqwest::Client::new();
-    let submit = |token: Option<String>, email: &'static str| {
-        let http = http.clone();
-        let url = d.url("/prime-check");
-        async move {
-            let mut r = http
-                .post(url)
-                .json(&json!({"number": "97", "email": email}));
-            if let Some(token) = token {
-                r = r.bearer_auth(token);
-            }
-            let r = r.send().await.unwrap();
-            assert_eq!(r.status(), 202);
-            r.json::<serde_json::Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        }
+    let submit = async |token: Option<String>, email: &str| {
+        let r = send_as(
+            http.post(d.url("/prime-check"))
+                .json(&json!({"number": "97", "email": email})),
+            token,
+        )
+        .await;
+        assert_eq!(r.status(), 202);
+        r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     let alice = submit(Some(user_token("alice")), "alice@example.com").await;
     let bob = submit(Some(user_token("bob")), "bob@example.com").await;
     let anonymous = submit(None, "mallory@example.com").await;
 
-    let list = |token: Option<String>| {
-        let http = http.clone();
-        let url = d.url("/prime-check-list?limit=100");
-        async move {
-            let mut r = http.get(url);
-            if let Some(token) = token {
-                r = r.bearer_auth(token);
-            }
-            let r = r.send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<serde_json::Value>().await.unwrap())
-        }
+    let list = async |token: Option<String>| {
+        let r = send_as(http.get(d.url("/prime-check-list?limit=100")), token).await;
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.unwrap())
     };
     let emails = |page: &serde_json::Value| {
         let mut v: Vec<String> = page["items"]
@@ -554,21 +524,13 @@ async fn each_caller_sees_only_what_is_theirs(d: &Daemon) {
     assert_eq!(status, 401);
 
     // One request by its id: public, the address masked unless it is the caller's own.
-    let get = |id: &str, token: Option<String>| {
-        let http = http.clone();
-        let url = d.url(&format!("/prime-check/{id}"));
-        async move {
-            let mut r = http.get(url);
-            if let Some(token) = token {
-                r = r.bearer_auth(token);
-            }
-            let r = r.send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            r.json::<serde_json::Value>().await.unwrap()["email"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        }
+    let get = async |id: &str, token: Option<String>| {
+        let r = send_as(http.get(d.url(&format!("/prime-check/{id}"))), token).await;
+        assert_eq!(r.status(), 200);
+        r.json::<serde_json::Value>().await.unwrap()["email"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     assert_eq!(get(&alice, None).await, "a…@example.com");
     assert_eq!(get(&alice, Some(user_token("bob"))).await, "a…@example.com");
@@ -578,6 +540,17 @@ async fn each_caller_sees_only_what_is_theirs(d: &Daemon) {
     );
     assert_eq!(get(&bob, Some(d.admin_token())).await, "bob@example.com");
     assert_eq!(get(&anonymous, None).await, "m…@example.com");
+}
+
+/// Sends `request`, with `token` as its bearer token when there is one.
+async fn send_as(request: reqwest::RequestBuilder, token: Option<String>) -> reqwest::Response {
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+    .send()
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -628,12 +601,7 @@ async fn guessing_admin_tokens_is_limited_per_address_and_logged_once() {
     // Requests without credentials are not held up.
     let r = http.get(d.url("/ready")).send().await.unwrap();
     assert!(r.status() != 429, "{}", r.status());
-    let text = reqwest::get(d.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&d).await;
     assert_eq!(
         sample(&text, r#"auth_failures_total{result="refused"}"#),
         3.0
@@ -649,29 +617,15 @@ async fn guessing_admin_tokens_is_limited_per_address_and_logged_once() {
 
 #[test]
 fn config_check_warns_of_trusting_everyone_and_refuses_a_port_that_is_not_a_number() {
-    let out = primed()
-        .args(["config", "check"])
-        .env("RATE_LIMIT_TRUSTED_PROXIES", "0.0.0.0/0")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let (status, text) = config_check("RATE_LIMIT_TRUSTED_PROXIES", "0.0.0.0/0");
+    assert!(status.success(), "{text}");
     assert!(
         text.contains("# warning: RATE_LIMIT_TRUSTED_PROXIES contains 0.0.0.0/0"),
         "{text}"
     );
 
-    let out = primed()
-        .args(["config", "check"])
-        .env("DATABASE_URL", "mysql://u:hunter2secret@db:port/x")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(64), "{text}");
+    let (status, text) = config_check("DATABASE_URL", "mysql://u:hunter2secret@db:port/x");
+    assert_eq!(status.code(), Some(64), "{text}");
     assert!(
         text.contains("DATABASE_URL must be a mysql:// URL"),
         "{text}"

@@ -20,7 +20,7 @@ use primed::ratelimit::identity::{IdentityConfig, sign_hs256};
 use primed::ratelimit::policy::parse_policies;
 use primed::ratelimit::{Outcome, RateLimitSettings, RateLimiter};
 use serde_json::{Value, json};
-use support::{Daemon, RedisServer, primed, redis_cli};
+use support::{Daemon, RedisServer, primed, redis_cli, sample, scrape};
 
 const SHARED_REDIS: u16 = 6379;
 const JWT_SECRET: &str = "ratelimit-test-secret-0123456789abcdef";
@@ -117,25 +117,6 @@ async fn list(c: &reqwest::Client, d: &Daemon) -> reqwest::Response {
     c.get(d.url("/prime-check-list")).send().await.unwrap()
 }
 
-async fn metrics(d: &Daemon) -> String {
-    reqwest::get(d.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The value of one sample line of `/metrics` (0 when absent).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
 async fn codes(c: &reqwest::Client, d: &Daemon, n: usize) -> Vec<u16> {
     let mut out = Vec::new();
     for _ in 0..n {
@@ -219,7 +200,7 @@ async fn exactly_the_limit_passes_under_concurrency_and_other_clients_are_unaffe
         ]
     );
 
-    let m = metrics(&d).await;
+    let m = scrape(&d).await;
     assert_eq!(
         sample(
             &m,
@@ -497,7 +478,7 @@ async fn whitelisted_networks_admin_tokens_and_service_keys_bypass_the_limits() 
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let m = metrics(&d).await;
+    let m = scrape(&d).await;
     for kind in ["whitelist", "service-key", "admin-token"] {
         assert_eq!(
             sample(
@@ -576,7 +557,7 @@ async fn a_lost_redis_is_replaced_by_the_fallback_until_it_answers_again() {
     assert_eq!(code, 503, "{h}");
     assert_eq!(h["status"], "degraded");
     assert_eq!(h["checks"]["rate_limiter"]["status"], "degraded", "{h}");
-    let m = metrics(&d).await;
+    let m = scrape(&d).await;
     assert_eq!(sample(&m, "rate_limit_fallback_active"), 1.0);
     // A fail-closed policy refuses while Redis is away.
     let r = c
@@ -616,7 +597,7 @@ async fn a_lost_redis_is_replaced_by_the_fallback_until_it_answers_again() {
     assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).as_deref(), Some("OK"));
     let r = list(&c, &d).await;
     assert_eq!(r.status(), 429, "Redis still decides");
-    let m = metrics(&d).await;
+    let m = scrape(&d).await;
     assert_eq!(sample(&m, "rate_limit_fallback_active"), 0.0);
     assert_eq!(
         sample(&m, r#"rate_limit_backend_switches_total{to="fallback"}"#),

@@ -619,19 +619,9 @@ async fn an_automatic_rule_republishes_matching_dead_letters_up_to_its_budget() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn effects_are_recorded_once_per_event() {
     use actors::WorkerStore;
-    use actors::model::{EmailSend, ErrorClass, NewDeadLetter, PrimeResult, SentEmail};
-    use primed::adapters::mysql::{MysqlStore, PoolSettings};
+    use actors::model::{EmailSend, PrimeResult, SentEmail};
     let db = TestDb::create();
-    let store = MysqlStore::connect(
-        &primed::config::Secret::new(db.url.clone()),
-        PoolSettings {
-            max_connections: 4,
-            acquire_timeout: Duration::from_secs(5),
-            outbox_max_retries: 3,
-        },
-    )
-    .unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated_store(&db, 4).await;
     let result = |email_event: &str| PrimeResult {
         event_id: "event-1".into(),
         email_event_id: email_event.into(),
@@ -668,17 +658,7 @@ async fn effects_are_recorded_once_per_event() {
     assert!(!store.record_email(sent).await.unwrap());
     assert!(store.email_sent("email-1").await.unwrap());
 
-    let letter = NewDeadLetter {
-        original_subject: "email.send".into(),
-        original_message_id: Some("email-9".into()),
-        payload: b"{}".to_vec(),
-        error: "boom".into(),
-        error_type: ErrorClass::Transient,
-        retry_count: 3,
-        original_created_at: chrono::Utc::now(),
-        request_id: None,
-        dlq_id: None,
-    };
+    let letter = email_letter("email-9");
     assert!(store.dead_letter(letter.clone()).await.unwrap().is_some());
     assert_eq!(
         store.dead_letter(letter).await.unwrap(),
@@ -887,34 +867,11 @@ async fn concurrent_effects_are_written_together_and_each_gets_its_own_answer() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_filters_past_2038_still_match() {
-    use actors::model::{DlqQuery, ErrorClass, NewDeadLetter};
+    use actors::model::DlqQuery;
     use actors::{DlqStore, WorkerStore};
-    use primed::adapters::mysql::{MysqlStore, PoolSettings};
     let db = TestDb::create();
-    let store = MysqlStore::connect(
-        &primed::config::Secret::new(db.url.clone()),
-        PoolSettings {
-            max_connections: 2,
-            acquire_timeout: Duration::from_secs(5),
-            outbox_max_retries: 3,
-        },
-    )
-    .unwrap();
-    store.migrate().await.unwrap();
-    store
-        .dead_letter(NewDeadLetter {
-            original_subject: "email.send".into(),
-            original_message_id: Some("email-2038".into()),
-            payload: b"{}".to_vec(),
-            error: "boom".into(),
-            error_type: ErrorClass::Transient,
-            retry_count: 3,
-            original_created_at: chrono::Utc::now(),
-            request_id: None,
-            dlq_id: None,
-        })
-        .await
-        .unwrap();
+    let store = migrated_store(&db, 2).await;
+    store.dead_letter(email_letter("email-2038")).await.unwrap();
     let at = |rfc3339: &str| {
         chrono::DateTime::parse_from_rfc3339(rfc3339)
             .unwrap()
@@ -954,4 +911,35 @@ async fn dead_letter_filters_past_2038_still_match() {
         0,
         "until 1960"
     );
+}
+
+/// A migrated MySQL store of `db` with a pool of `connections`.
+async fn migrated_store(db: &TestDb, connections: u32) -> primed::adapters::mysql::MysqlStore {
+    use primed::adapters::mysql::{MysqlStore, PoolSettings};
+    let store = MysqlStore::connect(
+        &primed::config::Secret::new(db.url.clone()),
+        PoolSettings {
+            max_connections: connections,
+            acquire_timeout: Duration::from_secs(5),
+            outbox_max_retries: 3,
+        },
+    )
+    .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// A transient dead letter of the email `message_id`, as an email worker writes it.
+fn email_letter(message_id: &str) -> actors::model::NewDeadLetter {
+    actors::model::NewDeadLetter {
+        original_subject: "email.send".into(),
+        original_message_id: Some(message_id.into()),
+        payload: b"{}".to_vec(),
+        error: "boom".into(),
+        error_type: actors::model::ErrorClass::Transient,
+        retry_count: 3,
+        original_created_at: chrono::Utc::now(),
+        request_id: None,
+        dlq_id: None,
+    }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -119,29 +119,46 @@ fn presents_credentials(request: &Request) -> bool {
         || (request.method() == Method::POST && request.uri().path() == "/login")
 }
 
-/// The client address: the peer, or what trusted proxies say it is.
-fn client_ip(state: &AppState, request: &Request) -> IpAddr {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-    match &state.limiter {
-        Some(limiter) => crate::ratelimit::identity::client_ip(
-            peer,
-            request.headers(),
-            &limiter.identity.trusted_proxies,
-        ),
-        None => peer,
+/// What the layer needs (a small state: the layer runs on every request).
+#[derive(Clone)]
+pub struct Guard {
+    failures: Arc<AuthFailures>,
+    trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+}
+
+impl Guard {
+    /// The guard of `state`'s failures, believing `X-Forwarded-For` from the rate limiter's
+    /// trusted proxies.
+    pub fn of(state: &AppState) -> Self {
+        Self {
+            failures: state.auth_failures.clone(),
+            trusted_proxies: Arc::new(
+                state
+                    .limiter
+                    .as_ref()
+                    .map(|l| l.identity.trusted_proxies.clone())
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+
+    /// The client address: the peer, or what trusted proxies say it is.
+    fn client_ip(&self, request: &Request) -> IpAddr {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        crate::ratelimit::identity::client_ip(peer, request.headers(), &self.trusted_proxies)
     }
 }
 
 /// The layer (see the module documentation).
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     if !presents_credentials(&request) {
         return next.run(request).await;
     }
-    let failures = state.auth_failures.clone();
-    let ip = client_ip(&state, &request);
+    let failures = guard.failures.clone();
+    let ip = guard.client_ip(&request);
     if let Some(wait) = failures.blocked_for(ip, Instant::now()) {
         metrics()
             .auth_failures

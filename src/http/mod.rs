@@ -54,8 +54,8 @@ pub struct AppState {
     pub relay_wake: Option<RelayWake>,
     /// Most digits a number may have.
     pub max_digits: usize,
-    /// Dependencies `/health` checks.
-    pub dependencies: Vec<health::Dependency>,
+    /// Dependencies `/health` checks (shared: the state is cloned for every request).
+    pub dependencies: Arc<Vec<health::Dependency>>,
     /// The dead-letter queue.
     pub dlq: Option<Arc<dyn DlqStore>>,
     /// The rate limiter of the public API; none: unlimited.
@@ -96,7 +96,7 @@ impl AppState {
             requests: None,
             relay_wake: None,
             max_digits: 1000,
-            dependencies: Vec::new(),
+            dependencies: Arc::new(Vec::new()),
             dlq: None,
             limiter: None,
             sessions: session::Sessions::default(),
@@ -177,7 +177,7 @@ impl AppState {
 
     /// Adds a dependency for `/health` to check.
     pub fn with_dependency(mut self, dependency: health::Dependency) -> Self {
-        self.dependencies.push(dependency);
+        Arc::make_mut(&mut self.dependencies).push(dependency);
         self
     }
 
@@ -285,12 +285,13 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/check.js", get(ui::check_js))
         .route("/assets/style.css", get(ui::style_css))
         .fallback(error::not_found)
+        // Small states: these two run on every request.
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.limits.body_timeout,
             server::bounded_body,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            auth_guard::Guard::of(&state),
             auth_guard::guard,
         ))
         .layer(axum::middleware::from_fn(error::json_errors))

@@ -451,7 +451,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 /// on the router): a declared length over the limit is a 413 before any of it is read, a
 /// body that does not arrive in time a 408, and either closes the connection.
 pub async fn bounded_body(
-    State(state): State<AppState>,
+    State(timeout): State<Duration>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -473,7 +473,6 @@ pub async fn bounded_body(
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    let timeout = state.limits.body_timeout;
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
         Ok(Ok(bytes)) => {
             next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))

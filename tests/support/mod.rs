@@ -716,3 +716,23 @@ pub async fn subject_messages(url: &str, stream: &str, subject: &str) -> u64 {
     let counts: Vec<(String, usize)> = counts.try_collect().await.unwrap_or_default();
     counts.iter().map(|(_, n)| *n as u64).sum()
 }
+
+/// `GET /metrics` of `d`.
+pub async fn scrape(d: &Daemon) -> String {
+    reqwest::get(d.url("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the scrape's text")
+}
+
+/// The value of one sample line of a scrape (0 when absent).
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
