@@ -281,7 +281,13 @@ async fn it_speaks_the_systemd_notify_protocol() {
     // Watchdog pets come from the heartbeat at least twice per second here.
     let pets_before = seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
     expect_notify(&sock, &mut seen, "WATCHDOG=1");
+    let deadline = std::time::Instant::now() + support::WAIT;
     while seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() < pets_before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no two more watchdog pets within {:?}: {seen:?}",
+            support::WAIT
+        );
         let mut buf = [0u8; 4096];
         if let Ok(n) = sock.recv(&mut buf) {
             seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
@@ -289,7 +295,10 @@ async fn it_speaks_the_systemd_notify_protocol() {
     }
     let ready_at = seen.iter().position(|m| m.contains("READY=1")).unwrap();
     let first_pet = seen.iter().position(|m| m.contains("WATCHDOG=1")).unwrap();
-    assert!(ready_at <= first_pet || seen[..ready_at].iter().all(|m| !m.contains("STOPPING")));
+    assert!(
+        ready_at < first_pet,
+        "the first WATCHDOG=1 came before READY=1: {seen:?}"
+    );
 
     d.signal(Signal::SIGTERM);
     expect_notify(&sock, &mut seen, "STOPPING=1");

@@ -502,19 +502,26 @@ async fn killed_database_connections_are_replaced_without_help() {
         db.count("SELECT COUNT(*) FROM outbox WHERE subject = 'primecheck.requested' AND state = 'published'") == 1,
         "the first row was not published"
     );
-    let killed = support::mariadb(&format!(
-        "SELECT GROUP_CONCAT(id) FROM information_schema.processlist WHERE db = '{}'",
-        db.name
-    ));
-    for id in killed
-        .trim()
-        .split(',')
-        .filter(|s| !s.is_empty() && *s != "NULL")
-    {
-        let _ = std::process::Command::new("mariadb")
-            .args(["-h", "127.0.0.1", "-u", "root", "-e", &format!("KILL {id}")])
-            .output();
+    // The daemon's connections, on the test's own server (support::mariadb talks to the
+    // server the tests run on, MariaDB or MySQL), each killed there; a KILL that fails fails.
+    let connections = || {
+        support::mariadb(&format!(
+            "SELECT id FROM information_schema.processlist WHERE db = '{}'",
+            db.name
+        ))
+        .split_whitespace()
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let killed = connections();
+    assert!(!killed.is_empty(), "the daemon holds connections to kill");
+    for id in &killed {
+        support::mariadb(&format!("KILL {id}"));
     }
+    assert_eventually!(
+        connections().iter().all(|id| !killed.contains(id)),
+        "the killed connections are gone"
+    );
     submit(&d, 5).await;
     assert_eventually!(
         db.count("SELECT COUNT(*) FROM outbox WHERE subject = 'primecheck.requested' AND state = 'published'") == 6,

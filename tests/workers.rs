@@ -442,12 +442,19 @@ async fn poison_and_over_limit_messages_are_dead_lettered_at_once() {
     assert_eq!(letter["retry_count"], 1);
     assert_eq!(letter["payload"]["undecodable"], "{not json");
 
-    // A 600-digit prime cannot be tested within 1 ms: a permanent error with its reason.
-    let big = ((actors::primality::UBig::ONE << 1999) - actors::primality::UBig::ONE).to_string();
-    let id = submit(&d, &big, "patient@example.com").await;
+    // The Mersenne prime 2^2203 − 1 (664 digits; no small factor ends its test early, as one
+    // of 2^1999 − 1, which is composite, could) cannot be tested within 1 ms: a permanent
+    // error with its reason, and no answer.
+    let big = (actors::primality::UBig::ONE << 2203) - actors::primality::UBig::ONE;
+    assert!(
+        actors::primality::is_prime_big(&big),
+        "the test's number is prime"
+    );
+    let id = submit(&d, &big.to_string(), "patient@example.com").await;
     assert_eventually!(request(&d, &id).await["status"] == "failed", "{id} failed");
     let r = request(&d, &id).await;
     assert!(r["error"].as_str().unwrap().contains("time limit"), "{r}");
+    assert_eq!(r["is_prime"], Value::Null, "no answer was given: {r}");
     let letter = &dead_letters(&d, "error_type=permanent").await[0];
     assert_eq!(letter["dlq_subject"], "dlq.primecheck");
     assert_eq!(letter["request_id"], id.as_str());

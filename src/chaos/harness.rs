@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
-use super::invariants::{check, unsettled};
+use super::invariants::{RunFacts, check, unsettled};
 use super::load::{Kind, Outcome, Shared, big_prime, load, submit};
 use super::proxy::{Fault as ProxyFault, FaultProxy};
 use super::report::{FaultRecord, Report};
@@ -23,6 +23,9 @@ const ADMIN_TOKEN: &str = "chaos-harness-admin-token";
 const ACK_WAIT: Duration = Duration::from_secs(3);
 /// How long a fault may take to heal before the run counts it as not recovered.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// SMTP sends each daemon has in flight at most (`PRIMED_SMTP_CONCURRENCY`): the most emails
+/// one daemon's fault can catch between the SMTP server's acceptance and their record.
+const SMTP_SENDS_IN_FLIGHT: usize = 8;
 /// How long a daemon may take to stop on SIGTERM (its own deadline is 30 s).
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(40);
 /// The database the daemons share.
@@ -222,6 +225,7 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
 
     // Faults.
     let started = Instant::now();
+    let load_started_ms = chrono::Utc::now().timestamp_millis();
     let mut records = Vec::new();
     let mut links = Links {
         database: &db_proxy,
@@ -320,13 +324,23 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Let every worker heartbeat once more after the last fault.
+    // A late repeat arrives after a redelivery: read the mail only once no message waits
+    // for a consumer or for its acknowledgement. Then every worker heartbeats once more.
+    match quiet(&nats, options.profile.drain).await {
+        Ok(()) => progress.say("every consumer is idle"),
+        Err(why) => progress.say(format!("consumers not idle: {why}")),
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    let facts = RunFacts {
+        load_started_ms,
+        sends_per_daemon: SMTP_SENDS_IN_FLIGHT,
+        recovery_timeout: RECOVERY_TIMEOUT,
+    };
     let mut report = check(
         &options,
+        &facts,
         &sent,
-        &accepted,
         &admin_db,
         &mail,
         records,
@@ -399,6 +413,7 @@ fn daemon_env(
         ),
         ("PRIMED_HEARTBEAT_INTERVAL_SECONDS", "1".into()),
         ("PRIMED_SMTP_TIMEOUT_SECONDS", "5".into()),
+        ("PRIMED_SMTP_CONCURRENCY", SMTP_SENDS_IN_FLIGHT.to_string()),
         ("PRIMED_SMTP_BREAKER_COOLDOWN_SECONDS", "1".into()),
         ("PRIMED_DB_TIMEOUT_SECONDS", "3".into()),
     ]
@@ -540,17 +555,37 @@ async fn inject(
         }
         Fault::KillDbConnections => {
             let t0 = Instant::now();
-            let ids: Vec<u64> = sqlx::query_scalar(
+            // `ID` is a signed BIGINT: read as u64 it failed to decode, and an ignored
+            // error here made this fault kill nothing in every run before (issue 22).
+            let ids: Vec<i64> = match sqlx::query_scalar(
                 "SELECT id FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
             )
             .bind(DATABASE)
             .fetch_all(admin_db)
             .await
-            .unwrap_or_default();
+            {
+                Ok(ids) => ids,
+                Err(e) => {
+                    return Ok(Healed::NotInjected(format!(
+                        "cannot list the daemons' connections: {e}"
+                    )));
+                }
+            };
+            let mut killed = 0;
             for id in ids {
-                let _ = sqlx::query(&format!("KILL {id}")).execute(admin_db).await;
+                if sqlx::query(&format!("KILL {id}"))
+                    .execute(admin_db)
+                    .await
+                    .is_ok()
+                {
+                    killed += 1;
+                }
             }
-            Healed::From(t0)
+            if killed == 0 {
+                Healed::NotInjected("no daemon connection to MariaDB was there to kill".to_string())
+            } else {
+                Healed::From(t0)
+            }
         }
         Fault::StopRedis { .. } => {
             redis.kill();
@@ -768,6 +803,56 @@ pub fn sibling_primed() -> Option<PathBuf> {
         let up = exe.parent()?.parent()?.join("primed");
         up.exists().then_some(up)
     })
+}
+
+/// Waits until no message of the main stream waits for a consumer or for an acknowledgement
+/// (so no redelivery, and no late repeat, can come), up to `within`.
+async fn quiet(nodes: &[NatsNode], within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    let url = nodes
+        .iter()
+        .map(|n| format!("nats://127.0.0.1:{}", n.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = async_nats::connect(url)
+        .await
+        .map_err(|e| format!("cannot connect to NATS: {e}"))?;
+    let js = async_nats::jetstream::new(client);
+    loop {
+        let mut busy = Vec::new();
+        for durable in [
+            crate::adapters::nats::CONSUMER_PRIMECHECK,
+            crate::adapters::nats::CONSUMER_EMAIL,
+        ] {
+            let info = async {
+                let stream = js.get_stream("PRIME").await.map_err(|e| e.to_string())?;
+                let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+                    .get_consumer(durable)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                consumer
+                    .info()
+                    .await
+                    .map(|i| (i.num_pending, i.num_ack_pending))
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match info {
+                Ok((0, 0)) => {}
+                Ok((pending, unacked)) => busy.push(format!(
+                    "{durable}: {pending} waiting, {unacked} unacknowledged"
+                )),
+                Err(e) => busy.push(format!("{durable}: {e}")),
+            }
+        }
+        if busy.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(busy.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ pub(super) struct Sent {
     pub(super) kind: Kind,
     /// Its unique recipient.
     pub(super) email: String,
+    /// The number it asked about.
+    pub(super) number: String,
     /// How it ended.
     pub(super) outcome: Outcome,
 }
@@ -160,6 +162,7 @@ pub(super) async fn submit(shared: &Shared, kind: Kind) -> Outcome {
         sent.push(Sent {
             kind,
             email,
+            number,
             outcome: outcome.clone(),
         });
     }

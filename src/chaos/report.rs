@@ -78,13 +78,21 @@ pub struct Report {
     pub emailed: usize,
     /// Accepted requests that ended in the DLQ with a reason.
     pub dlq_entries: usize,
-    /// Accepted requests with neither an email nor a DLQ entry.
+    /// Accepted requests that did not end as they must: a valid one without its email, a
+    /// permanent failure without its dead letter.
     pub lost: usize,
-    /// Extra emails with a Message-ID of their own (a real duplicate effect).
+    /// Real duplicates: extra emails with a Message-ID of their own, and repeats of one that
+    /// no fault explains (a copy sent after its send was recorded, or with no fault near).
     pub duplicates: usize,
-    /// Extra emails repeating a Message-ID: the documented window between SMTP acceptance
-    /// and its record (DESIGN §12.2), reported apart.
+    /// Repeats of a Message-ID that a fault explains: the documented window between the
+    /// SMTP server's acceptance and its record (DESIGN §12.2), at most the sends in flight
+    /// in the daemons the fault hit.
     pub duplicates_smtp_window: usize,
+    /// Emails or result rows with the wrong answer.
+    pub wrong_answers: usize,
+    /// Requests that ended the wrong way: a valid one dead-lettered, a permanent failure
+    /// emailed or dead-lettered for another reason, or both an email and a dead letter.
+    pub misrouted: usize,
     /// Outbox rows left unpublished.
     pub unpublished_outbox: i64,
     /// Workers not healthy in `worker_health_checks` after the run.
@@ -138,6 +146,8 @@ impl Report {
                 "duplicates (SMTP window)",
                 self.duplicates_smtp_window.to_string(),
             ),
+            ("wrong answers", self.wrong_answers.to_string()),
+            ("ended the wrong way", self.misrouted.to_string()),
             (
                 "unpublished outbox rows",
                 self.unpublished_outbox.to_string(),
