@@ -76,7 +76,8 @@ pub(super) struct Received {
     /// Recipient, lower case.
     pub(super) to: String,
     pub(super) message_id: String,
-    /// When the server had it (Unix ms).
+    /// When the daemon composed it (Unix ms): maildev's `time` is the message's `Date`
+    /// header, whole seconds, set as each send renders the email.
     pub(super) at_ms: i64,
     /// Subject and body.
     pub(super) text: String,
@@ -159,9 +160,12 @@ pub(super) struct Verdict {
 /// How far before a fault a send may have been accepted and still not be recorded when it
 /// hit: the record normally follows the acceptance within milliseconds.
 const BEFORE_FAULT_MS: i64 = 1_000;
-/// A copy that arrived more than this after its send was recorded was sent by a daemon that
+/// A copy composed more than this after its send was recorded was sent by a daemon that
 /// could have known: the "already sent?" check failed.
 const AFTER_RECORD_MS: i64 = 250;
+/// An email's time is its `Date` header, in whole seconds (rounded down): the send happened
+/// within this much after it.
+const DATE_PRECISION_MS: i64 = 1_000;
 
 /// The verdict on `e` (pure: the unit tests craft evidence to break each promise).
 pub(super) fn judge(e: &Evidence) -> Verdict {
@@ -208,17 +212,16 @@ pub(super) fn judge(e: &Evidence) -> Verdict {
                 if let Some(rec) = record.filter(|rec| copy.at_ms > rec.at_ms + AFTER_RECORD_MS) {
                     v.unexplained_repeats += 1;
                     v.violations.push(format!(
-                        "request {}: a copy of {message_id} arrived {} ms after its send was recorded (the \"already sent?\" check did not stop it)",
+                        "request {}: a copy of {message_id} was sent {} ms after its send was recorded (the \"already sent?\" check did not stop it)",
                         r.id,
                         copy.at_ms - rec.at_ms
                     ));
                     continue;
                 }
-                match e
-                    .windows
-                    .iter()
-                    .find(|w| w.from_ms - BEFORE_FAULT_MS <= first && first <= w.to_ms)
-                {
+                // The first copy was sent within [first, first + DATE_PRECISION_MS).
+                match e.windows.iter().find(|w| {
+                    w.from_ms - BEFORE_FAULT_MS < first + DATE_PRECISION_MS && first <= w.to_ms
+                }) {
                     Some(w) => {
                         v.explained_repeats += 1;
                         *caught.entry(w.index).or_default() += 1;
@@ -226,7 +229,7 @@ pub(super) fn judge(e: &Evidence) -> Verdict {
                     None => {
                         v.unexplained_repeats += 1;
                         v.violations.push(format!(
-                            "request {}: {message_id} arrived again with no fault that could have cut its record short (first copy at {first} ms)",
+                            "request {}: {message_id} was sent again with no fault that could have cut its record short (first copy at {first} ms)",
                             r.id
                         ));
                     }
