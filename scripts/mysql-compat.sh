@@ -19,7 +19,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '[mysql] %s\n' "$*"; }
-skip() { log "SKIPPED, the MySQL tests did not run: $*"; exit 0; }
+# The outcome also goes to $PRIMED_CI_SUMMARY (when set), which .ci/run prints last, so that
+# a skip is the last thing a reader of the CI log sees, not a line lost in the middle.
+summary() { [ -z "${PRIMED_CI_SUMMARY:-}" ] || printf '%s\n' "$*" >>"$PRIMED_CI_SUMMARY"; }
+skip() {
+  log "SKIPPED, the MySQL tests did not run: $*"
+  summary "MySQL tests: SKIPPED ($*)"
+  exit 0
+}
 
 ROOT=${PRIMED_MYSQL_ROOT:-/opt/primed-mysql}
 SYS=$ROOT/root
@@ -53,13 +60,22 @@ fetch() {
   pkgs=$(apt-cache "${opts[@]}" depends --recurse --no-recommends --no-suggests --no-conflicts \
     --no-breaks --no-replaces --no-enhances mysql-server-core | grep -E '^[a-z0-9]' | sort -u) ||
     skip "Debian unstable has no mysql-server-core now"
-  (cd "$ROOT/debs" && apt-get "${opts[@]}" download -qq $pkgs 2>&1 | grep -v 'unsandboxed' || true)
+  local out
+  out=$(cd "$ROOT/debs" && apt-get "${opts[@]}" download -qq $pkgs 2>&1) ||
+    skip "downloading the packages failed: $(printf '%s' "$out" | grep -v unsandboxed | tail -3)"
   for deb in "$ROOT"/debs/*.deb; do dpkg-deb -x "$deb" "$SYS" || skip "cannot unpack $deb"; done
   [ -x "$SYS/usr/sbin/mysqld" ] || skip "mysqld is not among the unpacked packages"
 }
 
 [ -x "$SYS/usr/sbin/mysqld" ] || fetch
-version=$("${MYSQLD[@]}" --version 2>&1) || skip "the unpacked mysqld does not run: $version"
+if ! version=$("${MYSQLD[@]}" --version 2>&1); then
+  # A cached install that does not run (an interrupted unpack, a half-updated archive) is
+  # fetched again once, never skipped forever.
+  log "the cached mysqld does not run ($version); fetching it again"
+  rm -rf "$ROOT"
+  fetch
+  version=$("${MYSQLD[@]}" --version 2>&1) || skip "the unpacked mysqld does not run: $version"
+fi
 log "$version"
 
 DATA=$(mktemp -d /tmp/primed-mysql.XXXXXX)
@@ -89,4 +105,7 @@ mariadb -h 127.0.0.1 -P "$PORT" -u root -N -e 'SELECT CONCAT("MySQL ", VERSION()
 if [ $# -eq 0 ]; then
   set -- --test api --test cli --test outbox --test workers --test health --test metrics --test traces
 fi
-PRIMED_TEST_MYSQL_PORT=$PORT cargo test --workspace --locked "$@"
+status=0
+PRIMED_TEST_MYSQL_PORT=$PORT cargo test --workspace --locked "$@" || status=$?
+if [ "$status" -eq 0 ]; then summary "MySQL tests: passed ($version)"; else summary "MySQL tests: FAILED ($version)"; fi
+exit "$status"

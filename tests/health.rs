@@ -259,3 +259,34 @@ async fn health_reports_every_dependency_and_ready_needs_the_store_and_broker() 
         get(&d, "/health").await.1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_needs_the_store_and_comes_back_with_it() {
+    // A MariaDB of the test's own, killed and started again (never the shared one).
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = primed::chaos::services::Mariadb::start(dir.path())
+        .await
+        .unwrap();
+    support::mariadb_at(db.port, "CREATE DATABASE ready_test");
+    let url = db.url("ready_test");
+    let d = Daemon::start(&[("DATABASE_URL", url.as_str())]);
+    assert_eq!(get(&d, "/ready").await.0, 200);
+
+    db.kill();
+    assert_eventually!(
+        {
+            let (code, r) = get(&d, "/ready").await;
+            code == 503 && r["checks"]["database"]["status"] == "error"
+        },
+        "not ready, naming the database, while it is down: {}",
+        get(&d, "/ready").await.1
+    );
+    let (_, h) = get(&d, "/health").await;
+    assert_eq!(h["checks"]["database"]["status"], "error", "{h}");
+
+    db.start_again().await.unwrap();
+    assert_eventually!(
+        get(&d, "/ready").await.0 == 200,
+        "ready again once the database is back"
+    );
+}

@@ -655,6 +655,14 @@ async fn a_redis_that_hangs_costs_one_timeout_then_the_fallback_decides() {
     // The first request waits out the timeout; the rest are decided in-process at once,
     // and the limit still holds.
     assert_eq!(codes(&c, &d, 4).await, [200, 200, 200, 429]);
+    // One timeout: the limiter switched to its fallback once, not once per request.
+    assert_eq!(
+        sample(
+            &scrape(&d).await,
+            r#"rate_limit_backend_switches_total{to="fallback"}"#
+        ),
+        1.0
+    );
     let (code, h) = health(&d).await;
     assert_eq!(code, 503, "{h}");
     assert_eq!(h["checks"]["rate_limiter"]["status"], "degraded", "{h}");

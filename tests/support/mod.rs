@@ -306,24 +306,29 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let _ = client()
+        let _ = client_at(db_port())
             .arg("-e")
             .arg(format!("DROP DATABASE IF EXISTS {}", self.name))
             .output();
     }
 }
 
-/// The mariadb client, connected to the test server as root.
-fn client() -> Command {
+/// The mariadb client, connected to the server at `port` as root.
+fn client_at(port: u16) -> Command {
     let mut client = Command::new("mariadb");
     client.args(["-h", "127.0.0.1", "-u", "root", "-P"]);
-    client.arg(db_port().to_string());
+    client.arg(port.to_string());
     client
 }
 
 /// Runs SQL on the test server through the mariadb client (batch mode, no column names).
 pub fn mariadb(sql: &str) -> String {
-    let out = client()
+    mariadb_at(db_port(), sql)
+}
+
+/// Runs SQL on the server at `port` (a test's own) through the mariadb client.
+pub fn mariadb_at(port: u16, sql: &str) -> String {
+    let out = client_at(port)
         .args(["-N", "-B", "-e", sql])
         .output()
         .expect("the mariadb client must be installed (scripts/ensure-services.sh installs it)");
