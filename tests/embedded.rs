@@ -205,7 +205,21 @@ async fn with_no_configuration_a_request_is_checked_mailed_to_a_file_and_survive
         .await
         .unwrap();
     assert_eq!(got["status"], "done", "the result survived the restart");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing is left that could send an email again: no message queued or in flight, no
+    // outbox row due. (Evidence, not a pause to see whether one comes.)
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("primed.db").display()))
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM queue_messages) + \
+                (SELECT COUNT(*) FROM outbox WHERE state = 'pending')",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap()
+    .get(0);
+    db.close().await;
+    assert_eq!(left, 0, "nothing waits to be sent");
     assert_eq!(emails().len(), 1, "and no email was sent twice");
 }
 

@@ -514,7 +514,9 @@ async fn shutdown_stops_children_in_reverse_start_order() {
     fx.no_more_lives();
 }
 
-#[tokio::test]
+// On tokio's paused clock: the timeout is a timer, so "not before the timeout" is exact, not
+// a wall-clock race.
+#[tokio::test(start_paused = true)]
 async fn a_child_that_ignores_stop_is_killed_after_its_shutdown_timeout() {
     let mut fx = Fx::new();
     let timeout = Duration::from_millis(200);
@@ -527,7 +529,7 @@ async fn a_child_that_ignores_stop_is_killed_after_its_shutdown_timeout() {
     let refs = fx.started(&["a", "stubborn", "c"]).await;
     refs[1].cast(WMsg::Block).unwrap();
 
-    let t0 = Instant::now();
+    let t0 = tokio::time::Instant::now();
     sup.stop_and_wait(None, Some(WAIT)).await.unwrap();
     assert!(
         t0.elapsed() >= timeout,
@@ -647,7 +649,8 @@ async fn duplicate_child_names_are_refused() {
     );
 }
 
-#[tokio::test]
+// On tokio's paused clock: the backoff is a timer, so "not before the delay" is exact.
+#[tokio::test(start_paused = true)]
 async fn backoff_delays_restarts_and_grows() {
     let mut fx = Fx::new();
     let backoff = Backoff {
@@ -675,7 +678,7 @@ async fn backoff_delays_restarts_and_grows() {
 
     // Failing again before `reset_after` waits, growing.
     for expected in [100, 200] {
-        let t0 = Instant::now();
+        let t0 = tokio::time::Instant::now();
         exit(&w, Exit::Panic).await;
         let t = tree(&sup).await;
         assert_eq!(child(&t, "w").state, ChildState::Restarting);
