@@ -157,8 +157,11 @@ async fn a_request_is_checked_and_its_result_emailed_once() {
         "one success log per event and consumer"
     );
     assert_eq!(db.count("SELECT COUNT(*) FROM dead_letter_messages"), 0);
-    // Nothing more arrives (no duplicate email).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing more can arrive (no duplicate email): no message waits or is in flight.
+    assert_eventually!(
+        support::consumers_idle(&nats.url()).await,
+        "the consumers hold nothing"
+    );
     assert_eq!(mail.emails().await.len(), 5);
 }
 
@@ -402,7 +405,10 @@ async fn while_smtp_is_down_the_breaker_holds_mail_and_nothing_reaches_the_dlq()
         "every email is sent; daemon log:\n{}",
         d.log_so_far()
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eventually!(
+        support::consumers_idle(&nats.url()).await,
+        "the consumers hold nothing"
+    );
     assert_eq!(mail.emails().await.len(), ids.len(), "each once");
     assert_eq!(
         db.count("SELECT COUNT(*) FROM sent_emails"),

@@ -505,6 +505,34 @@ pub async fn stream_messages(url: &str, stream: &str) -> u64 {
     }
 }
 
+/// Whether both consumers of the `PRIME` stream at `url` hold nothing: no message waits,
+/// none is delivered and unacknowledged. Then no redelivery, and no late duplicate, can
+/// come: the evidence to wait for instead of a pause.
+pub async fn consumers_idle(url: &str) -> bool {
+    let Ok(client) = async_nats::connect(url).await else {
+        return false;
+    };
+    let js = async_nats::jetstream::new(client);
+    let Ok(stream) = js.get_stream("PRIME").await else {
+        return false;
+    };
+    for durable in [
+        primed::adapters::nats::CONSUMER_PRIMECHECK,
+        primed::adapters::nats::CONSUMER_EMAIL,
+    ] {
+        let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> =
+            stream.get_consumer(durable).await;
+        let Ok(mut consumer) = consumer else {
+            return false;
+        };
+        match consumer.info().await {
+            Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Where `scripts/ensure-services.sh` installs maildev (override with `MAILDEV`).
 pub use primed::chaos::services::maildev_bin;
 
