@@ -70,8 +70,11 @@ try {
   await page.click("#reprocess");
   await page.locator("#outcome", { hasText: "reprocess: 2 done, 0 not done." }).waitFor({ timeout: 5000 });
   const resolved = async () => {
-    await page.click('#filters button[type="submit"]');
-    await page.waitForTimeout(300);
+    // Wait for the list's answer (an event), not a fixed pause.
+    await Promise.all([
+      page.waitForResponse((r) => r.url().includes("/api/dlq/messages?"), { timeout: 5000 }),
+      page.click('#filters button[type="submit"]'),
+    ]);
     return page.evaluate((want) => want.every((id) =>
       document.querySelector(`#rows tr[data-id="${id}"] td:nth-child(5)`)?.textContent === "resolved"),
       ids.slice(0, 2));
