@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use primed::chaos::proxy::{Fault, FaultProxy};
 use support::RedisServer;
@@ -44,15 +44,14 @@ async fn the_proxy_passes_delays_swallows_refuses_and_resets() {
     let mut conn = connect(&proxy).await.unwrap();
     ping(&mut conn, second).await.unwrap();
 
-    // Latency: the answer comes, but no sooner than the delay (each way).
+    // Latency: the answer comes, the request and the reply each held for the delay (what the
+    // proxy did, not a stopwatch on the traffic).
     proxy.set(Fault::Latency(Duration::from_millis(150)));
-    let t0 = Instant::now();
+    let before = proxy.held();
     ping(&mut conn, 5 * second).await.unwrap();
-    assert!(
-        t0.elapsed() >= Duration::from_millis(300),
-        "{:?}",
-        t0.elapsed()
-    );
+    let held = proxy.held();
+    assert_eq!(held.chunks - before.chunks, 2, "both ways: {held:?}");
+    assert_eq!(held.total - before.total, Duration::from_millis(300));
 
     // Blackhole: the connection stays open and nothing comes back.
     proxy.set(Fault::Blackhole);
@@ -100,10 +99,10 @@ async fn the_proxy_passes_delays_swallows_refuses_and_resets() {
     );
     ping(&mut back, second).await.unwrap();
 
-    // Bandwidth: 2,000 bytes at 4,000 bytes/s take at least half a second to pass.
+    // Bandwidth: 2,000 bytes at 4,000 bytes/s are held half a second each way in all.
     proxy.set(Fault::Bandwidth(4_000));
     let value = "x".repeat(2_000);
-    let t0 = Instant::now();
+    let before = proxy.held();
     back.get_mut()
         .write_all(format!("ECHO {value}\r\n").as_bytes())
         .await
@@ -117,10 +116,11 @@ async fn the_proxy_passes_delays_swallows_refuses_and_resets() {
         assert!(n > 0, "closed after {echoed:?}");
     }
     assert!(echoed.contains(&value), "{echoed:?}");
+    let held = proxy.held().total - before.total;
+    // The request (2,007 bytes) and its echo each take ~0.5 s at 4,000 bytes/s.
     assert!(
-        t0.elapsed() >= Duration::from_millis(500),
-        "{:?}",
-        t0.elapsed()
+        held >= Duration::from_millis(1_000),
+        "held {held:?} for 4,000+ bytes at 4,000 bytes/s"
     );
     proxy.set(Fault::None);
 }

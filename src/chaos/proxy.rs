@@ -5,6 +5,7 @@
 //! open connection, on demand.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,19 @@ struct Control {
     fault: Mutex<Fault>,
     /// Bumped by [`FaultProxy::reset_all`]; connections end when it changes.
     resets: watch::Sender<u64>,
+    /// Chunks held back by [`Fault::Latency`] or [`Fault::Bandwidth`], and for how long in
+    /// all (µs): what the proxy did, for tests to check instead of timing the traffic.
+    held_chunks: AtomicU64,
+    held_us: AtomicU64,
+}
+
+/// What the proxy has held back so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Held {
+    /// Chunks held.
+    pub chunks: u64,
+    /// Their holds, added up.
+    pub total: Duration,
 }
 
 /// A running proxy; dropped, it stops accepting (open connections end with their peers).
@@ -64,6 +78,8 @@ impl FaultProxy {
         let control = Arc::new(Control {
             fault: Mutex::new(Fault::None),
             resets,
+            held_chunks: AtomicU64::new(0),
+            held_us: AtomicU64::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, upstream, control.clone()));
         Ok(Self {
@@ -88,6 +104,14 @@ impl FaultProxy {
     /// The fault in force.
     pub fn fault(&self) -> Fault {
         self.control.fault.lock().map_or(Fault::None, |f| *f)
+    }
+
+    /// What latency and bandwidth faults have held back so far.
+    pub fn held(&self) -> Held {
+        Held {
+            chunks: self.control.held_chunks.load(Ordering::Relaxed),
+            total: Duration::from_micros(self.control.held_us.load(Ordering::Relaxed)),
+        }
     }
 
     /// Resets every open connection (the peers see a reset or an end of stream).
@@ -149,14 +173,21 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, control: Arc<Cont
             Ok(n) => n,
         };
         let fault = control.fault.lock().map_or(Fault::None, |f| *f);
-        match fault {
+        let hold = match fault {
             Fault::Blackhole => continue,
-            Fault::Latency(d) => tokio::time::sleep(d).await,
-            Fault::Bandwidth(bytes_per_second) => {
-                let seconds = n as f64 / f64::from(bytes_per_second.max(1));
-                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-            }
-            Fault::None | Fault::Refuse | Fault::Answer(_) => {}
+            Fault::Latency(d) => Some(d),
+            Fault::Bandwidth(bytes_per_second) => Some(Duration::from_secs_f64(
+                n as f64 / f64::from(bytes_per_second.max(1)),
+            )),
+            Fault::None | Fault::Refuse | Fault::Answer(_) => None,
+        };
+        if let Some(hold) = hold {
+            control.held_chunks.fetch_add(1, Ordering::Relaxed);
+            control.held_us.fetch_add(
+                u64::try_from(hold.as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            tokio::time::sleep(hold).await;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             break;
