@@ -102,10 +102,19 @@ mariadb -h 127.0.0.1 -P "$PORT" -u root -e 'SELECT 1' >/dev/null 2>&1 ||
   { cat "$DATA/mysqld.log"; skip "mysqld did not answer within 60 s"; }
 mariadb -h 127.0.0.1 -P "$PORT" -u root -N -e 'SELECT CONCAT("MySQL ", VERSION(), " on port '"$PORT"'")'
 
+chaos=
 if [ $# -eq 0 ]; then
   set -- --test api --test cli --test outbox --test workers --test health --test metrics --test traces
+  chaos=yes
 fi
 status=0
 PRIMED_TEST_MYSQL_PORT=$PORT cargo test --workspace --locked "$@" || status=$?
+if [ -n "$chaos" ] && [ "$status" -eq 0 ]; then
+  # The chaos harness's short profile on MySQL: it starts (and kills, and restarts) a MySQL
+  # server of its own from the same unpacked packages.
+  log "the chaos short profile on MySQL"
+  PRIMED_CHAOS_MYSQLD="${MYSQLD[*]}" cargo test --workspace --locked --test chaos \
+    the_short_profile || status=$?
+fi
 if [ "$status" -eq 0 ]; then summary "MySQL tests: passed ($version)"; else summary "MySQL tests: FAILED ($version)"; fi
 exit "$status"

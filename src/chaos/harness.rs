@@ -558,7 +558,7 @@ async fn inject(
             // `ID` is a signed BIGINT: read as u64 it failed to decode, and an ignored
             // error here made this fault kill nothing in every run before (issue 22).
             let ids: Vec<i64> = match sqlx::query_scalar(
-                "SELECT id FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+                "SELECT CAST(id AS SIGNED) FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
             )
             .bind(DATABASE)
             .fetch_all(admin_db)

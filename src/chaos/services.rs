@@ -210,6 +210,8 @@ impl Drop for Process {
 }
 
 /// A MariaDB server of the harness's own: a fresh data directory, root without a password.
+/// With `PRIMED_CHAOS_MYSQLD` set (a `mysqld` command line, as `scripts/mysql-compat.sh`
+/// runs Debian unstable's MySQL), a MySQL server instead: the same faults, on MySQL.
 #[derive(Debug)]
 pub struct Mariadb {
     /// Its port.
@@ -217,45 +219,82 @@ pub struct Mariadb {
     process: Process,
 }
 
+/// The environment variable naming a MySQL `mysqld` command line to run instead of MariaDB.
+pub const MYSQLD_ENV: &str = "PRIMED_CHAOS_MYSQLD";
+
 impl Mariadb {
     /// Initialises a data directory under `dir` and starts the server.
     pub async fn start(dir: &Path) -> Result<Self, ServiceError> {
         let data = dir.join("mariadb");
         let log = dir.join("mariadb.log");
-        let out = Command::new("mariadb-install-db")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+        let mysqld: Option<Vec<String>> = std::env::var(MYSQLD_ENV)
+            .ok()
+            .map(|c| c.split_whitespace().map(String::from).collect())
+            .filter(|c: &Vec<String>| !c.is_empty());
+        let (init, init_args) = match &mysqld {
+            Some(cmd) => {
+                let mut args = cmd[1..].to_vec();
+                args.extend([
+                    "--initialize-insecure".to_string(),
+                    format!("--datadir={}", data.display()),
+                ]);
+                (cmd[0].clone(), args)
+            }
+            None => (
+                "mariadb-install-db".to_string(),
+                vec![
+                    "--no-defaults".to_string(),
+                    format!("--datadir={}", data.display()),
+                    "--auth-root-authentication-method=normal".into(),
+                    "--skip-test-db".into(),
+                ],
+            ),
+        };
+        let out = Command::new(&init)
+            .args(&init_args)
             .output()
             .map_err(|source| ServiceError::Spawn {
-                program: "mariadb-install-db".into(),
+                program: init.clone(),
                 source,
             })?;
         if !out.status.success() {
             return Err(ServiceError::Setup {
-                what: "MariaDB".into(),
+                what: "the database server".into(),
                 reason: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
         }
         let port = free_port().map_err(|e| ServiceError::Setup {
-            what: "MariaDB".into(),
+            what: "the database server".into(),
             reason: e.to_string(),
         })?;
-        let args = vec![
-            "--no-defaults".to_string(),
+        let mut args = vec![
             format!("--datadir={}", data.display()),
             format!("--port={port}"),
             "--bind-address=127.0.0.1".into(),
             format!("--socket={}", dir.join("mariadb.sock").display()),
             format!("--pid-file={}", dir.join("mariadb.pid").display()),
-            "--skip-name-resolve".into(),
             "--user=root".into(),
             "--innodb-buffer-pool-size=64M".into(),
             "--max-connections=500".into(),
         ];
+        let program = match &mysqld {
+            Some(cmd) => {
+                // root@localhost matches 127.0.0.1 only with name resolution on.
+                args.extend(["--mysqlx=OFF".into(), "--secure-file-priv=".into()]);
+                let mut all = cmd[1..].to_vec();
+                all.append(&mut args);
+                args = all;
+                PathBuf::from(&cmd[0])
+            }
+            None => {
+                args.insert(0, "--no-defaults".into());
+                args.push("--skip-name-resolve".into());
+                PathBuf::from("/usr/sbin/mariadbd")
+            }
+        };
         let mut db = Self {
             port,
-            process: Process::new("/usr/sbin/mariadbd", args, log),
+            process: Process::new(program, args, log),
         };
         db.start_again().await?;
         Ok(db)
