@@ -356,8 +356,16 @@ async fn connections_over_the_cap_are_refused_with_503() {
     for _ in 0..3 {
         held.push(tokio::net::TcpStream::connect(d.addr).await.unwrap());
     }
-    // The held ones are accepted in order; wait until the server counts all three.
+    // The held ones are accepted in order. The next one sends its request, as a client
+    // would, and still reads the whole answer (no reset for unread data).
     let mut extra = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        extra
+            .write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+    }
     let answer = read_until_closed(&mut extra).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("too_many_connections"), "{answer}");
