@@ -640,3 +640,27 @@ fn config_check_warns_of_trusting_everyone_and_refuses_a_port_that_is_not_a_numb
     );
     assert!(!text.contains("hunter2secret"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_session_cookie_does_not_lock_the_operator_out() {
+    // An admin page left open across a restart keeps polling with a cookie the daemon
+    // forgot: many 401s, none counted as a guess; logging in again works.
+    let d = Daemon::start(&[("PRIMED_AUTH_FAILURES_PER_MINUTE", "2")]);
+    let http = reqwest::Client::new();
+    for _ in 0..5 {
+        let r = http
+            .get(d.url("/admin/actors"))
+            .header("cookie", "primed_session=forgotten-by-a-restart")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = http
+        .post(d.url("/login"))
+        .json(&json!({"operator": "ops", "token": d.admin_token()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -1,7 +1,7 @@
 //! Failed authentication, limited per client address: a layer on the whole router.
 //!
-//! A request that presents credentials (a bearer token, an `X-Service-Key`, a session
-//! cookie, or a `POST /login`) and is answered 401 costs its client address one token of a
+//! A request that presents credentials (a bearer token, an `X-Service-Key`, or a
+//! `POST /login`) and is answered 401 costs its client address one token of a
 //! bucket ([`AuthFailures`]: `PRIMED_AUTH_FAILURES_PER_MINUTE`, as many at once). With the
 //! bucket empty, every request of that address that presents credentials is answered 429
 //! with `Retry-After` before they are checked, so guessing an admin token or a session costs
@@ -108,14 +108,14 @@ impl AuthFailures {
     }
 }
 
-/// Whether the request presents credentials (what a guess would send).
+/// Whether the request presents credentials a guess could send: a bearer token, a service
+/// key, or a login. Session cookies are not counted: a session id is 256 random bits, and
+/// every open page of an operator whose session ended (a restart forgets sessions) polls
+/// with its old cookie, which would lock that operator out of logging in again.
 fn presents_credentials(request: &Request) -> bool {
     let h = request.headers();
     h.contains_key(header::AUTHORIZATION)
         || h.contains_key(crate::ratelimit::identity::SERVICE_KEY_HEADER)
-        || h.get(header::COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains(super::session::COOKIE))
         || (request.method() == Method::POST && request.uri().path() == "/login")
 }
 
