@@ -72,6 +72,15 @@ fn relay_args(store: Arc<MysqlStore>, broker: Arc<dyn Broker>, batch: u32) -> Re
     }
 }
 
+/// `rows` pending `primecheck.requested` rows in the outbox (`rows` must be one of the
+/// `seq_1_to_N` tables).
+fn pending_rows(db: &TestDb, rows: usize) {
+    db.sql(&format!(
+        "INSERT INTO outbox (event_id, subject, payload) \
+         SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq) FROM seq_1_to_{rows}"
+    ));
+}
+
 /// A broker on `nats` with the pipeline's topology on the `PRIME` stream (and the client
 /// to keep its connection).
 async fn prime_stream(nats: &NatsServer) -> (JetStreamBroker, async_nats::Client) {
@@ -202,10 +211,7 @@ async fn two_relays_on_one_table_publish_each_row_exactly_once() {
     let rows = 3000;
     let a = store(&db, 3).await;
     let b = store(&db, 3).await; // a second daemon's own pool
-    db.sql(&format!(
-        "INSERT INTO outbox (event_id, subject, payload) \
-         SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq) FROM seq_1_to_{rows}"
-    ));
+    pending_rows(&db, rows);
     let (broker, _client) = prime_stream(&nats).await;
     let recording = Arc::new(Recording {
         inner: broker,
@@ -462,10 +468,7 @@ async fn rounds_asking_for_more_acks_than_the_context_allows_all_finish() {
     let nats = NatsServer::start();
     let rows = 20_000;
     let store = store(&db, 3).await;
-    db.sql(&format!(
-        "INSERT INTO outbox (event_id, subject, payload) \
-         SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq) FROM seq_1_to_{rows}"
-    ));
+    pending_rows(&db, rows);
     let (broker, _client) = prime_stream(&nats).await;
     let mut args = relay_args(store, Arc::new(broker), 5000);
     args.parallel_rounds = 4;
@@ -776,10 +779,7 @@ async fn rounds_that_settle_in_the_background_publish_each_row_once() {
     let nats = NatsServer::start();
     let rows = 3000;
     let store = store(&db, 3).await;
-    db.sql(&format!(
-        "INSERT INTO outbox (event_id, subject, payload) \
-         SELECT UUID(), 'primecheck.requested', JSON_OBJECT('n', seq) FROM seq_1_to_{rows}"
-    ));
+    pending_rows(&db, rows);
     let (broker, _client) = prime_stream(&nats).await;
     let recording = Arc::new(Recording {
         inner: broker,

@@ -441,37 +441,18 @@ impl Caller {
 /// Resolves the caller from its `Authorization` header: an admin token, a valid HS256 user
 /// token (`JWT_SECRET`), or none. A token that is neither is a 401, never anonymous.
 pub fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) else {
-        return Ok(Caller::Anonymous);
-    };
-    let invalid = |why: String| {
-        ApiError::new(
+    use crate::ratelimit::identity::{Bearer, bearer};
+    let now = chrono::Utc::now().timestamp();
+    match bearer(headers, state.admin_keys(), state.jwt_secret.as_ref(), now) {
+        Ok(Some(Bearer::Admin)) => Ok(Caller::Admin),
+        Ok(Some(Bearer::User(sub))) => Ok(Caller::User(sub)),
+        Ok(None) => Ok(Caller::Anonymous),
+        Err(e) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",
-            format!("the bearer token is not valid: {why}"),
-        )
-    };
-    let token = auth
-        .to_str()
-        .ok()
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| invalid("send it as 'Authorization: Bearer <token>'".into()))?;
-    if crate::config::Secret::any_matches(state.admin_keys(), token) {
-        return Ok(Caller::Admin);
+            e.to_string(),
+        )),
     }
-    let Some(secret) = &state.jwt_secret else {
-        return Err(invalid(
-            "user tokens are not accepted here (JWT_SECRET is not set)".into(),
-        ));
-    };
-    let now = chrono::Utc::now().timestamp();
-    crate::ratelimit::identity::verify_hs256(token, secret.expose().as_bytes(), now)
-        .map(Caller::User)
-        .map_err(|e| match e {
-            crate::ratelimit::identity::CredentialError::Token(why) => invalid(why),
-            other => invalid(other.to_string()),
-        })
 }
 
 /// `mary@example.com` → `m…@example.com`: enough for its owner to recognise, too little to

@@ -103,29 +103,54 @@ impl IdentityConfig {
                 Err(CredentialError::ServiceKey)
             };
         }
-        let mut user = None;
-        if let Some(auth) = headers.get(header::AUTHORIZATION) {
-            let auth = auth.to_str().unwrap_or("");
-            let Some(token) = auth.strip_prefix("Bearer ").map(str::trim) else {
-                return Err(CredentialError::Token(
-                    "send it as 'Authorization: Bearer <token>'".into(),
-                ));
-            };
-            if Secret::any_matches(&self.admin_keys, token) {
-                return Ok(Identity::Bypass(Bypass::Admin));
-            }
-            let Some(secret) = &self.jwt_secret else {
-                return Err(CredentialError::Token(
-                    "user tokens are not accepted here (JWT_SECRET is not set)".into(),
-                ));
-            };
-            user = Some(verify_hs256(token, secret.expose().as_bytes(), now)?);
-        }
+        let user = match bearer(headers, &self.admin_keys, self.jwt_secret.as_ref(), now)? {
+            Some(Bearer::Admin) => return Ok(Identity::Bypass(Bypass::Admin)),
+            Some(Bearer::User(sub)) => Some(sub),
+            None => None,
+        };
         if self.whitelist.iter().any(|net| net.contains(&ip)) {
             return Ok(Identity::Bypass(Bypass::Whitelist));
         }
         Ok(Identity::Client { ip, user })
     }
+}
+
+/// Who a bearer token says the caller is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bearer {
+    /// One of the admin tokens.
+    Admin,
+    /// A valid user token, with its `sub`.
+    User(String),
+}
+
+/// The `Authorization: Bearer` token of `headers`: none, an admin token, or a user token
+/// verified with `jwt_secret` at `now` (unix seconds). A token that is neither is an error,
+/// never anonymous. The one place both the rate limiter and the API read bearer tokens.
+pub fn bearer(
+    headers: &HeaderMap,
+    admin_keys: &[Secret],
+    jwt_secret: Option<&Secret>,
+    now: i64,
+) -> Result<Option<Bearer>, CredentialError> {
+    let Some(auth) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let auth = auth.to_str().unwrap_or("");
+    let Some(token) = auth.strip_prefix("Bearer ").map(str::trim) else {
+        return Err(CredentialError::Token(
+            "send it as 'Authorization: Bearer <token>'".into(),
+        ));
+    };
+    if Secret::any_matches(admin_keys, token) {
+        return Ok(Some(Bearer::Admin));
+    }
+    let Some(secret) = jwt_secret else {
+        return Err(CredentialError::Token(
+            "user tokens are not accepted here (JWT_SECRET is not set)".into(),
+        ));
+    };
+    verify_hs256(token, secret.expose().as_bytes(), now).map(|sub| Some(Bearer::User(sub)))
 }
 
 /// The client address: the peer, unless the peer is a trusted proxy, in which case the
