@@ -85,6 +85,8 @@ pub struct Backends {
     /// lock, and under load past its busy timeout.
     pub background_settle: bool,
     dependencies: Vec<Dependency>,
+    /// The store and broker of the outbox's fast path (MySQL and NATS).
+    direct: Option<(Arc<MysqlStore>, Arc<dyn Broker>)>,
 }
 
 /// The file of the embedded backends.
@@ -205,6 +207,12 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
         );
     }
     let background_settle = mysql_store.is_some();
+    let direct = match (&config.broker, &mysql_store) {
+        (BrokerConfig::Nats { .. }, Some(store)) if config.tuning.outbox_direct => {
+            Some((store.clone(), broker.clone()))
+        }
+        _ => None,
+    };
     let dlq = match (&workers, mysql_store) {
         (_, Some(store)) => Some(Arc::new(Timed(store)) as Arc<dyn DlqStore>),
         (Some(w), None) => Some(w.dlq.clone()),
@@ -228,6 +236,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
         consumer_gauges,
         background_settle,
         dependencies,
+        direct,
     })
 }
 
@@ -356,6 +365,25 @@ impl Backends {
     /// `/health` probes for each opened backend.
     pub fn dependencies(&self) -> Vec<Dependency> {
         self.dependencies.clone()
+    }
+
+    /// Starts the outbox's fast path when the store is MySQL, the broker NATS and
+    /// `PRIMED_OUTBOX_DIRECT` is on: new events are published right after their commit, and
+    /// `wake` (the relay's) is woken only for what the fast path leaves to it; what it
+    /// publishes counts in `relay_stats` (the relay's heartbeat row). Returns whether it
+    /// started.
+    pub fn publish_directly(
+        &self,
+        wake: &actors::RelayWake,
+        relay_stats: Arc<actors::WorkerStats>,
+    ) -> bool {
+        match &self.direct {
+            Some((store, broker)) => {
+                store.publish_directly(broker.clone(), wake.clone(), relay_stats);
+                true
+            }
+            None => false,
+        }
     }
 }
 

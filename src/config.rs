@@ -145,6 +145,12 @@ pub const KEYS: &[Key] = &[
         "relay rounds in flight at once (1-16)",
     ),
     key(
+        "PRIMED_OUTBOX_DIRECT",
+        false,
+        Some("true"),
+        "publish new events right after their commit (MySQL + NATS); the relay keeps what this misses",
+    ),
+    key(
         "PRIMED_OUTBOX_POLL_INTERVAL_MS",
         false,
         Some("500"),
@@ -895,6 +901,8 @@ pub struct Tuning {
     pub outbox_batch_size: u32,
     /// Relay rounds in flight.
     pub outbox_parallel_rounds: u32,
+    /// Publish new events right after their commit (the relay as the fallback).
+    pub outbox_direct: bool,
     /// Relay round interval.
     pub outbox_poll_interval: Duration,
     /// Failed publishes before dead-lettering.
@@ -1505,6 +1513,7 @@ impl Config {
                     ));
                 }
             },
+            outbox_direct: raw.boolean("PRIMED_OUTBOX_DIRECT")?,
             outbox_poll_interval: ms("PRIMED_OUTBOX_POLL_INTERVAL_MS")?,
             outbox_max_retries: max_retries,
             outbox_retention: Duration::from_secs(

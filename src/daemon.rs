@@ -190,6 +190,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     let liveness = actors::Liveness::default();
     let wake = RelayWake::new(tree::OUTBOX_RELAY);
+    let relay_stats = liveness.register(tree::OUTBOX_RELAY);
+    if backends.publish_directly(&wake, relay_stats.clone()) {
+        tracing::info!(
+            "new outbox events are published right after their commit; the relay publishes what that misses"
+        );
+    }
     let relay = Some(RelayArgs {
         store: backends.outbox.clone(),
         broker: backends.broker.clone(),
@@ -201,7 +207,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         retention: config.tuning.outbox_retention,
         prune_interval: Duration::from_secs(600),
         wake: wake.clone(),
-        stats: liveness.register(tree::OUTBOX_RELAY),
+        stats: relay_stats,
         background_settle: backends
             .background_settle
             .then(|| actors::outbox_relay::SettleSlots::new(config.tuning.outbox_parallel_rounds)),

@@ -820,3 +820,144 @@ async fn rounds_that_settle_in_the_background_publish_each_row_once() {
         "an event was published twice"
     );
 }
+
+fn new_request(i: usize) -> actors::model::NewRequest {
+    actors::model::NewRequest {
+        id: uuid::Uuid::now_v7().to_string(),
+        number: (1000 + i).to_string(),
+        email: "a@b.co".into(),
+        idempotency_key: None,
+        request_id: Some(format!("req-{i}")),
+        traceparent: None,
+        event_id: uuid::Uuid::now_v7().to_string(),
+        owner: None,
+    }
+}
+
+/// The fast path (PRIMED_OUTBOX_DIRECT, on by default): with no relay running at all, an
+/// accepted request's event and a result's email event reach JetStream right after their
+/// commits, and their rows end published. Their rows were written not yet due, so that no
+/// relay takes them meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_events_are_published_right_after_their_commit_without_a_relay() {
+    use actors::{RequestStore, WorkerStore};
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let store = store(&db, 3).await;
+    let (broker, _client) = prime_stream(&nats).await;
+    let wake = RelayWake::new("no-relay-here");
+    store.publish_directly(Arc::new(broker), wake.clone(), Default::default());
+
+    for i in 0..5 {
+        store.create(new_request(i)).await.unwrap();
+    }
+    let request = new_request(5);
+    let (request_id, event_id) = (request.id.clone(), request.event_id.clone());
+    store.create(request).await.unwrap();
+    assert_eventually!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 6,
+        "the new events were not marked published"
+    );
+    assert_eq!(
+        subject_messages(&nats.url(), "PRIME", "primecheck.requested").await,
+        6
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE next_retry_at > created_at"),
+        6,
+        "rows handed to the fast path are written not yet due"
+    );
+
+    let fresh = store
+        .record_result(actors::model::PrimeResult {
+            event_id,
+            email_event_id: uuid::Uuid::now_v7().to_string(),
+            email: actors::model::EmailSend {
+                request_id: request_id.clone(),
+                number: "1005".into(),
+                email: "a@b.co".into(),
+                is_prime: false,
+                factor: Some("5".into()),
+                digits: 4,
+            },
+            duration: Duration::from_micros(3),
+            request_id: Some("req-5".into()),
+            traceparent: None,
+        })
+        .await
+        .unwrap();
+    assert!(fresh);
+    assert_eventually!(
+        db.count(
+            "SELECT COUNT(*) FROM outbox WHERE subject = 'email.send' AND state = 'published'"
+        ) == 1,
+        "the result's email event was not published"
+    );
+    assert_eq!(
+        subject_messages(&nats.url(), "PRIME", "email.send").await,
+        1
+    );
+}
+
+/// What the fast path cannot publish (NATS is down) waits out its grace and goes through
+/// the relay; once a publish failed, new events are written due at once, for the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_fast_path_cannot_publish_goes_through_the_relay() {
+    use actors::RequestStore;
+    let db = TestDb::create();
+    let mut nats = NatsServer::start();
+    let store = store(&db, 100).await;
+    let (broker, _client) = prime_stream(&nats).await;
+    let broker: Arc<dyn Broker> = Arc::new(broker);
+    store.publish_directly(
+        broker.clone(),
+        RelayWake::new("no-relay-here"),
+        Default::default(),
+    );
+
+    nats.stop();
+    store.create(new_request(0)).await.unwrap();
+    assert_eventually!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 0
+            && metric_value("outbox_direct_events_total{result=\"failed\"}") >= 1.0,
+        "the failed direct publish was not counted"
+    );
+    // Taken by the fast path, written with its grace: not due for a relay yet.
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE next_retry_at > created_at"),
+        1
+    );
+    // After the failure, a new event is left to the relay at once.
+    store.create(new_request(1)).await.unwrap();
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE next_retry_at IS NULL"),
+        1,
+        "a new event after a failed publish is due at once"
+    );
+
+    nats.start_again();
+    let args = relay_args(store.clone(), broker, 100);
+    assert_eventually!(
+        {
+            let _ = round(&args).await;
+            db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 2
+        },
+        "the relay did not publish what the fast path missed"
+    );
+    assert_eq!(
+        subject_messages(&nats.url(), "PRIME", "primecheck.requested").await,
+        2,
+        "none lost, none twice"
+    );
+}
+
+/// The value of a sample in this process's registry.
+fn metric_value(sample: &str) -> f64 {
+    let families = actors::metrics::registry().gather();
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&families)
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}

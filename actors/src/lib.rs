@@ -7,6 +7,7 @@
 pub mod breaker;
 pub mod broker;
 pub mod consumer;
+pub mod direct;
 pub mod dlq;
 pub mod heartbeat;
 pub mod liveness;
@@ -20,6 +21,7 @@ pub mod trace;
 pub mod workers;
 
 pub use broker::{Broker, BrokerError, OutgoingMessage};
+pub use direct::{DirectPublisher, OutboxMarks};
 pub use heartbeat::{
     HealthReport, HealthSink, HealthSinkError, Heartbeat, HeartbeatArgs, HeartbeatMsg,
 };

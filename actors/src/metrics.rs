@@ -24,6 +24,10 @@ pub struct PipelineMetrics {
     /// the commit of its `sent_emails` row. A daemon killed inside this window sends that
     /// email again after a redelivery: it is the only source of duplicate emails.
     pub email_unrecorded_window: prometheus::Histogram,
+    /// `outbox_direct_events_total{result}`: events published right after their commit
+    /// (`published`), refused by the broker (`failed`) or not taken (`not_taken`); the last
+    /// two are published by the relay when their grace ends.
+    pub outbox_direct: IntCounterVec,
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -66,18 +70,27 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
         ]),
     )?;
+    let outbox_direct = IntCounterVec::new(
+        Opts::new(
+            "outbox_direct_events_total",
+            "Outbox events published right after their commit, by result",
+        ),
+        &["result"],
+    )?;
     let r = registry();
     r.register(Box::new(prime_check_requests.clone()))?;
     r.register(Box::new(prime_check_duration.clone()))?;
     r.register(Box::new(emails_sent.clone()))?;
     r.register(Box::new(messages_processed.clone()))?;
     r.register(Box::new(email_unrecorded_window.clone()))?;
+    r.register(Box::new(outbox_direct.clone()))?;
     Ok(PipelineMetrics {
         prime_check_requests,
         prime_check_duration,
         emails_sent,
         messages_processed,
         email_unrecorded_window,
+        outbox_direct,
     })
 }
 

@@ -35,10 +35,14 @@ use crate::store::OutboxStore;
 /// Lets the API wake the relay right after it commits a request. Wakes coalesce: while one
 /// is pending, further ones send nothing. The flag is a signal, not shared state: the relay
 /// clears it before it claims, so a row committed after a claim always causes a new wake.
+///
+/// A store that publishes its new events itself ([`crate::direct`]) turns
+/// [`RelayWake::new_event`] off and wakes the relay only for the events it leaves to it.
 #[derive(Clone, Debug)]
 pub struct RelayWake {
     name: Arc<str>,
     pending: Arc<AtomicBool>,
+    direct: Arc<AtomicBool>,
 }
 
 impl RelayWake {
@@ -47,7 +51,21 @@ impl RelayWake {
         Self {
             name: name.into(),
             pending: Arc::new(AtomicBool::new(false)),
+            direct: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// A new event was committed: wakes the relay, unless the store publishes new events
+    /// itself (then it wakes the relay for those it does not).
+    pub fn new_event(&self) {
+        if !self.direct.load(Ordering::Relaxed) {
+            self.wake();
+        }
+    }
+
+    /// Whether the store publishes new events itself (see [`RelayWake::new_event`]).
+    pub fn set_direct(&self, direct: bool) {
+        self.direct.store(direct, Ordering::Relaxed);
     }
 
     /// Asks the relay to run a round soon.

@@ -121,7 +121,7 @@ impl PrimeCheckHandler {
                 .with_label_values(&["success", if is_prime { "prime" } else { "composite" }])
                 .inc();
             if let Some(wake) = &self.wake {
-                wake.wake();
+                wake.new_event();
             }
         }
         Ok(())

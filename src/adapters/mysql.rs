@@ -52,6 +52,87 @@ pub struct MysqlStore {
     accept_wait: Duration,
     /// The workers' records, in groups.
     effects: Arc<super::mysql_workers::Effects>,
+    /// Publishes new events right after their commit, when enabled
+    /// ([`MysqlStore::publish_directly`]).
+    direct: Direct,
+}
+
+/// The store's fast path to the broker, set once at start-up (see [`actors::direct`]).
+pub(crate) type Direct = Arc<std::sync::OnceLock<actors::DirectPublisher>>;
+
+/// How a batch of new events is written and handed on.
+#[derive(Clone, Copy)]
+pub(crate) enum Route<'a> {
+    /// Not yet due (`GRACE`); published by the fast path after the commit.
+    Direct(&'a actors::DirectPublisher),
+    /// Due at once; the relay is woken after the commit (by the fast path's handle when
+    /// there is one, else by the caller).
+    Relay(Option<&'a actors::DirectPublisher>),
+}
+
+impl<'a> Route<'a> {
+    /// The route for events written now.
+    pub(crate) fn now(direct: &'a Direct) -> Self {
+        match direct.get() {
+            Some(d) if d.accepting() => Route::Direct(d),
+            other => Route::Relay(other),
+        }
+    }
+
+    /// The bound for `next_retry_at` (`NOW(6) + INTERVAL ? MICROSECOND`): the grace, or NULL.
+    pub(crate) fn delay_us(self) -> Option<i64> {
+        match self {
+            Route::Direct(_) => Some(actors::direct::GRACE.as_micros() as i64),
+            Route::Relay(_) => None,
+        }
+    }
+
+    /// After the commit: hands the events on (built only when they go the fast path).
+    pub(crate) fn committed(self, events: impl FnOnce() -> Vec<actors::OutgoingMessage>) {
+        match self {
+            Route::Direct(d) => d.publish(events()),
+            Route::Relay(Some(d)) => d.wake_relay(),
+            Route::Relay(None) => {}
+        }
+    }
+}
+
+/// Marks rows published by event id, for the fast path.
+struct Marks(MySqlPool);
+
+impl actors::OutboxMarks for Marks {
+    fn mark_published<'a>(
+        &'a self,
+        event_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
+                "UPDATE outbox SET state = 'published', published_at = NOW(6), error_message = NULL \
+                 WHERE state = 'pending' AND event_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in event_ids {
+                list.push_bind(id);
+            }
+            q.push(")");
+            let done = q.build().execute(&self.0).await.map_err(classify)?;
+            Ok(done.rows_affected())
+        }
+        .boxed()
+    }
+}
+
+/// A new `primecheck.requested` event as the fast path publishes it.
+fn requested_message(r: &NewRequest, payload: &str) -> actors::OutgoingMessage {
+    actors::OutgoingMessage {
+        event_id: r.event_id.clone(),
+        subject: SUBJECT_PRIMECHECK_REQUESTED.into(),
+        payload: payload.as_bytes().to_vec(),
+        attempt: 1,
+        request_id: r.request_id.clone(),
+        traceparent: r.traceparent.clone(),
+        dlq_id: None,
+    }
 }
 
 /// How often a claim looks at every pending row, even while a backlog is being worked off
@@ -208,6 +289,7 @@ impl MysqlStore {
                 })
             })
             .connect_lazy_with(options);
+        let direct = Direct::default();
         Ok(Self {
             outbox_max_retries: settings.outbox_max_retries,
             floor: Arc::new(ClaimFloor::new()),
@@ -216,9 +298,34 @@ impl MysqlStore {
                 MAX_WRITERS.min(settings.max_connections as usize / 2),
             )),
             accept_wait: settings.acquire_timeout,
-            effects: Arc::new(super::mysql_workers::Effects::new(&pool)),
+            effects: Arc::new(super::mysql_workers::Effects::new(&pool, &direct)),
+            direct,
             pool,
         })
+    }
+
+    /// Publishes new events (accepted requests', results' emails) right after their commit
+    /// on `broker`, leaving the relay (woken through `wake`) what this does not finish; what
+    /// it publishes counts in the relay's `relay_stats`. See [`actors::direct`]. Once per
+    /// store; a second call changes nothing.
+    pub fn publish_directly(
+        &self,
+        broker: Arc<dyn actors::Broker>,
+        wake: actors::RelayWake,
+        relay_stats: Arc<actors::WorkerStats>,
+    ) {
+        if self.direct.get().is_some() {
+            return;
+        }
+        let publisher = actors::DirectPublisher::start(
+            broker,
+            Arc::new(Marks(self.pool.clone())),
+            wake.clone(),
+            relay_stats,
+        );
+        if self.direct.set(publisher).is_ok() {
+            wake.set_direct(true);
+        }
     }
 
     /// Applies the pending migrations. Daemons starting together take turns: sqlx's own
@@ -370,6 +477,7 @@ impl MysqlStore {
             .map(|job| job.request.event_payload())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| BatchFailed::BeforeCommit)?;
+        let route = Route::now(&self.direct);
         let mut tx = begin(&self.pool).await.map_err(unavailable)?;
         let mut requests: QueryBuilder<'_, MySql> = QueryBuilder::new(
             "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at, owner) ",
@@ -385,7 +493,7 @@ impl MysqlStore {
                 .push_bind(&r.owner);
         });
         let mut events: QueryBuilder<'_, MySql> = QueryBuilder::new(
-            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at) ",
+            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at, next_retry_at) ",
         );
         events.push_values(batch.iter().zip(&payloads), |mut row, (job, payload)| {
             let r = &job.request;
@@ -395,7 +503,10 @@ impl MysqlStore {
                 .push_bind(&r.request_id)
                 .push_bind(&r.traceparent)
                 .push_bind(self.outbox_max_retries)
-                .push_bind(created_at);
+                .push_bind(created_at)
+                .push("NOW(6) + INTERVAL ")
+                .push_bind_unseparated(route.delay_us())
+                .push_unseparated(" MICROSECOND");
         });
         let written = match requests.build().execute(&mut *tx).await {
             Ok(_) => events.build().execute(&mut *tx).await.map(|_| ()),
@@ -409,6 +520,13 @@ impl MysqlStore {
         tx.commit()
             .await
             .map_err(|e| BatchFailed::Commit(classify(e)))?;
+        route.committed(|| {
+            batch
+                .iter()
+                .zip(&payloads)
+                .map(|(job, payload)| requested_message(&job.request, payload))
+                .collect()
+        });
         Ok(created_at)
     }
 
@@ -442,9 +560,10 @@ impl MysqlStore {
                 _ => Err(classify(err)),
             };
         }
+        let route = Route::now(&self.direct);
         let outboxed = sqlx::query(
-            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at, next_retry_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, NOW(6) + INTERVAL ? MICROSECOND)",
         )
         .bind(&req.event_id)
         .bind(SUBJECT_PRIMECHECK_REQUESTED)
@@ -453,6 +572,7 @@ impl MysqlStore {
         .bind(&req.traceparent)
         .bind(self.outbox_max_retries)
         .bind(created_at)
+        .bind(route.delay_us())
         .execute(&mut *tx)
         .await;
         if let Err(err) = outboxed {
@@ -461,6 +581,7 @@ impl MysqlStore {
             return Err(classify(err));
         }
         tx.commit().await.map_err(classify)?;
+        route.committed(|| vec![requested_message(&req, &payload)]);
         Ok(created(req, created_at))
     }
 

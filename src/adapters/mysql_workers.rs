@@ -24,7 +24,7 @@ use super::common::{
     HealthRow, LogRow, health_rows, is_duplicate, json_payload, letter_history, refused,
 };
 use super::group::Group;
-use super::mysql::{MysqlStore, begin, classify, now_micros};
+use super::mysql::{Direct, MysqlStore, Route, begin, classify, now_micros};
 
 const SELECT_LETTER: &str = "SELECT id, original_subject, original_message_id, dlq_subject, \
     CAST(payload AS CHAR) AS payload, error_message, error_type, retry_count, original_created_at, \
@@ -105,10 +105,12 @@ impl std::fmt::Debug for Effects {
 }
 
 impl Effects {
-    pub(crate) fn new(pool: &MySqlPool) -> Self {
+    pub(crate) fn new(pool: &MySqlPool, direct: &Direct) -> Self {
+        let direct = direct.clone();
         Self {
-            results: group(pool, |pool, batch| async move {
-                write_results(&pool, batch).await
+            results: group(pool, move |pool, batch| {
+                let direct = direct.clone();
+                async move { write_results(&pool, &direct, batch).await }
             }),
             sent: group(
                 pool,
@@ -166,24 +168,27 @@ async fn were_sent(pool: &MySqlPool, event_ids: Vec<String>) -> Vec<Result<bool,
 /// Writes a batch's records together; when one of them was already recorded (nothing was
 /// written), writes each on its own, so that each gets the answer it would have had alone:
 /// `true` when it was recorded now, `false` when it had been before.
-async fn write_batch<T, W>(
+async fn write_batch<C, T, W>(
     pool: &MySqlPool,
+    context: &C,
     batch: &[T],
     together: W,
 ) -> Vec<Result<bool, StoreError>>
 where
-    W: AsyncFn(&MySqlPool, &[T]) -> Result<(), Together>,
+    W: AsyncFn(&MySqlPool, &C, &[T]) -> Result<(), Together>,
 {
     let answer = |written: Result<(), Together>| match written {
         Ok(()) => Ok(true),
         Err(Together::Duplicate) => Ok(false),
         Err(Together::Failed(e)) => Err(e),
     };
-    match together(pool, batch).await {
+    match together(pool, context, batch).await {
         Err(Together::Duplicate) if batch.len() > 1 => {
             let mut answers = Vec::with_capacity(batch.len());
             for record in batch {
-                answers.push(answer(together(pool, std::slice::from_ref(record)).await));
+                answers.push(answer(
+                    together(pool, context, std::slice::from_ref(record)).await,
+                ));
             }
             answers
         }
@@ -210,23 +215,32 @@ fn together(e: sqlx::Error) -> Together {
     }
 }
 
-async fn write_results(pool: &MySqlPool, batch: Vec<PrimeResult>) -> Vec<Result<bool, StoreError>> {
-    write_batch(pool, &batch, results_together).await
+async fn write_results(
+    pool: &MySqlPool,
+    direct: &Direct,
+    batch: Vec<PrimeResult>,
+) -> Vec<Result<bool, StoreError>> {
+    write_batch(pool, direct, &batch, results_together).await
 }
 
 async fn write_sent(pool: &MySqlPool, batch: Vec<SentEmail>) -> Vec<Result<bool, StoreError>> {
-    write_batch(pool, &batch, sent_together).await
+    write_batch(pool, &(), &batch, sent_together).await
 }
 
 /// Results in one transaction: their `processed_events` rows, the requests' updates and
-/// the `email.send` events.
-async fn results_together(pool: &MySqlPool, batch: &[PrimeResult]) -> Result<(), Together> {
+/// the `email.send` events (published after the commit when the fast path takes them).
+async fn results_together(
+    pool: &MySqlPool,
+    direct: &Direct,
+    batch: &[PrimeResult],
+) -> Result<(), Together> {
     let payloads = batch
         .iter()
         .map(|r| serde_json::to_string(&r.email))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Together::Failed(StoreError::Rejected(e.to_string())))?;
     let failed = |e| Together::Failed(classify(e));
+    let route = Route::now(direct);
     let mut tx = begin(pool).await.map_err(failed)?;
     let written = async {
         let mut q: QueryBuilder<'_, MySql> =
@@ -238,7 +252,7 @@ async fn results_together(pool: &MySqlPool, batch: &[PrimeResult]) -> Result<(),
         update_requests(&mut tx, batch).await.map_err(failed)?;
         let created_at = now_micros();
         let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
-            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, created_at) ",
+            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, created_at, next_retry_at) ",
         );
         q.push_values(batch.iter().zip(&payloads), |mut b, (r, payload)| {
             b.push_bind(&r.email_event_id)
@@ -246,14 +260,35 @@ async fn results_together(pool: &MySqlPool, batch: &[PrimeResult]) -> Result<(),
                 .push_bind(payload)
                 .push_bind(&r.request_id)
                 .push_bind(&r.traceparent)
-                .push_bind(created_at);
+                .push_bind(created_at)
+                .push("NOW(6) + INTERVAL ")
+                .push_bind_unseparated(route.delay_us())
+                .push_unseparated(" MICROSECOND");
         });
         q.build().execute(&mut *tx).await.map_err(failed)?;
         Ok(())
     }
     .await;
     match written {
-        Ok(()) => tx.commit().await.map_err(failed),
+        Ok(()) => {
+            tx.commit().await.map_err(failed)?;
+            route.committed(|| {
+                batch
+                    .iter()
+                    .zip(payloads)
+                    .map(|(r, payload)| actors::OutgoingMessage {
+                        event_id: r.email_event_id.clone(),
+                        subject: SUBJECT_EMAIL_SEND.into(),
+                        payload: payload.into_bytes(),
+                        attempt: 1,
+                        request_id: r.request_id.clone(),
+                        traceparent: r.traceparent.clone(),
+                        dlq_id: None,
+                    })
+                    .collect()
+            });
+            Ok(())
+        }
         Err(e) => {
             // At once, so that no lock (a duplicate key takes one) outlives the batch while
             // its records are written again one by one.
@@ -306,7 +341,7 @@ async fn update_requests(
 }
 
 /// Sent emails in one multi-row insert (one commit).
-async fn sent_together(pool: &MySqlPool, batch: &[SentEmail]) -> Result<(), Together> {
+async fn sent_together(pool: &MySqlPool, _: &(), batch: &[SentEmail]) -> Result<(), Together> {
     let mut q: QueryBuilder<'_, MySql> =
         QueryBuilder::new("INSERT INTO sent_emails (event_id, request_id, recipient, message_id) ");
     q.push_values(batch, |mut b, s| {

@@ -259,7 +259,7 @@ pub async fn create(
         CreateOutcome::Created(r) => {
             tracing::info!(id = %r.id, digits = r.number.len(), "request accepted");
             if let Some(wake) = &state.relay_wake {
-                wake.wake();
+                wake.new_event();
             }
             (r, false)
         }
