@@ -368,17 +368,31 @@ async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptL
         let started = Instant::now();
         let message = delivery.message();
         let outcome = {
-            // A long test (a big number) keeps its ack deadline fresh while it runs.
+            // A long test (a big number) keeps its ack deadline fresh while it runs. The
+            // progress ack runs beside the work, never instead of it: the work may hold a
+            // pooled connection that the ack needs (the embedded queue shares the store's
+            // pool), and a work future not polled while the ack waits for a connection
+            // would hold it until the ack gave up.
             let work = args.handler.handle(message);
             tokio::pin!(work);
             let mut ticker = tokio::time::interval(args.policy.progress_interval());
             ticker.tick().await;
+            let mut progress = None;
             loop {
                 tokio::select! {
                     outcome = &mut work => break outcome,
-                    _ = ticker.tick() => {
+                    _ = ticker.tick(), if progress.is_none() => {
                         args.stats.touch();
-                        settle(&args.name, "progress", delivery.progress().await);
+                        progress = Some(delivery.progress());
+                    }
+                    done = async {
+                        match progress.as_mut() {
+                            Some(ack) => ack.await,
+                            None => std::future::pending().await,
+                        }
+                    }, if progress.is_some() => {
+                        progress = None;
+                        settle(&args.name, "progress", done);
                     }
                 }
             }
@@ -491,6 +505,177 @@ fn settle(worker: &str, what: &str, result: Result<(), BrokerError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
+    use tokio::sync::Semaphore;
+
+    /// A pool of one connection, shared by the handler and the progress ack (as the
+    /// embedded queue shares the store's pool).
+    struct OneConnection(Arc<Semaphore>);
+
+    /// Holds the connection across a long query.
+    struct SlowHandler(Arc<Semaphore>);
+
+    impl Handler for SlowHandler {
+        fn handle<'a>(&'a self, _: &'a Message) -> BoxFuture<'a, Result<(), Failure>> {
+            async move {
+                let _connection = self
+                    .0
+                    .acquire()
+                    .await
+                    .map_err(|_| Failure::transient("closed"))?;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Ok(())
+            }
+            .boxed()
+        }
+
+        fn request_id(&self, _: &Message) -> Option<String> {
+            None
+        }
+    }
+
+    struct Held {
+        message: Message,
+        pool: OneConnection,
+        acked: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Delivery for Held {
+        fn message(&self) -> &Message {
+            &self.message
+        }
+        fn ack(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+            self.acked.store(true, std::sync::atomic::Ordering::Relaxed);
+            async { Ok(()) }.boxed()
+        }
+        fn nak(&self, _: Duration) -> BoxFuture<'_, Result<(), BrokerError>> {
+            async { Ok(()) }.boxed()
+        }
+        fn term(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+            async { Ok(()) }.boxed()
+        }
+        fn progress(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+            // Waits for the pool's only connection, as an UPDATE of the queue row does.
+            async move {
+                let _connection = self
+                    .pool
+                    .0
+                    .acquire()
+                    .await
+                    .map_err(|_| BrokerError("closed".into()))?;
+                Ok(())
+            }
+            .boxed()
+        }
+    }
+
+    /// The test's messages never reach the store.
+    struct NoStore;
+
+    fn never<'a, T: Send + 'a>() -> BoxFuture<'a, Result<T, crate::StoreError>> {
+        async { Err(crate::StoreError::Rejected("not in this test".into())) }.boxed()
+    }
+
+    impl WorkerStore for NoStore {
+        fn record_result(
+            &self,
+            _: crate::model::PrimeResult,
+        ) -> BoxFuture<'_, Result<bool, crate::StoreError>> {
+            never()
+        }
+        fn processed<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<bool, crate::StoreError>> {
+            never()
+        }
+        fn email_sent<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<bool, crate::StoreError>> {
+            never()
+        }
+        fn record_email(
+            &self,
+            _: crate::model::SentEmail,
+        ) -> BoxFuture<'_, Result<bool, crate::StoreError>> {
+            never()
+        }
+        fn log_attempts<'a>(
+            &'a self,
+            _: &'a [AttemptLog],
+        ) -> BoxFuture<'a, Result<(), crate::StoreError>> {
+            never()
+        }
+        fn dead_letter(
+            &self,
+            _: NewDeadLetter,
+        ) -> BoxFuture<'_, Result<Option<i64>, crate::StoreError>> {
+            never()
+        }
+        fn resolve_dead_letter(&self, _: i64) -> BoxFuture<'_, Result<(), crate::StoreError>> {
+            never()
+        }
+    }
+
+    struct NoSource;
+
+    impl Source for NoSource {
+        fn pull(
+            &self,
+            _: usize,
+            _: Duration,
+        ) -> BoxStream<'static, Result<Box<dyn Delivery>, BrokerError>> {
+            futures::stream::empty().boxed()
+        }
+    }
+
+    /// The old loop awaited the progress ack instead of the work: the ack waited for the
+    /// connection the work held, and the work, no longer polled, never gave it back (the
+    /// embedded mode stood still under an overload). Here the work must finish and the
+    /// message be acknowledged although an ack fell due while the work held the
+    /// connection.
+    #[tokio::test(start_paused = true)]
+    async fn a_progress_ack_never_starves_the_work_it_is_for() {
+        let connection = Arc::new(Semaphore::new(1));
+        let (_stop, shutdown) = watch::channel(false);
+        let args = WorkerArgs {
+            name: "w".into(),
+            source: Arc::new(NoSource),
+            handler: Arc::new(SlowHandler(connection.clone())),
+            store: Arc::new(NoStore),
+            policy: ConsumerPolicy {
+                max_deliver: 3,
+                backoff: vec![Duration::from_secs(1)],
+                ack_wait: Duration::from_millis(600),
+                ack_backoff: vec![],
+            },
+            batch: 1,
+            expires: Duration::from_secs(1),
+            shutdown,
+            stats: Default::default(),
+            paused: Default::default(),
+        };
+        let acked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let delivery = Box::new(Held {
+            message: Message {
+                event_id: "e".into(),
+                subject: "s".into(),
+                payload: vec![],
+                delivery: 1,
+                stream_seq: 1,
+                published_at: Utc::now(),
+                request_id: None,
+                traceparent: None,
+                dlq_id: None,
+            },
+            pool: OneConnection(connection),
+            acked: acked.clone(),
+        });
+        let logs = tokio::time::timeout(Duration::from_secs(60), process(&args, delivery))
+            .await
+            .expect("the work finished although a progress ack waited for its connection");
+        assert_eq!(logs.len(), 1);
+        assert!(acked.load(std::sync::atomic::Ordering::Relaxed));
+    }
 
     #[test]
     fn delays_follow_the_steps_and_repeat_the_last() {
