@@ -961,12 +961,10 @@ async fn what_the_fast_path_cannot_publish_goes_through_the_relay() {
 }
 
 /// The value of a sample in this process's registry.
-fn metric_value(sample: &str) -> f64 {
+fn metric_value(series: &str) -> f64 {
     let families = actors::metrics::registry().gather();
     let text = prometheus::TextEncoder::new()
         .encode_to_string(&families)
         .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+    support::sample(&text, series)
 }

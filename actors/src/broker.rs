@@ -21,6 +21,27 @@ pub struct OutgoingMessage {
     pub dlq_id: Option<i64>,
 }
 
+impl OutgoingMessage {
+    /// A new event's first publish (right after its commit).
+    pub fn first(
+        event_id: String,
+        subject: &str,
+        payload: Vec<u8>,
+        request_id: Option<String>,
+        traceparent: Option<String>,
+    ) -> Self {
+        Self {
+            event_id,
+            subject: subject.into(),
+            payload,
+            attempt: 1,
+            request_id,
+            traceparent,
+            dlq_id: None,
+        }
+    }
+}
+
 /// A publish failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("publish failed: {0}")]

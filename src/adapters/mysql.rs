@@ -124,15 +124,13 @@ impl actors::OutboxMarks for Marks {
 
 /// A new `primecheck.requested` event as the fast path publishes it.
 fn requested_message(r: &NewRequest, payload: &str) -> actors::OutgoingMessage {
-    actors::OutgoingMessage {
-        event_id: r.event_id.clone(),
-        subject: SUBJECT_PRIMECHECK_REQUESTED.into(),
-        payload: payload.as_bytes().to_vec(),
-        attempt: 1,
-        request_id: r.request_id.clone(),
-        traceparent: r.traceparent.clone(),
-        dlq_id: None,
-    }
+    actors::OutgoingMessage::first(
+        r.event_id.clone(),
+        SUBJECT_PRIMECHECK_REQUESTED,
+        payload.as_bytes().to_vec(),
+        r.request_id.clone(),
+        r.traceparent.clone(),
+    )
 }
 
 /// How often a claim looks at every pending row, even while a backlog is being worked off

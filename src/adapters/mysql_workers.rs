@@ -276,14 +276,14 @@ async fn results_together(
                 batch
                     .iter()
                     .zip(payloads)
-                    .map(|(r, payload)| actors::OutgoingMessage {
-                        event_id: r.email_event_id.clone(),
-                        subject: SUBJECT_EMAIL_SEND.into(),
-                        payload: payload.into_bytes(),
-                        attempt: 1,
-                        request_id: r.request_id.clone(),
-                        traceparent: r.traceparent.clone(),
-                        dlq_id: None,
+                    .map(|(r, payload)| {
+                        actors::OutgoingMessage::first(
+                            r.email_event_id.clone(),
+                            SUBJECT_EMAIL_SEND,
+                            payload.into_bytes(),
+                            r.request_id.clone(),
+                            r.traceparent.clone(),
+                        )
                     })
                     .collect()
             });
