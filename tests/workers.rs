@@ -418,6 +418,47 @@ async fn while_smtp_is_down_the_breaker_holds_mail_and_nothing_reaches_the_dlq()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_answering_421_holds_mail_like_an_outage_and_spends_no_deliveries() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    // 421 is the server turning everyone away, not a verdict on this email (451 is).
+    let stub = SmtpStub::start(StubMode::Unavailable).await;
+    let mut d = daemon(
+        &db,
+        &nats,
+        stub.port,
+        &[
+            ("PRIMED_SMTP_BREAKER_THRESHOLD", "2"),
+            ("PRIMED_SMTP_BREAKER_COOLDOWN_SECONDS", "1"),
+            ("PRIMED_EMAIL_MAX_DELIVER", "2"),
+        ],
+    );
+    let id = submit(&d, "13", "later@example.com").await;
+    // More attempts than deliveries: a 421 that spent a delivery would have dead-lettered
+    // the email after the second and never tried a third time.
+    assert_eventually!(
+        stub.attempt_times().len() >= 4,
+        "the held email is tried again while the server answers 421; daemon log:\n{}",
+        d.log_so_far()
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM dead_letter_messages"), 0);
+    assert!(request(&d, &id).await["status"] == "done");
+
+    stub.set_mode(StubMode::Accept);
+    assert_eventually!(
+        stub.accepted().len() == 1,
+        "the email is sent once the server is back"
+    );
+    assert_eventually!(
+        support::consumers_idle(&nats.url()).await,
+        "the consumers hold nothing"
+    );
+    assert_eq!(stub.accepted().len(), 1, "once");
+    assert_eq!(db.count("SELECT COUNT(*) FROM sent_emails"), 1);
+    assert_eq!(db.count("SELECT COUNT(*) FROM dead_letter_messages"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_and_over_limit_messages_are_dead_lettered_at_once() {
     let db = TestDb::create();
     let nats = NatsServer::start();

@@ -113,10 +113,27 @@ impl SmtpMailer {
     }
 }
 
+/// `421`: the server says it is not available and closes the channel (RFC 5321 §3.8), for
+/// every message alike, unlike the other 4xx replies, which defer one message or mailbox.
+/// Like a refused connection it holds mail rather than spending its deliveries.
+fn service_unavailable(err: &SendError) -> bool {
+    match err {
+        SendError::Smtp(e) => e.status().is_some_and(|c| c.to_string() == "421"),
+        _ => false,
+    }
+}
+
 /// Classifies an SMTP failure.
 pub fn classify(host: &str, err: &SendError) -> MailError {
     if err.is_permanent() {
         return permanent(format!("the SMTP server {host} refused the email: {err}"));
+    }
+    if service_unavailable(err) {
+        return MailError {
+            class: ErrorClass::Transient,
+            connection: true,
+            message: format!("the SMTP server {host} is not available now: {err}"),
+        };
     }
     if err.is_transient() {
         return MailError {

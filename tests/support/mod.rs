@@ -621,15 +621,18 @@ pub enum StubMode {
     Reject,
     /// Close the connection right after accepting it.
     Drop,
+    /// 421 as the greeting, then close: the service is not available (counted as an
+    /// attempt).
+    Unavailable,
 }
 
-/// A scripted SMTP server: answers by [`StubMode`], records when each `RCPT TO` came and
-/// each accepted message's `Message-ID`.
+/// A scripted SMTP server: answers by [`StubMode`], records when each `RCPT TO` (or each
+/// connection it turned away with a 421) came and each accepted message's `Message-ID`.
 pub struct SmtpStub {
     /// Its port.
     pub port: u16,
     mode: std::sync::Arc<std::sync::Mutex<StubMode>>,
-    /// (when, mode answered) per RCPT TO.
+    /// (when, mode answered) per RCPT TO, or per connection turned away with a 421.
     pub attempts: std::sync::Arc<std::sync::Mutex<Vec<(Instant, StubMode)>>>,
     /// Message-IDs of accepted messages.
     pub accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -654,10 +657,18 @@ impl SmtpStub {
                 };
                 let (m, a, acc) = (m.clone(), a.clone(), acc.clone());
                 tokio::spawn(async move {
-                    if *m.lock().unwrap() == StubMode::Drop {
+                    let mode = *m.lock().unwrap();
+                    if mode == StubMode::Drop {
                         return;
                     }
                     let (read, mut write) = socket.into_split();
+                    if mode == StubMode::Unavailable {
+                        a.lock().unwrap().push((Instant::now(), mode));
+                        let _ = write
+                            .write_all(b"421 4.3.2 service not available\r\n")
+                            .await;
+                        return;
+                    }
                     let mut lines = BufReader::new(read).lines();
                     let _ = write.write_all(b"220 stub ESMTP\r\n").await;
                     let mut in_data = false;
