@@ -87,6 +87,8 @@ pub struct Backends {
     dependencies: Vec<Dependency>,
     /// The store and broker of the outbox's fast path (MySQL and NATS).
     direct: Option<(Arc<MysqlStore>, Arc<dyn Broker>)>,
+    /// The embedded store queues new events in their own commit (the embedded fast path).
+    enqueues: bool,
 }
 
 /// The file of the embedded backends.
@@ -152,6 +154,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
         }
     };
     let mut workers = None;
+    let mut enqueues = false;
     let broker: Arc<dyn Broker> = match &config.broker {
         BrokerConfig::Nats {
             url,
@@ -195,6 +198,9 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
                 None => open_embedded(config).await?,
             };
             let queue = EmbeddedQueue::new(&file);
+            // One file holds the events and the queue: a commit can publish its events.
+            enqueues = both_embedded && config.tuning.outbox_direct;
+            file.enqueue_directly(enqueues);
             if both_embedded {
                 workers = Some(embedded_workers(config, &file, &queue)?);
             }
@@ -237,6 +243,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
         background_settle,
         dependencies,
         direct,
+        enqueues,
     })
 }
 
@@ -367,11 +374,11 @@ impl Backends {
         self.dependencies.clone()
     }
 
-    /// Starts the outbox's fast path when the store is MySQL, the broker NATS and
-    /// `PRIMED_OUTBOX_DIRECT` is on: new events are published right after their commit, and
-    /// `wake` (the relay's) is woken only for what the fast path leaves to it; what it
-    /// publishes counts in `relay_stats` (the relay's heartbeat row). Returns whether it
-    /// started.
+    /// Starts the outbox's fast path when `PRIMED_OUTBOX_DIRECT` is on: with MySQL and NATS
+    /// new events are published right after their commit, and `wake` (the relay's) is woken
+    /// only for what the fast path leaves to it; what it publishes counts in `relay_stats`
+    /// (the relay's heartbeat row). In the embedded mode the store queues new events in
+    /// their own commit, and the relay is not woken for them. Returns whether it started.
     pub fn publish_directly(
         &self,
         wake: &actors::RelayWake,
@@ -380,6 +387,11 @@ impl Backends {
         match &self.direct {
             Some((store, broker)) => {
                 store.publish_directly(broker.clone(), wake.clone(), relay_stats);
+                true
+            }
+            None if self.enqueues => {
+                // The embedded store queues its new events with their commit.
+                wake.set_direct(true);
                 true
             }
             None => false,

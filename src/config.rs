@@ -148,7 +148,7 @@ pub const KEYS: &[Key] = &[
         "PRIMED_OUTBOX_DIRECT",
         false,
         Some("true"),
-        "publish new events right after their commit (MySQL + NATS); the relay keeps what this misses",
+        "publish new events right after their commit (MySQL + NATS), or in it (embedded); the relay keeps what this misses",
     ),
     key(
         "PRIMED_OUTBOX_POLL_INTERVAL_MS",

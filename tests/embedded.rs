@@ -121,6 +121,147 @@ async fn the_embedded_store_keeps_the_outbox_promises() {
     );
 }
 
+#[tokio::test]
+async fn with_its_queue_as_the_broker_the_store_queues_a_new_event_in_its_own_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("primed.db"), 3)
+        .await
+        .unwrap();
+    let queue = EmbeddedQueue::new(&store);
+    let pending = "SELECT COUNT(*) FROM outbox WHERE state = 'pending'";
+
+    // Off: the event waits in the outbox for a relay.
+    store.create(request("7", None)).await.unwrap();
+    assert_eq!(queue.depth(SUBJECT_PRIMECHECK_REQUESTED).await.unwrap(), 0);
+    assert_eq!(count(&store, pending).await, 1);
+
+    // On: queued by the commit itself, its outbox row already published; no relay ran.
+    store.enqueue_directly(true);
+    let req = request("11", None);
+    let event_id = req.event_id.clone();
+    store.create(req).await.unwrap();
+    assert_eq!(queue.depth(SUBJECT_PRIMECHECK_REQUESTED).await.unwrap(), 1);
+    let queued: String = sqlx::query("SELECT event_id FROM queue_messages")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, event_id);
+    assert_eq!(count(&store, pending).await, 1, "only the first one");
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM outbox WHERE state = 'published' AND published_at IS NOT NULL"
+        )
+        .await,
+        1
+    );
+
+    // One transaction: a queue that refuses the event rolls the request back with it.
+    sqlx::query("CREATE TRIGGER fail_queue BEFORE INSERT ON queue_messages BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(store.create(request("13", None)).await.is_err());
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM prime_check_requests").await,
+        2
+    );
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM outbox").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_sent_records_and_acks_answer_each_caller_as_alone() {
+    use actors::WorkerStore;
+    use actors::consumer::Source;
+    use actors::model::SentEmail;
+    use futures::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("primed.db"), 3)
+        .await
+        .unwrap();
+    let sent = |event: &str| SentEmail {
+        event_id: event.into(),
+        request_id: "r".into(),
+        recipient: "a@b.co".into(),
+        message_id: format!("<{event}@primed>"),
+    };
+    store.record_email(sent("old")).await.unwrap();
+    // Many at once, so that they share statements: each event is recorded once, and only
+    // one caller of each hears "recorded now".
+    let events: Vec<String> = (0..200)
+        .map(|i| format!("e{}", i % 50))
+        .chain(["old".to_string()])
+        .collect();
+    let answers = futures::future::join_all(events.iter().map(|e| store.record_email(sent(e))))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<bool>, _>>()
+        .unwrap();
+    let fresh: std::collections::HashMap<&str, usize> =
+        events
+            .iter()
+            .zip(&answers)
+            .fold(Default::default(), |mut m, (e, &now)| {
+                *m.entry(e.as_str()).or_default() += usize::from(now);
+                m
+            });
+    assert_eq!(fresh.len(), 51);
+    assert!(
+        fresh.iter().all(|(e, &n)| n == usize::from(*e != "old")),
+        "{fresh:?}"
+    );
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM sent_emails").await, 51);
+    let checks =
+        futures::future::join_all(["e0", "e49", "e50", "old"].map(|e| store.email_sent(e)))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<bool>, _>>()
+            .unwrap();
+    assert_eq!(checks, [true, true, false, true]);
+
+    // Acknowledgements that arrive together remove every row they name, and only those.
+    let queue = EmbeddedQueue::new(&store);
+    let messages: Vec<actors::OutgoingMessage> = (0..300)
+        .map(|i| {
+            actors::OutgoingMessage::first(
+                format!("q{i}"),
+                SUBJECT_PRIMECHECK_REQUESTED,
+                b"{}".to_vec(),
+                None,
+                None,
+            )
+        })
+        .collect();
+    assert!(
+        actors::Broker::publish_batch(&queue, &messages)
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+    let source = primed::adapters::sqlite_workers::EmbeddedSource::new(
+        &queue,
+        SUBJECT_PRIMECHECK_REQUESTED,
+        Duration::from_secs(30),
+        3,
+    );
+    let deliveries: Vec<_> = source
+        .pull(250, Duration::from_millis(100))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(deliveries.len(), 250);
+    futures::future::join_all(deliveries.iter().map(|d| d.ack()))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()
+        .unwrap();
+    assert_eq!(queue.depth(SUBJECT_PRIMECHECK_REQUESTED).await.unwrap(), 50);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_configuration_a_request_is_checked_mailed_to_a_file_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,10 @@
 //! integer microseconds (exact comparisons); they come from this process's clock, which is
 //! the only writer.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actors::model::{
@@ -24,6 +27,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
+use tokio::sync::Notify;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -44,6 +48,68 @@ pub struct SqliteSetupError {
 pub struct SqliteStore {
     pool: SqlitePool,
     outbox_max_retries: u32,
+    /// The queue's wakes, one per subject (shared with the [`EmbeddedQueue`] of this file).
+    wakes: Arc<QueueWakes>,
+    /// Set when this file's queue is the broker: a new event then goes into the queue in
+    /// the transaction that writes it (see [`SqliteStore::enqueue_directly`]).
+    enqueue: Arc<AtomicBool>,
+    /// Small writes grouped into shared statements (acks, sent emails).
+    grouped: Arc<super::sqlite_workers::Grouped>,
+}
+
+/// Wakes the workers pulling one subject of the embedded queue after a publish: only
+/// those, so that a publish on one subject costs the other subject's workers no claim.
+#[derive(Debug, Default)]
+pub(crate) struct QueueWakes(Mutex<HashMap<String, Arc<Notify>>>);
+
+impl QueueWakes {
+    /// The wake of `subject`'s pullers.
+    pub(crate) fn of(&self, subject: &str) -> Arc<Notify> {
+        let mut wakes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        wakes.entry(subject.to_string()).or_default().clone()
+    }
+
+    /// Wakes every puller of `subject`.
+    pub(crate) fn wake(&self, subject: &str) {
+        self.of(subject).notify_waiters();
+    }
+}
+
+/// A queue row for a new event (`ON CONFLICT DO NOTHING`: an event id is queued once).
+pub(crate) struct QueueRow<'a> {
+    pub event_id: &'a str,
+    pub subject: &'a str,
+    pub payload: &'a str,
+    pub request_id: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
+    pub attempt: u32,
+    pub dlq_id: Option<i64>,
+}
+
+impl QueueRow<'_> {
+    /// Inserts the row at `now`, visible at once.
+    pub(crate) async fn insert(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO queue_messages (event_id, subject, payload, request_id, traceparent, attempt, visible_at, created_at, dlq_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(self.event_id)
+        .bind(self.subject)
+        .bind(self.payload)
+        .bind(self.request_id)
+        .bind(self.traceparent)
+        .bind(self.attempt)
+        .bind(now)
+        .bind(now)
+        .bind(self.dlq_id)
+        .execute(conn)
+        .await
+        .map(|_| ())
+    }
 }
 
 pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
@@ -109,9 +175,36 @@ impl SqliteStore {
             .map_err(|e| setup_error(&e))?;
         MIGRATOR.run(&pool).await.map_err(|e| setup_error(&e))?;
         Ok(Self {
-            pool,
             outbox_max_retries,
+            wakes: Arc::default(),
+            enqueue: Arc::default(),
+            grouped: Arc::new(super::sqlite_workers::Grouped::new(&pool)),
+            pool,
         })
+    }
+
+    /// With `on`, a new event (a request's, a result's) goes into this file's queue in the
+    /// transaction that writes it, and its outbox row is written already published: the
+    /// queue is in the same file, so the commit that stores the event also publishes it,
+    /// atomically, without a relay round. Only when this file's queue is the broker (the
+    /// embedded mode, `PRIMED_OUTBOX_DIRECT`); applies to every clone of the store.
+    pub fn enqueue_directly(&self, on: bool) {
+        self.enqueue.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether new events go into the queue with their commit.
+    pub(crate) fn enqueues(&self) -> bool {
+        self.enqueue.load(Ordering::Relaxed)
+    }
+
+    /// The grouped writes.
+    pub(crate) fn grouped(&self) -> &super::sqlite_workers::Grouped {
+        &self.grouped
+    }
+
+    /// Wakes the pullers of `subject` (after a commit that queued a message on it).
+    pub(crate) fn woke(&self, subject: &str) {
+        self.wakes.wake(subject);
     }
 
     /// The pool (the embedded queue shares it).
@@ -156,9 +249,10 @@ impl SqliteStore {
                 _ => Err(rejected(err)),
             };
         }
+        let enqueue = self.enqueues();
         let outboxed = sqlx::query(
-            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at, state, published_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&req.event_id)
         .bind(SUBJECT_PRIMECHECK_REQUESTED)
@@ -167,13 +261,34 @@ impl SqliteStore {
         .bind(&req.traceparent)
         .bind(self.outbox_max_retries)
         .bind(created_us)
+        .bind(if enqueue { "published" } else { "pending" })
+        .bind(enqueue.then_some(created_us))
         .execute(&mut *tx)
         .await;
-        if let Err(err) = outboxed {
+        let queued = match outboxed {
+            Ok(_) if enqueue => {
+                QueueRow {
+                    event_id: &req.event_id,
+                    subject: SUBJECT_PRIMECHECK_REQUESTED,
+                    payload: &payload,
+                    request_id: req.request_id.as_deref(),
+                    traceparent: req.traceparent.as_deref(),
+                    attempt: 1,
+                    dlq_id: None,
+                }
+                .insert(&mut tx, created_us)
+                .await
+            }
+            other => other.map(|_| ()),
+        };
+        if let Err(err) = queued {
             let _ = tx.rollback().await;
             return Err(rejected(err));
         }
         tx.commit().await.map_err(rejected)?;
+        if enqueue {
+            self.woke(SUBJECT_PRIMECHECK_REQUESTED);
+        }
         Ok(CreateOutcome::Created(PrimeRequest::pending(
             req,
             from_micros(created_us),
@@ -467,8 +582,10 @@ impl OutboxStore for SqliteStore {
 #[derive(Clone, Debug)]
 pub struct EmbeddedQueue {
     pool: SqlitePool,
-    /// Woken after each publish, so pulling workers need not poll fast.
-    pub published: std::sync::Arc<tokio::sync::Notify>,
+    /// Woken after each publish, per subject, so pulling workers need not poll fast.
+    pub(crate) wakes: Arc<QueueWakes>,
+    /// The store's grouped writes (acknowledgements).
+    pub(crate) grouped: Arc<super::sqlite_workers::Grouped>,
 }
 
 impl EmbeddedQueue {
@@ -476,7 +593,8 @@ impl EmbeddedQueue {
     pub fn new(store: &SqliteStore) -> Self {
         Self {
             pool: store.pool.clone(),
-            published: std::sync::Arc::new(tokio::sync::Notify::new()),
+            wakes: store.wakes.clone(),
+            grouped: store.grouped.clone(),
         }
     }
 
@@ -506,20 +624,16 @@ impl Broker for EmbeddedQueue {
                 let mut tx = self.pool.begin().await?;
                 let now = now();
                 for m in messages {
-                    sqlx::query(
-                        "INSERT INTO queue_messages (event_id, subject, payload, request_id, traceparent, attempt, visible_at, created_at, dlq_id) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-                    )
-                    .bind(&m.event_id)
-                    .bind(&m.subject)
-                    .bind(String::from_utf8_lossy(&m.payload).into_owned())
-                    .bind(&m.request_id)
-                    .bind(&m.traceparent)
-                    .bind(m.attempt)
-                    .bind(now)
-                    .bind(now)
-                    .bind(m.dlq_id)
-                    .execute(&mut *tx)
+                    QueueRow {
+                        event_id: &m.event_id,
+                        subject: &m.subject,
+                        payload: &String::from_utf8_lossy(&m.payload),
+                        request_id: m.request_id.as_deref(),
+                        traceparent: m.traceparent.as_deref(),
+                        attempt: m.attempt,
+                        dlq_id: m.dlq_id,
+                    }
+                    .insert(&mut tx, now)
                     .await?;
                 }
                 tx.commit().await
@@ -527,7 +641,13 @@ impl Broker for EmbeddedQueue {
             .await;
             match result {
                 Ok(()) => {
-                    self.published.notify_waiters();
+                    let mut subjects: Vec<&str> =
+                        messages.iter().map(|m| m.subject.as_str()).collect();
+                    subjects.sort_unstable();
+                    subjects.dedup();
+                    for subject in subjects {
+                        self.wakes.wake(subject);
+                    }
                     messages.iter().map(|_| Ok(())).collect()
                 }
                 Err(err) => {

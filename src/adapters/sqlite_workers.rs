@@ -28,7 +28,8 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::common::{health_rows, is_duplicate, json_payload, letter_history, refused};
-use super::sqlite::{EmbeddedQueue, SqliteStore, from_micros, micros, now, rejected};
+use super::group::Group;
+use super::sqlite::{EmbeddedQueue, QueueRow, SqliteStore, from_micros, micros, now, rejected};
 
 fn us(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
@@ -96,6 +97,132 @@ async fn count_statistic(
     Ok(())
 }
 
+/// The embedded mode's small writes that arrive together, grouped like MySQL's effects
+/// (`group.rs`): a queue acknowledgement is a `DELETE`, a sent email an `INSERT`, an "already
+/// sent?" check a `SELECT`, each a trip to SQLite's connection thread; under load those
+/// trips, not the statements, were most of the daemon's CPU. Records that wait together go
+/// in one statement; an idle store writes a lone record at once.
+pub(crate) struct Grouped {
+    /// Acknowledged (or terminated) queue rows, by id.
+    pub(crate) acks: Arc<Group<i64, ()>>,
+    /// Sent emails, `true` when recorded now.
+    sent: Arc<Group<SentEmail, bool>>,
+    /// Which events' emails were sent.
+    sent_checks: Arc<Group<String, bool>>,
+}
+
+impl std::fmt::Debug for Grouped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grouped").finish_non_exhaustive()
+    }
+}
+
+/// Most records in one grouped statement (well under SQLite's 32,766 parameters).
+const GROUP_BATCH: usize = 256;
+
+impl Grouped {
+    pub(crate) fn new(pool: &SqlitePool) -> Self {
+        fn group<T, R, F, Fut>(pool: &SqlitePool, writers: usize, write: F) -> Arc<Group<T, R>>
+        where
+            T: Send + 'static,
+            R: Send + 'static,
+            F: Fn(SqlitePool, Vec<T>) -> Fut + Send + Sync + 'static,
+            Fut: std::future::Future<Output = Vec<Result<R, StoreError>>> + Send + 'static,
+        {
+            let pool = pool.clone();
+            Group::new(
+                writers,
+                GROUP_BATCH,
+                Arc::new(move |batch| write(pool.clone(), batch).boxed()),
+            )
+        }
+        // One writer for writes (SQLite has one writer at a time), two for reads.
+        Self {
+            acks: group(pool, 1, |pool, ids| async move {
+                delete_queued(&pool, ids).await
+            }),
+            sent: group(pool, 1, |pool, batch| async move {
+                insert_sent(&pool, batch).await
+            }),
+            sent_checks: group(
+                pool,
+                2,
+                |pool, ids| async move { were_sent(&pool, ids).await },
+            ),
+        }
+    }
+}
+
+/// One answer per record: the statement's outcome for each.
+fn each<R: Clone>(n: usize, outcome: Result<R, sqlx::Error>) -> Vec<Result<R, StoreError>> {
+    let outcome = outcome.map_err(rejected);
+    (0..n).map(|_| outcome.clone()).collect()
+}
+
+async fn delete_queued(pool: &SqlitePool, ids: Vec<i64>) -> Vec<Result<(), StoreError>> {
+    let mut q: QueryBuilder<'_, Sqlite> =
+        QueryBuilder::new("DELETE FROM queue_messages WHERE id IN (");
+    let mut list = q.separated(", ");
+    for id in &ids {
+        list.push_bind(id);
+    }
+    q.push(")");
+    each(ids.len(), q.build().execute(pool).await.map(|_| ()))
+}
+
+/// Inserts the batch's sent emails; an event already recorded (before, or earlier in the
+/// batch) is answered `false`.
+async fn insert_sent(pool: &SqlitePool, batch: Vec<SentEmail>) -> Vec<Result<bool, StoreError>> {
+    let now = now();
+    let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+        "INSERT INTO sent_emails (event_id, request_id, recipient, message_id, sent_at) ",
+    );
+    q.push_values(&batch, |mut b, sent| {
+        b.push_bind(&sent.event_id)
+            .push_bind(&sent.request_id)
+            .push_bind(&sent.recipient)
+            .push_bind(&sent.message_id)
+            .push_bind(now);
+    });
+    q.push(" ON CONFLICT DO NOTHING RETURNING event_id");
+    let inserted = match q.build().fetch_all(pool).await {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<std::collections::HashSet<String>, _>>(),
+        Err(e) => Err(e),
+    };
+    match inserted {
+        Ok(mut inserted) => batch
+            .iter()
+            // `remove`: a second record of one event in the batch was not the one inserted.
+            .map(|sent| Ok(inserted.remove(&sent.event_id)))
+            .collect(),
+        Err(e) => each(batch.len(), Err(e)),
+    }
+}
+
+async fn were_sent(pool: &SqlitePool, ids: Vec<String>) -> Vec<Result<bool, StoreError>> {
+    let mut q: QueryBuilder<'_, Sqlite> =
+        QueryBuilder::new("SELECT event_id FROM sent_emails WHERE event_id IN (");
+    let mut list = q.separated(", ");
+    for id in &ids {
+        list.push_bind(id);
+    }
+    q.push(")");
+    let sent = match q.build().fetch_all(pool).await {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<std::collections::HashSet<String>, _>>(),
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(sent) => ids.iter().map(|id| Ok(sent.contains(id))).collect(),
+        Err(e) => each(ids.len(), Err(e)),
+    }
+}
+
 impl SqliteStore {
     async fn record_result_inner(&self, r: PrimeResult) -> Result<bool, StoreError> {
         let payload =
@@ -128,9 +255,10 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(rejected)?;
+        let enqueue = self.enqueues();
         sqlx::query(
-            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at) \
-             VALUES (?, ?, ?, ?, ?, 3, ?)",
+            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at, state, published_at) \
+             VALUES (?, ?, ?, ?, ?, 3, ?, ?, ?)",
         )
         .bind(&r.email_event_id)
         .bind(SUBJECT_EMAIL_SEND)
@@ -138,10 +266,29 @@ impl SqliteStore {
         .bind(&r.request_id)
         .bind(&r.traceparent)
         .bind(now)
+        .bind(if enqueue { "published" } else { "pending" })
+        .bind(enqueue.then_some(now))
         .execute(&mut *tx)
         .await
         .map_err(rejected)?;
+        if enqueue {
+            QueueRow {
+                event_id: &r.email_event_id,
+                subject: SUBJECT_EMAIL_SEND,
+                payload: &payload,
+                request_id: r.request_id.as_deref(),
+                traceparent: r.traceparent.as_deref(),
+                attempt: 1,
+                dlq_id: None,
+            }
+            .insert(&mut tx, now)
+            .await
+            .map_err(rejected)?;
+        }
         tx.commit().await.map_err(rejected)?;
+        if enqueue {
+            self.woke(SUBJECT_EMAIL_SEND);
+        }
         Ok(true)
     }
 
@@ -320,36 +467,14 @@ impl WorkerStore for SqliteStore {
     }
 
     fn email_sent<'a>(&'a self, event_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
-        async move {
-            let row = sqlx::query("SELECT 1 FROM sent_emails WHERE event_id = ?")
-                .bind(event_id)
-                .fetch_optional(self.pool())
-                .await
-                .map_err(rejected)?;
-            Ok(row.is_some())
-        }
-        .boxed()
+        self.grouped()
+            .sent_checks
+            .submit(event_id.to_string())
+            .boxed()
     }
 
     fn record_email(&self, sent: SentEmail) -> BoxFuture<'_, Result<bool, StoreError>> {
-        async move {
-            let done = sqlx::query(
-                "INSERT INTO sent_emails (event_id, request_id, recipient, message_id, sent_at) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(&sent.event_id)
-            .bind(&sent.request_id)
-            .bind(&sent.recipient)
-            .bind(&sent.message_id)
-            .bind(now())
-            .execute(self.pool())
-            .await;
-            match done {
-                Ok(_) => Ok(true),
-                Err(e) if is_duplicate(&e) => Ok(false),
-                Err(e) => Err(rejected(e)),
-            }
-        }
-        .boxed()
+        self.grouped().sent.submit(sent).boxed()
     }
 
     fn log_attempts<'a>(&'a self, logs: &'a [AttemptLog]) -> BoxFuture<'a, Result<(), StoreError>> {
@@ -636,6 +761,7 @@ pub struct EmbeddedSource {
     lease: Duration,
     max_deliver: u32,
     published: Arc<tokio::sync::Notify>,
+    acks: Arc<Group<i64, ()>>,
 }
 
 impl EmbeddedSource {
@@ -647,7 +773,8 @@ impl EmbeddedSource {
             subject: subject.into(),
             lease: ack_wait,
             max_deliver,
-            published: queue.published.clone(),
+            published: queue.wakes.of(subject),
+            acks: queue.grouped.acks.clone(),
         }
     }
 
@@ -672,6 +799,7 @@ impl EmbeddedSource {
             let message = queue_message(&row).map_err(|e| BrokerError(e.to_string()))?;
             out.push(Box::new(QueueDelivery {
                 pool: self.pool.clone(),
+                acks: self.acks.clone(),
                 id: row.try_get("id").map_err(|e| BrokerError(e.to_string()))?,
                 lease: self.lease,
                 message,
@@ -700,12 +828,21 @@ fn queue_message(row: &SqliteRow) -> Result<Message, sqlx::Error> {
 
 struct QueueDelivery {
     pool: SqlitePool,
+    acks: Arc<Group<i64, ()>>,
     id: i64,
     lease: Duration,
     message: Message,
 }
 
 impl QueueDelivery {
+    /// Removes the row (acknowledged or terminated), grouped with others.
+    async fn delete(&self) -> Result<(), BrokerError> {
+        self.acks
+            .submit(self.id)
+            .await
+            .map_err(|e| BrokerError(format!("embedded queue: {e}")))
+    }
+
     async fn exec(&self, sql: &str, bind: Option<i64>) -> Result<(), BrokerError> {
         let mut q = sqlx::query(sql);
         if let Some(v) = bind {
@@ -725,8 +862,7 @@ impl Delivery for QueueDelivery {
     }
 
     fn ack(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
-        self.exec("DELETE FROM queue_messages WHERE id = ?", None)
-            .boxed()
+        self.delete().boxed()
     }
 
     fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), BrokerError>> {
@@ -738,8 +874,7 @@ impl Delivery for QueueDelivery {
     }
 
     fn term(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
-        self.exec("DELETE FROM queue_messages WHERE id = ?", None)
-            .boxed()
+        self.delete().boxed()
     }
 
     fn progress(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
@@ -790,6 +925,7 @@ use futures::StreamExt;
 /// out: the embedded counterpart of the max-deliveries advisory.
 pub struct EmbeddedAdvisories {
     pool: SqlitePool,
+    acks: Arc<Group<i64, ()>>,
     /// (subject, max deliveries)
     budgets: Vec<(String, u32)>,
 }
@@ -799,6 +935,7 @@ impl EmbeddedAdvisories {
     pub fn new(queue: &EmbeddedQueue, budgets: Vec<(String, u32)>) -> Self {
         Self {
             pool: queue.pool().clone(),
+            acks: queue.grouped.acks.clone(),
             budgets,
         }
     }
@@ -856,6 +993,7 @@ impl AdvisoryFeed for EmbeddedAdvisories {
                         ),
                         delivery: Box::new(QueueDelivery {
                             pool: self.pool.clone(),
+                            acks: self.acks.clone(),
                             id,
                             lease: Duration::ZERO,
                             message,
