@@ -171,6 +171,70 @@ async fn with_its_queue_as_the_broker_the_store_queues_a_new_event_in_its_own_co
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_results_are_recorded_once_per_event_with_their_queued_email_events() {
+    use actors::WorkerStore;
+    use actors::model::{EmailSend, PrimeResult, SUBJECT_EMAIL_SEND};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("primed.db"), 3)
+        .await
+        .unwrap();
+    let queue = EmbeddedQueue::new(&store);
+    store.enqueue_directly(true);
+    let mut results = Vec::new();
+    for n in ["7", "8", "9", "10"] {
+        let req = request(n, None);
+        let (id, event_id) = (req.id.clone(), req.event_id.clone());
+        store.create(req).await.unwrap();
+        results.push(PrimeResult {
+            event_id,
+            email_event_id: uuid::Uuid::now_v7().to_string(),
+            email: EmailSend {
+                request_id: id,
+                number: n.into(),
+                email: "a@b.co".into(),
+                is_prime: n == "7",
+                factor: (n != "7").then(|| "2".into()),
+                digits: n.len(),
+            },
+            duration: Duration::from_micros(40),
+            request_id: Some("req".into()),
+            traceparent: None,
+        });
+    }
+    // The first already recorded; then each of them twice at once (a redelivery racing the
+    // first delivery), so that duplicates share batches with fresh results.
+    assert!(store.record_result(results[0].clone()).await.unwrap());
+    let again: Vec<PrimeResult> = results.iter().chain(&results).cloned().collect();
+    let answers = futures::future::join_all(again.iter().map(|r| store.record_result(r.clone())))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<bool>, _>>()
+        .unwrap();
+    for (i, r) in results.iter().enumerate() {
+        let fresh = again
+            .iter()
+            .zip(&answers)
+            .filter(|(a, now)| a.event_id == r.event_id && **now)
+            .count();
+        assert_eq!(fresh, usize::from(i > 0), "{}: {answers:?}", r.email.number);
+    }
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM prime_check_requests WHERE status = 'done' AND is_prime = (number = '7') AND digits = LENGTH(number) AND completed_at IS NOT NULL").await,
+        4
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM outbox WHERE subject = 'email.send' AND state = 'published'"
+        )
+        .await,
+        4
+    );
+    assert_eq!(queue.depth(SUBJECT_EMAIL_SEND).await.unwrap(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grouped_sent_records_and_acks_answer_each_caller_as_alone() {
     use actors::WorkerStore;
     use actors::consumer::Source;

@@ -174,11 +174,17 @@ impl SqliteStore {
             .await
             .map_err(|e| setup_error(&e))?;
         MIGRATOR.run(&pool).await.map_err(|e| setup_error(&e))?;
+        let enqueue: Arc<AtomicBool> = Arc::default();
+        let wakes: Arc<QueueWakes> = Arc::default();
         Ok(Self {
             outbox_max_retries,
-            wakes: Arc::default(),
-            enqueue: Arc::default(),
-            grouped: Arc::new(super::sqlite_workers::Grouped::new(&pool)),
+            grouped: Arc::new(super::sqlite_workers::Grouped::new(
+                &pool,
+                enqueue.clone(),
+                wakes.clone(),
+            )),
+            wakes,
+            enqueue,
             pool,
         })
     }

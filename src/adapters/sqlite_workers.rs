@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actors::consumer::{Delivery, Message, Source};
@@ -29,7 +30,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::common::{health_rows, is_duplicate, json_payload, letter_history, refused};
 use super::group::Group;
-use super::sqlite::{EmbeddedQueue, QueueRow, SqliteStore, from_micros, micros, now, rejected};
+use super::sqlite::{EmbeddedQueue, QueueWakes, SqliteStore, from_micros, micros, now, rejected};
 
 fn us(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
@@ -98,11 +99,14 @@ async fn count_statistic(
 }
 
 /// The embedded mode's small writes that arrive together, grouped like MySQL's effects
-/// (`group.rs`): a queue acknowledgement is a `DELETE`, a sent email an `INSERT`, an "already
-/// sent?" check a `SELECT`, each a trip to SQLite's connection thread; under load those
+/// (`group.rs`): a result is a transaction of four or five statements, a queue
+/// acknowledgement a `DELETE`, a sent email an `INSERT`, an "already sent?" check a
+/// `SELECT`, each statement a trip to SQLite's connection thread; under load those
 /// trips, not the statements, were most of the daemon's CPU. Records that wait together go
 /// in one statement; an idle store writes a lone record at once.
 pub(crate) struct Grouped {
+    /// Prime-check results with their email events, `true` when recorded now.
+    results: Arc<Group<PrimeResult, bool>>,
     /// Acknowledged (or terminated) queue rows, by id.
     pub(crate) acks: Arc<Group<i64, ()>>,
     /// Sent emails, `true` when recorded now.
@@ -121,7 +125,7 @@ impl std::fmt::Debug for Grouped {
 const GROUP_BATCH: usize = 256;
 
 impl Grouped {
-    pub(crate) fn new(pool: &SqlitePool) -> Self {
+    pub(crate) fn new(pool: &SqlitePool, enqueue: Arc<AtomicBool>, wakes: Arc<QueueWakes>) -> Self {
         fn group<T, R, F, Fut>(pool: &SqlitePool, writers: usize, write: F) -> Arc<Group<T, R>>
         where
             T: Send + 'static,
@@ -138,6 +142,10 @@ impl Grouped {
         }
         // One writer for writes (SQLite has one writer at a time), two for reads.
         Self {
+            results: group(pool, 1, move |pool, batch| {
+                let (enqueue, wakes) = (enqueue.clone(), wakes.clone());
+                async move { write_results(&pool, &enqueue, &wakes, batch).await }
+            }),
             acks: group(pool, 1, |pool, ids| async move {
                 delete_queued(&pool, ids).await
             }),
@@ -223,75 +231,130 @@ async fn were_sent(pool: &SqlitePool, ids: Vec<String>) -> Vec<Result<bool, Stor
     }
 }
 
-impl SqliteStore {
-    async fn record_result_inner(&self, r: PrimeResult) -> Result<bool, StoreError> {
-        let payload =
-            serde_json::to_string(&r.email).map_err(|e| StoreError::Rejected(e.to_string()))?;
-        let now = now();
-        let mut tx = self.pool().begin().await.map_err(rejected)?;
-        let first = sqlx::query(
-            "INSERT INTO processed_events (event_id, consumer, processed_at) VALUES (?, ?, ?)",
-        )
-        .bind(&r.event_id)
-        .bind(PRIMECHECK_CONSUMER)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match first {
-            Ok(_) => {}
-            Err(e) if is_duplicate(&e) => return Ok(false),
-            Err(e) => return Err(rejected(e)),
-        }
-        sqlx::query(
-            "UPDATE prime_check_requests SET status = 'done', is_prime = ?, factor = ?, error = NULL, \
-             digits = ?, duration_us = ?, completed_at = ? WHERE id = ?",
-        )
-        .bind(r.email.is_prime)
-        .bind(&r.email.factor)
-        .bind(r.email.digits as i64)
-        .bind(us(r.duration))
-        .bind(now)
-        .bind(&r.email.request_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(rejected)?;
-        let enqueue = self.enqueues();
-        sqlx::query(
-            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at, state, published_at) \
-             VALUES (?, ?, ?, ?, ?, 3, ?, ?, ?)",
-        )
-        .bind(&r.email_event_id)
-        .bind(SUBJECT_EMAIL_SEND)
-        .bind(&payload)
-        .bind(&r.request_id)
-        .bind(&r.traceparent)
-        .bind(now)
-        .bind(if enqueue { "published" } else { "pending" })
-        .bind(enqueue.then_some(now))
-        .execute(&mut *tx)
-        .await
-        .map_err(rejected)?;
-        if enqueue {
-            QueueRow {
-                event_id: &r.email_event_id,
-                subject: SUBJECT_EMAIL_SEND,
-                payload: &payload,
-                request_id: r.request_id.as_deref(),
-                traceparent: r.traceparent.as_deref(),
-                attempt: 1,
-                dlq_id: None,
+/// Writes a batch of results in one transaction: their `processed_events` rows, the
+/// requests' updates (one `UPDATE … FROM (VALUES …)`), the `email.send` outbox rows and,
+/// when the store queues its events, their queue rows. When one of them was already
+/// recorded nothing is written and each is written again on its own, so that each gets the
+/// answer it would have had alone: `true` when recorded now, `false` when before.
+async fn write_results(
+    pool: &SqlitePool,
+    enqueue: &AtomicBool,
+    wakes: &QueueWakes,
+    batch: Vec<PrimeResult>,
+) -> Vec<Result<bool, StoreError>> {
+    let enqueue = enqueue.load(Ordering::Relaxed);
+    let answer = |written: Result<(), Together>| match written {
+        Ok(()) => Ok(true),
+        Err(Together::Duplicate) => Ok(false),
+        Err(Together::Failed(e)) => Err(e),
+    };
+    let answers = match results_together(pool, enqueue, &batch).await {
+        Err(Together::Duplicate) if batch.len() > 1 => {
+            let mut answers = Vec::with_capacity(batch.len());
+            for result in &batch {
+                answers.push(answer(
+                    results_together(pool, enqueue, std::slice::from_ref(result)).await,
+                ));
             }
-            .insert(&mut tx, now)
-            .await
-            .map_err(rejected)?;
+            answers
         }
-        tx.commit().await.map_err(rejected)?;
-        if enqueue {
-            self.woke(SUBJECT_EMAIL_SEND);
+        written => {
+            let written = answer(written);
+            batch.iter().map(|_| written.clone()).collect()
         }
-        Ok(true)
+    };
+    if enqueue && answers.iter().any(|a| matches!(a, Ok(true))) {
+        wakes.wake(SUBJECT_EMAIL_SEND);
     }
+    answers
+}
 
+/// Why a batch of results was not written together.
+enum Together {
+    /// One of them was already recorded (nothing was written).
+    Duplicate,
+    /// Anything else: every result of the batch gets this error.
+    Failed(StoreError),
+}
+
+async fn results_together(
+    pool: &SqlitePool,
+    enqueue: bool,
+    batch: &[PrimeResult],
+) -> Result<(), Together> {
+    let failed = |e| Together::Failed(rejected(e));
+    let payloads = batch
+        .iter()
+        .map(|r| serde_json::to_string(&r.email))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Together::Failed(StoreError::Rejected(e.to_string())))?;
+    let now = now();
+    let mut tx = pool.begin().await.map_err(failed)?;
+    let mut q: QueryBuilder<'_, Sqlite> =
+        QueryBuilder::new("INSERT INTO processed_events (event_id, consumer, processed_at) ");
+    q.push_values(batch, |mut b, r| {
+        b.push_bind(&r.event_id)
+            .push_bind(PRIMECHECK_CONSUMER)
+            .push_bind(now);
+    });
+    match q.build().execute(&mut *tx).await {
+        Ok(_) => {}
+        Err(e) if is_duplicate(&e) => {
+            let _ = tx.rollback().await;
+            return Err(Together::Duplicate);
+        }
+        Err(e) => return Err(failed(e)),
+    }
+    let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+        "UPDATE prime_check_requests SET status = 'done', is_prime = v.column2, factor = v.column3, \
+         error = NULL, digits = v.column4, duration_us = v.column5, completed_at = ",
+    );
+    q.push_bind(now).push(" FROM (");
+    q.push_values(batch, |mut b, r| {
+        b.push_bind(&r.email.request_id)
+            .push_bind(r.email.is_prime)
+            .push_bind(&r.email.factor)
+            .push_bind(r.email.digits as i64)
+            .push_bind(us(r.duration));
+    });
+    q.push(") AS v WHERE prime_check_requests.id = v.column1");
+    q.build().execute(&mut *tx).await.map_err(failed)?;
+    let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+        "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at, state, published_at) ",
+    );
+    q.push_values(batch.iter().zip(&payloads), |mut b, (r, payload)| {
+        b.push_bind(&r.email_event_id)
+            .push_bind(SUBJECT_EMAIL_SEND)
+            .push_bind(payload)
+            .push_bind(&r.request_id)
+            .push_bind(&r.traceparent)
+            .push_bind(3)
+            .push_bind(now)
+            .push_bind(if enqueue { "published" } else { "pending" })
+            .push_bind(enqueue.then_some(now));
+    });
+    q.build().execute(&mut *tx).await.map_err(failed)?;
+    if enqueue {
+        let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            "INSERT INTO queue_messages (event_id, subject, payload, request_id, traceparent, attempt, visible_at, created_at) ",
+        );
+        q.push_values(batch.iter().zip(&payloads), |mut b, (r, payload)| {
+            b.push_bind(&r.email_event_id)
+                .push_bind(SUBJECT_EMAIL_SEND)
+                .push_bind(payload)
+                .push_bind(&r.request_id)
+                .push_bind(&r.traceparent)
+                .push_bind(1)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        q.push(" ON CONFLICT (event_id) DO NOTHING");
+        q.build().execute(&mut *tx).await.map_err(failed)?;
+    }
+    tx.commit().await.map_err(failed)
+}
+
+impl SqliteStore {
     async fn dead_letter_inner(&self, l: NewDeadLetter) -> Result<Option<i64>, StoreError> {
         let payload = json_payload(&l.payload);
         let dlq = dlq_subject(&l.original_subject);
@@ -445,7 +508,7 @@ impl SqliteStore {
 
 impl WorkerStore for SqliteStore {
     fn record_result(&self, result: PrimeResult) -> BoxFuture<'_, Result<bool, StoreError>> {
-        self.record_result_inner(result).boxed()
+        self.grouped().results.submit(result).boxed()
     }
 
     fn processed<'a>(
