@@ -171,6 +171,59 @@ async fn with_its_queue_as_the_broker_the_store_queues_a_new_event_in_its_own_co
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_accepted_together_share_a_transaction_and_each_gets_its_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("primed.db"), 3)
+        .await
+        .unwrap();
+    let queue = EmbeddedQueue::new(&store);
+    store.enqueue_directly(true);
+    // 200 at once, among them an idempotency key used three times (twice with the same
+    // request, once with another number): that batch is written again one by one.
+    let mut requests: Vec<NewRequest> = (0..200).map(|n| request(&n.to_string(), None)).collect();
+    requests[50] = request("7", Some("same"));
+    requests[120] = request("7", Some("same"));
+    requests[121] = request("8", Some("same"));
+    let answers = futures::future::join_all(requests.iter().map(|r| store.create(r.clone())))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let created = answers
+        .iter()
+        .filter(|a| matches!(a, CreateOutcome::Created(_)))
+        .count();
+    assert_eq!(created, 198, "every request but two repeats of a key");
+    assert!(
+        matches!(&answers[120], CreateOutcome::Existing(first) if first.id == requests[50].id),
+        "{:?}",
+        answers[120]
+    );
+    assert!(matches!(&answers[121], CreateOutcome::KeyConflict(_)));
+    for (req, answer) in requests.iter().zip(&answers) {
+        if let CreateOutcome::Created(r) = answer {
+            assert_eq!(r.id, req.id);
+        }
+    }
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM prime_check_requests").await,
+        198
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM outbox WHERE state = 'published'"
+        )
+        .await,
+        198
+    );
+    assert_eq!(
+        queue.depth(SUBJECT_PRIMECHECK_REQUESTED).await.unwrap(),
+        198
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grouped_results_are_recorded_once_per_event_with_their_queued_email_events() {
     use actors::WorkerStore;
     use actors::model::{EmailSend, PrimeResult, SUBJECT_EMAIL_SEND};

@@ -25,6 +25,15 @@ pub(crate) type WriteBatch<T, R> =
 
 type Reply<R> = oneshot::Sender<Result<R, StoreError>>;
 
+impl<T, R> std::fmt::Debug for Group<T, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("max_writers", &self.max_writers)
+            .field("max_batch", &self.max_batch)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Records waiting for a writer, and the writers at work.
 pub(crate) struct Group<T, R> {
     state: Mutex<State<T, R>>,

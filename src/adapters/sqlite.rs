@@ -27,6 +27,8 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::group::Group;
 use tokio::sync::Notify;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -47,7 +49,6 @@ pub struct SqliteSetupError {
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    outbox_max_retries: u32,
     /// The queue's wakes, one per subject (shared with the [`EmbeddedQueue`] of this file).
     wakes: Arc<QueueWakes>,
     /// Set when this file's queue is the broker: a new event then goes into the queue in
@@ -55,6 +56,8 @@ pub struct SqliteStore {
     enqueue: Arc<AtomicBool>,
     /// Small writes grouped into shared statements (acks, sent emails).
     grouped: Arc<super::sqlite_workers::Grouped>,
+    /// Accepted requests waiting together share a transaction.
+    accepts: Arc<Group<NewRequest, CreateOutcome>>,
 }
 
 /// Wakes the workers pulling one subject of the embedded queue after a publish: only
@@ -176,8 +179,23 @@ impl SqliteStore {
         MIGRATOR.run(&pool).await.map_err(|e| setup_error(&e))?;
         let enqueue: Arc<AtomicBool> = Arc::default();
         let wakes: Arc<QueueWakes> = Arc::default();
-        Ok(Self {
+        let writer = AcceptWriter {
+            pool: pool.clone(),
             outbox_max_retries,
+            enqueue: enqueue.clone(),
+            wakes: wakes.clone(),
+        };
+        // One writer: SQLite has one at a time.
+        let accepts = Group::new(
+            1,
+            ACCEPT_BATCH,
+            Arc::new(move |batch| {
+                let writer = writer.clone();
+                async move { writer.batch(batch).await }.boxed()
+            }),
+        );
+        Ok(Self {
+            accepts,
             grouped: Arc::new(super::sqlite_workers::Grouped::new(
                 &pool,
                 enqueue.clone(),
@@ -198,19 +216,9 @@ impl SqliteStore {
         self.enqueue.store(on, Ordering::Relaxed);
     }
 
-    /// Whether new events go into the queue with their commit.
-    pub(crate) fn enqueues(&self) -> bool {
-        self.enqueue.load(Ordering::Relaxed)
-    }
-
     /// The grouped writes.
     pub(crate) fn grouped(&self) -> &super::sqlite_workers::Grouped {
         &self.grouped
-    }
-
-    /// Wakes the pullers of `subject` (after a commit that queued a message on it).
-    pub(crate) fn woke(&self, subject: &str) {
-        self.wakes.wake(subject);
     }
 
     /// The pool (the embedded queue shares it).
@@ -226,8 +234,10 @@ impl SqliteStore {
             .map_err(rejected)?;
         Ok(())
     }
+}
 
-    async fn create_inner(&self, req: NewRequest) -> Result<CreateOutcome, StoreError> {
+impl AcceptWriter {
+    async fn one(&self, req: NewRequest) -> Result<CreateOutcome, StoreError> {
         let created_at = Utc::now();
         let created_us = micros(created_at);
         let payload = req
@@ -255,7 +265,7 @@ impl SqliteStore {
                 _ => Err(rejected(err)),
             };
         }
-        let enqueue = self.enqueues();
+        let enqueue = self.enqueue.load(Ordering::Relaxed);
         let outboxed = sqlx::query(
             "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at, state, published_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -293,7 +303,7 @@ impl SqliteStore {
         }
         tx.commit().await.map_err(rejected)?;
         if enqueue {
-            self.woke(SUBJECT_PRIMECHECK_REQUESTED);
+            self.wakes.wake(SUBJECT_PRIMECHECK_REQUESTED);
         }
         Ok(CreateOutcome::Created(PrimeRequest::pending(
             req,
@@ -320,6 +330,144 @@ impl SqliteStore {
         }
     }
 
+    /// Writes the requests waiting together in one transaction; when a statement fails
+    /// (an idempotency key already taken, a fault), writes each on its own, so that each
+    /// gets the answer it would have had alone.
+    async fn batch(&self, mut batch: Vec<NewRequest>) -> Vec<Result<CreateOutcome, StoreError>> {
+        if batch.len() == 1
+            && let Some(req) = batch.pop()
+        {
+            return vec![self.one(req).await];
+        }
+        match self.together(&batch).await {
+            Ok(created_us) => {
+                if self.enqueue.load(Ordering::Relaxed) {
+                    self.wakes.wake(SUBJECT_PRIMECHECK_REQUESTED);
+                }
+                batch
+                    .into_iter()
+                    .map(|req| {
+                        Ok(CreateOutcome::Created(PrimeRequest::pending(
+                            req,
+                            from_micros(created_us),
+                        )))
+                    })
+                    .collect()
+            }
+            Err(Together::Failed(e)) => batch.iter().map(|_| Err(e.clone())).collect(),
+            Err(Together::OneByOne) => {
+                let mut answers = Vec::with_capacity(batch.len());
+                for req in batch {
+                    answers.push(self.one(req).await);
+                }
+                answers
+            }
+        }
+    }
+
+    /// One transaction for the batch: its requests, their outbox rows and (when the store
+    /// queues its events) their queue rows. Returns their `created_at`.
+    async fn together(&self, batch: &[NewRequest]) -> Result<i64, Together> {
+        let Ok(payloads) = batch
+            .iter()
+            .map(NewRequest::event_payload)
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return Err(Together::OneByOne);
+        };
+        let created_us = now();
+        let enqueue = self.enqueue.load(Ordering::Relaxed);
+        // No connection: every request gets that answer; writing each alone would wait as
+        // long again.
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| Together::Failed(rejected(e)))?;
+        let written: Result<(), sqlx::Error> = async {
+            let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at, owner) ",
+            );
+            q.push_values(batch, |mut b, req| {
+                b.push_bind(&req.id)
+                    .push_bind(&req.number)
+                    .push_bind(&req.email)
+                    .push_bind(&req.idempotency_key)
+                    .push_bind(&req.request_id)
+                    .push_bind(created_us)
+                    .push_bind(&req.owner);
+            });
+            q.build().execute(&mut *tx).await?;
+            let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at, state, published_at) ",
+            );
+            q.push_values(batch.iter().zip(&payloads), |mut b, (req, payload)| {
+                b.push_bind(&req.event_id)
+                    .push_bind(SUBJECT_PRIMECHECK_REQUESTED)
+                    .push_bind(payload)
+                    .push_bind(&req.request_id)
+                    .push_bind(&req.traceparent)
+                    .push_bind(self.outbox_max_retries)
+                    .push_bind(created_us)
+                    .push_bind(if enqueue { "published" } else { "pending" })
+                    .push_bind(enqueue.then_some(created_us));
+            });
+            q.build().execute(&mut *tx).await?;
+            if enqueue {
+                let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+                    "INSERT INTO queue_messages (event_id, subject, payload, request_id, traceparent, attempt, visible_at, created_at) ",
+                );
+                q.push_values(batch.iter().zip(&payloads), |mut b, (req, payload)| {
+                    b.push_bind(&req.event_id)
+                        .push_bind(SUBJECT_PRIMECHECK_REQUESTED)
+                        .push_bind(payload)
+                        .push_bind(&req.request_id)
+                        .push_bind(&req.traceparent)
+                        .push_bind(1)
+                        .push_bind(created_us)
+                        .push_bind(created_us);
+                });
+                q.push(" ON CONFLICT (event_id) DO NOTHING");
+                q.build().execute(&mut *tx).await?;
+            }
+            Ok(())
+        }
+        .await;
+        match written {
+            Ok(()) => tx
+                .commit()
+                .await
+                .map(|()| created_us)
+                .map_err(|e| Together::Failed(rejected(e))),
+            Err(_) => {
+                let _ = tx.rollback().await;
+                Err(Together::OneByOne)
+            }
+        }
+    }
+}
+
+/// Most accepted requests in one transaction.
+const ACCEPT_BATCH: usize = 100;
+
+/// Why a batch of requests was not written together.
+enum Together {
+    /// A statement failed: nothing was written; each request is written on its own.
+    OneByOne,
+    /// No connection, or the commit failed: every request gets this error.
+    Failed(StoreError),
+}
+
+/// Writes accepted requests (the group's writer; holds no reference to the store).
+#[derive(Clone, Debug)]
+struct AcceptWriter {
+    pool: SqlitePool,
+    outbox_max_retries: u32,
+    enqueue: Arc<AtomicBool>,
+    wakes: Arc<QueueWakes>,
+}
+
+impl SqliteStore {
     async fn mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
         let mut q: QueryBuilder<'_, Sqlite> =
             QueryBuilder::new("UPDATE outbox SET state = 'published', published_at = ");
@@ -466,7 +614,7 @@ fn push_ids(q: &mut QueryBuilder<'_, Sqlite>, ids: impl Iterator<Item = i64>) {
 
 impl RequestStore for SqliteStore {
     fn create(&self, request: NewRequest) -> BoxFuture<'_, Result<CreateOutcome, StoreError>> {
-        self.create_inner(request).boxed()
+        self.accepts.submit(request).boxed()
     }
 
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<PrimeRequest>, StoreError>> {
