@@ -78,41 +78,57 @@ impl QueueWakes {
     }
 }
 
-/// A queue row for a new event (`ON CONFLICT DO NOTHING`: an event id is queued once).
-pub(crate) struct QueueRow<'a> {
+/// A new event, for its outbox row and (see [`SqliteStore::enqueue_directly`]) its queue row.
+pub(crate) struct EventRow<'a> {
     pub event_id: &'a str,
-    pub subject: &'a str,
     pub payload: &'a str,
     pub request_id: Option<&'a str>,
     pub traceparent: Option<&'a str>,
-    pub attempt: u32,
-    pub dlq_id: Option<i64>,
 }
 
-impl QueueRow<'_> {
-    /// Inserts the row at `now`, visible at once.
-    pub(crate) async fn insert(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        now: i64,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO queue_messages (event_id, subject, payload, request_id, traceparent, attempt, visible_at, created_at, dlq_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(self.event_id)
-        .bind(self.subject)
-        .bind(self.payload)
-        .bind(self.request_id)
-        .bind(self.traceparent)
-        .bind(self.attempt)
-        .bind(now)
-        .bind(now)
-        .bind(self.dlq_id)
-        .execute(conn)
-        .await
-        .map(|_| ())
+/// Writes new events of `subject` in the transaction on `conn`: their outbox rows and, with
+/// `enqueue`, their queue rows too (`ON CONFLICT (event_id) DO NOTHING`, as a publish does)
+/// with the outbox rows written already published.
+pub(crate) async fn write_events(
+    conn: &mut sqlx::SqliteConnection,
+    subject: &str,
+    events: &[EventRow<'_>],
+    max_retries: u32,
+    enqueue: bool,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+        "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at, state, published_at) ",
+    );
+    q.push_values(events, |mut b, e| {
+        b.push_bind(e.event_id)
+            .push_bind(subject)
+            .push_bind(e.payload)
+            .push_bind(e.request_id)
+            .push_bind(e.traceparent)
+            .push_bind(max_retries)
+            .push_bind(now)
+            .push_bind(if enqueue { "published" } else { "pending" })
+            .push_bind(enqueue.then_some(now));
+    });
+    q.build().execute(&mut *conn).await?;
+    if enqueue {
+        let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
+            "INSERT INTO queue_messages (event_id, subject, payload, request_id, traceparent, visible_at, created_at) ",
+        );
+        q.push_values(events, |mut b, e| {
+            b.push_bind(e.event_id)
+                .push_bind(subject)
+                .push_bind(e.payload)
+                .push_bind(e.request_id)
+                .push_bind(e.traceparent)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        q.push(" ON CONFLICT (event_id) DO NOTHING");
+        q.build().execute(&mut *conn).await?;
     }
+    Ok(())
 }
 
 pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
@@ -266,37 +282,21 @@ impl AcceptWriter {
             };
         }
         let enqueue = self.enqueue.load(Ordering::Relaxed);
-        let outboxed = sqlx::query(
-            "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at, state, published_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&req.event_id)
-        .bind(SUBJECT_PRIMECHECK_REQUESTED)
-        .bind(&payload)
-        .bind(&req.request_id)
-        .bind(&req.traceparent)
-        .bind(self.outbox_max_retries)
-        .bind(created_us)
-        .bind(if enqueue { "published" } else { "pending" })
-        .bind(enqueue.then_some(created_us))
-        .execute(&mut *tx)
-        .await;
-        let queued = match outboxed {
-            Ok(_) if enqueue => {
-                QueueRow {
-                    event_id: &req.event_id,
-                    subject: SUBJECT_PRIMECHECK_REQUESTED,
-                    payload: &payload,
-                    request_id: req.request_id.as_deref(),
-                    traceparent: req.traceparent.as_deref(),
-                    attempt: 1,
-                    dlq_id: None,
-                }
-                .insert(&mut tx, created_us)
-                .await
-            }
-            other => other.map(|_| ()),
+        let event = EventRow {
+            event_id: &req.event_id,
+            payload: &payload,
+            request_id: req.request_id.as_deref(),
+            traceparent: req.traceparent.as_deref(),
         };
+        let queued = write_events(
+            &mut tx,
+            SUBJECT_PRIMECHECK_REQUESTED,
+            &[event],
+            self.outbox_max_retries,
+            enqueue,
+            created_us,
+        )
+        .await;
         if let Err(err) = queued {
             let _ = tx.rollback().await;
             return Err(rejected(err));
@@ -398,38 +398,25 @@ impl AcceptWriter {
                     .push_bind(&req.owner);
             });
             q.build().execute(&mut *tx).await?;
-            let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
-                "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at, state, published_at) ",
-            );
-            q.push_values(batch.iter().zip(&payloads), |mut b, (req, payload)| {
-                b.push_bind(&req.event_id)
-                    .push_bind(SUBJECT_PRIMECHECK_REQUESTED)
-                    .push_bind(payload)
-                    .push_bind(&req.request_id)
-                    .push_bind(&req.traceparent)
-                    .push_bind(self.outbox_max_retries)
-                    .push_bind(created_us)
-                    .push_bind(if enqueue { "published" } else { "pending" })
-                    .push_bind(enqueue.then_some(created_us));
-            });
-            q.build().execute(&mut *tx).await?;
-            if enqueue {
-                let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
-                    "INSERT INTO queue_messages (event_id, subject, payload, request_id, traceparent, attempt, visible_at, created_at) ",
-                );
-                q.push_values(batch.iter().zip(&payloads), |mut b, (req, payload)| {
-                    b.push_bind(&req.event_id)
-                        .push_bind(SUBJECT_PRIMECHECK_REQUESTED)
-                        .push_bind(payload)
-                        .push_bind(&req.request_id)
-                        .push_bind(&req.traceparent)
-                        .push_bind(1)
-                        .push_bind(created_us)
-                        .push_bind(created_us);
-                });
-                q.push(" ON CONFLICT (event_id) DO NOTHING");
-                q.build().execute(&mut *tx).await?;
-            }
+            let events: Vec<EventRow<'_>> = batch
+                .iter()
+                .zip(&payloads)
+                .map(|(req, payload)| EventRow {
+                    event_id: &req.event_id,
+                    payload,
+                    request_id: req.request_id.as_deref(),
+                    traceparent: req.traceparent.as_deref(),
+                })
+                .collect();
+            write_events(
+                &mut tx,
+                SUBJECT_PRIMECHECK_REQUESTED,
+                &events,
+                self.outbox_max_retries,
+                enqueue,
+                created_us,
+            )
+            .await?;
             Ok(())
         }
         .await;
@@ -778,16 +765,20 @@ impl Broker for EmbeddedQueue {
                 let mut tx = self.pool.begin().await?;
                 let now = now();
                 for m in messages {
-                    QueueRow {
-                        event_id: &m.event_id,
-                        subject: &m.subject,
-                        payload: &String::from_utf8_lossy(&m.payload),
-                        request_id: m.request_id.as_deref(),
-                        traceparent: m.traceparent.as_deref(),
-                        attempt: m.attempt,
-                        dlq_id: m.dlq_id,
-                    }
-                    .insert(&mut tx, now)
+                    sqlx::query(
+                        "INSERT INTO queue_messages (event_id, subject, payload, request_id, traceparent, attempt, visible_at, created_at, dlq_id) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                    )
+                    .bind(&m.event_id)
+                    .bind(&m.subject)
+                    .bind(String::from_utf8_lossy(&m.payload).into_owned())
+                    .bind(&m.request_id)
+                    .bind(&m.traceparent)
+                    .bind(m.attempt)
+                    .bind(now)
+                    .bind(now)
+                    .bind(m.dlq_id)
+                    .execute(&mut *tx)
                     .await?;
                 }
                 tx.commit().await

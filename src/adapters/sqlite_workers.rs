@@ -30,7 +30,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::common::{health_rows, is_duplicate, json_payload, letter_history, refused};
 use super::group::Group;
-use super::sqlite::{EmbeddedQueue, QueueWakes, SqliteStore, from_micros, micros, now, rejected};
+use super::sqlite::{
+    EmbeddedQueue, EventRow, QueueWakes, SqliteStore, from_micros, micros, now, rejected,
+    write_events,
+};
 
 fn us(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
@@ -319,38 +322,19 @@ async fn results_together(
     });
     q.push(") AS v WHERE prime_check_requests.id = v.column1");
     q.build().execute(&mut *tx).await.map_err(failed)?;
-    let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
-        "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at, state, published_at) ",
-    );
-    q.push_values(batch.iter().zip(&payloads), |mut b, (r, payload)| {
-        b.push_bind(&r.email_event_id)
-            .push_bind(SUBJECT_EMAIL_SEND)
-            .push_bind(payload)
-            .push_bind(&r.request_id)
-            .push_bind(&r.traceparent)
-            .push_bind(3)
-            .push_bind(now)
-            .push_bind(if enqueue { "published" } else { "pending" })
-            .push_bind(enqueue.then_some(now));
-    });
-    q.build().execute(&mut *tx).await.map_err(failed)?;
-    if enqueue {
-        let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
-            "INSERT INTO queue_messages (event_id, subject, payload, request_id, traceparent, attempt, visible_at, created_at) ",
-        );
-        q.push_values(batch.iter().zip(&payloads), |mut b, (r, payload)| {
-            b.push_bind(&r.email_event_id)
-                .push_bind(SUBJECT_EMAIL_SEND)
-                .push_bind(payload)
-                .push_bind(&r.request_id)
-                .push_bind(&r.traceparent)
-                .push_bind(1)
-                .push_bind(now)
-                .push_bind(now);
-        });
-        q.push(" ON CONFLICT (event_id) DO NOTHING");
-        q.build().execute(&mut *tx).await.map_err(failed)?;
-    }
+    let events: Vec<EventRow<'_>> = batch
+        .iter()
+        .zip(&payloads)
+        .map(|(r, payload)| EventRow {
+            event_id: &r.email_event_id,
+            payload,
+            request_id: r.request_id.as_deref(),
+            traceparent: r.traceparent.as_deref(),
+        })
+        .collect();
+    write_events(&mut tx, SUBJECT_EMAIL_SEND, &events, 3, enqueue, now)
+        .await
+        .map_err(failed)?;
     tx.commit().await.map_err(failed)
 }
 
