@@ -513,10 +513,17 @@ async fn with_nats_down_rows_wait_with_backoff_and_go_out_once_it_is_back() {
     submit(&d, 20).await; // accepted: the database is fine
     assert_eventually!(
         db.count(
-            "SELECT COUNT(*) FROM outbox WHERE subject = 'primecheck.requested' AND state = 'pending' AND retry_count >= 1 \
-                  AND error_message IS NOT NULL AND next_retry_at IS NOT NULL"
+            "SELECT COUNT(*) FROM outbox WHERE subject = 'primecheck.requested' AND state = 'pending' \
+                  AND error_message IS NOT NULL AND next_retry_at IS NOT NULL AND last_error_at IS NOT NULL"
         ) == 20,
         "rows did not record their failed attempts"
+    );
+    // An outage is not the events' fault: it spends none of their retries.
+    assert_eq!(
+        db.count(
+            "SELECT COUNT(*) FROM outbox WHERE subject = 'primecheck.requested' AND retry_count > 0"
+        ),
+        0
     );
 
     nats.start_again();
@@ -583,8 +590,17 @@ async fn an_event_that_cannot_be_published_ends_in_the_dead_letter_table() {
     let db = TestDb::create();
     let nats = NatsServer::start();
     let store = store(&db, 2).await;
-    // No streams: every publish gets "no responders".
-    let (broker, _client) = JetStreamBroker::connect(&nats.url(), &JetStreamSettings::new("PRIME"))
+    // The broker is up and its stream answers, but no stream takes this subject: every
+    // publish gets "no responders", a failure of the event, not an outage.
+    let (broker, client) = JetStreamBroker::connect(&nats.url(), &JetStreamSettings::new("PRIME"))
+        .await
+        .unwrap();
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "PRIME".into(),
+            subjects: vec!["elsewhere.>".into()],
+            ..Default::default()
+        })
         .await
         .unwrap();
     let args = relay_args(store.clone(), Arc::new(broker), 10);
@@ -631,6 +647,61 @@ async fn an_event_that_cannot_be_published_ends_in_the_dead_letter_table() {
     assert_eq!(
         db.sql("SELECT request_id FROM dead_letter_messages").trim(),
         "r-1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_spends_none_of_an_events_retries() {
+    let db = TestDb::create();
+    let mut nats = NatsServer::start();
+    let store = store(&db, 2).await;
+    let mut settings = JetStreamSettings::new("PRIME");
+    // A publish to a stopped server fails at this timeout.
+    settings.publish_timeout = Duration::from_millis(300);
+    let (broker, _client) = JetStreamBroker::connect(&nats.url(), &settings)
+        .await
+        .unwrap();
+    broker.ensure_topology(&settings).await.unwrap();
+    let args = relay_args(store.clone(), Arc::new(broker), 10);
+    db.sql(
+        "INSERT INTO outbox (event_id, subject, payload, max_retries) \
+         VALUES ('00000000-0000-7000-8000-000000000002', 'primecheck.requested', '{}', 1)",
+    );
+    nats.stop();
+    // Far more failed rounds than the event's one retry: none of them is the event's fault.
+    let mut failed = 0;
+    assert_eventually!(
+        {
+            db.sql("UPDATE outbox SET next_retry_at = NULL");
+            if round(&args)
+                .await
+                .is_ok_and(|o| o.claimed == 1 && o.published == 0)
+            {
+                failed += 1;
+            }
+            failed >= 4
+        },
+        "rounds that claim the event and fail to publish it"
+    );
+    assert_eq!(
+        db.sql("SELECT CONCAT_WS(' ', state, retry_count) FROM outbox")
+            .trim(),
+        "pending 0"
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM dead_letter_messages"), 0);
+
+    nats.start_again();
+    assert_eventually!(
+        {
+            db.sql("UPDATE outbox SET next_retry_at = NULL");
+            let _ = round(&args).await;
+            db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 1
+        },
+        "published once the broker is back"
+    );
+    assert_eq!(
+        support::subject_messages(&nats.url(), "PRIME", "primecheck.requested").await,
+        1
     );
 }
 

@@ -55,4 +55,11 @@ pub trait Broker: Send + Sync + 'static {
         &'a self,
         messages: &'a [OutgoingMessage],
     ) -> BoxFuture<'a, Vec<Result<(), BrokerError>>>;
+
+    /// Whether the broker can take publishes now (asked after a publish failed): `false`
+    /// when the failure was the broker's — down, unreachable, its stream without a leader —
+    /// rather than the message's. Such a failure spends none of the event's retries.
+    fn available(&self) -> BoxFuture<'_, bool> {
+        Box::pin(std::future::ready(true))
+    }
 }

@@ -187,6 +187,9 @@ pub struct PublishFailure {
     pub error: String,
     /// When to try again; `None` moves the event to the dead-letter table.
     pub next_retry_at: Option<DateTime<Utc>>,
+    /// Whether it spends one of the event's retries (`false` while the broker itself is
+    /// unavailable: an outage must not dead-letter what it could not publish).
+    pub counted: bool,
 }
 
 /// DLQ subject for prime checks that gave up.

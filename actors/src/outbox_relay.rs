@@ -378,16 +378,24 @@ pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Store
     };
     let mut published = Vec::with_capacity(events.len());
     let mut failures = Vec::new();
+    // A failure while the broker itself is down (or its stream has no leader) is not the
+    // event's: it is retried on the event's backoff but spends none of its retries.
+    let broker_down = results.iter().any(Result::is_err) && !args.broker.available().await;
     for ((event, message), result) in events.iter().zip(&messages).zip(results) {
         match result {
             Ok(()) => published.push(event.id),
             Err(err) => {
-                let failures_so_far = event.retry_count + 1;
-                let delay = args.retry.next_delay(
-                    failures_so_far,
-                    event.max_retries,
-                    rand::random::<f64>(),
-                );
+                let failures_so_far = if broker_down {
+                    (event.retry_count + 1).min(event.max_retries.max(1))
+                } else {
+                    event.retry_count + 1
+                };
+                let delay = args
+                    .retry
+                    .next_delay(failures_so_far, event.max_retries, rand::random::<f64>())
+                    .or_else(|| {
+                        broker_down.then(|| args.retry.next_delay(1, 1, rand::random::<f64>()))?
+                    });
                 let next_retry_at = delay.map(|d| {
                     Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
                 });
@@ -401,6 +409,7 @@ pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Store
                     id: event.id,
                     error: err.to_string(),
                     next_retry_at,
+                    counted: !broker_down,
                 });
             }
         }

@@ -676,10 +676,11 @@ async fn record_failures(
         match failure.next_retry_at {
             Some(at) => {
                 sqlx::query(
-                    "UPDATE outbox SET retry_count = retry_count + 1, next_retry_at = ?, \
+                    "UPDATE outbox SET retry_count = retry_count + ?, next_retry_at = ?, \
                          error_message = ?, last_error_at = NOW(6), claimed_until = NULL \
                          WHERE id = ? AND state = 'pending'",
                 )
+                .bind(i32::from(failure.counted))
                 .bind(at)
                 .bind(&failure.error)
                 .bind(failure.id)

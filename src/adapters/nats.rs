@@ -184,6 +184,8 @@ pub struct JetStreamBroker {
     /// Bumped each time the connection drops: acknowledgements still awaited then will
     /// never come, so a publish stops waiting for them at once instead of timing out.
     disconnects: tokio::sync::watch::Receiver<u64>,
+    /// The main stream, whose info answers [`Broker::available`].
+    stream: String,
 }
 
 impl JetStreamBroker {
@@ -226,7 +228,14 @@ impl JetStreamBroker {
             })?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(settings.publish_timeout);
-        Ok((Self { js, disconnects }, client))
+        Ok((
+            Self {
+                js,
+                disconnects,
+                stream: settings.stream.clone(),
+            },
+            client,
+        ))
     }
 
     /// Creates the streams and durable consumers, or updates them to these settings.
@@ -345,6 +354,18 @@ impl Broker for JetStreamBroker {
                     )))
                     .collect(),
             }
+        }
+        .boxed()
+    }
+
+    /// The stream answers its info request (a leader serves it) within 2 s.
+    fn available(&self) -> BoxFuture<'_, bool> {
+        async move {
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), self.js.get_stream(&self.stream))
+                    .await,
+                Ok(Ok(_))
+            )
         }
         .boxed()
     }

@@ -472,9 +472,10 @@ impl SqliteStore {
             match failure.next_retry_at {
                 Some(at) => {
                     sqlx::query(
-                        "UPDATE outbox SET retry_count = retry_count + 1, next_retry_at = ?, error_message = ?, \
+                        "UPDATE outbox SET retry_count = retry_count + ?, next_retry_at = ?, error_message = ?, \
                          last_error_at = ?, claimed_until = NULL WHERE id = ? AND state = 'pending'",
                     )
+                    .bind(i32::from(failure.counted))
                     .bind(micros(at))
                     .bind(&failure.error)
                     .bind(now)
