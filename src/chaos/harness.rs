@@ -809,12 +809,13 @@ pub fn sibling_primed() -> Option<PathBuf> {
 /// (so no redelivery, and no late repeat, can come), up to `within`.
 async fn quiet(nodes: &[NatsNode], within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
-    let url = nodes
+    // Every node of a cluster (a comma-joined URL is not a server list to the client).
+    let servers = nodes
         .iter()
-        .map(|n| format!("nats://127.0.0.1:{}", n.port))
-        .collect::<Vec<_>>()
-        .join(",");
-    let client = async_nats::connect(url)
+        .map(|n| format!("nats://127.0.0.1:{}", n.port).parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad NATS address: {e}"))?;
+    let client = async_nats::connect(servers)
         .await
         .map_err(|e| format!("cannot connect to NATS: {e}"))?;
     let js = async_nats::jetstream::new(client);
