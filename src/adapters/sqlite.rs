@@ -187,8 +187,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        // One connection: SQLite has one writer at a time, and a second connection that
+        // finds the write lock taken waits in SQLite's busy handler, which sleeps (1, 2, 5,
+        // … 100 ms) instead of queueing; the pool's waiters queue in order. The busy timeout
+        // stays for other processes on the file (the `primed dlq` CLI).
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(1)
             .connect_with(options)
             .await
             .map_err(|e| setup_error(&e))?;
