@@ -107,6 +107,7 @@ async fn count_statistic(
 /// `SELECT`, each statement a trip to SQLite's connection thread; under load those
 /// trips, not the statements, were most of the daemon's CPU. Records that wait together go
 /// in one statement; an idle store writes a lone record at once.
+#[derive(Debug)]
 pub(crate) struct Grouped {
     /// Prime-check results with their email events, `true` when recorded now.
     results: Arc<Group<PrimeResult, bool>>,
@@ -116,12 +117,6 @@ pub(crate) struct Grouped {
     sent: Arc<Group<SentEmail, bool>>,
     /// Which events' emails were sent.
     sent_checks: Arc<Group<String, bool>>,
-}
-
-impl std::fmt::Debug for Grouped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Grouped").finish_non_exhaustive()
-    }
 }
 
 /// Most records in one grouped statement (well under SQLite's 32,766 parameters).
@@ -196,14 +191,7 @@ async fn insert_sent(pool: &SqlitePool, batch: Vec<SentEmail>) -> Vec<Result<boo
             .push_bind(now);
     });
     q.push(" ON CONFLICT DO NOTHING RETURNING event_id");
-    let inserted = match q.build().fetch_all(pool).await {
-        Ok(rows) => rows
-            .iter()
-            .map(|row| row.try_get::<String, _>(0))
-            .collect::<Result<std::collections::HashSet<String>, _>>(),
-        Err(e) => Err(e),
-    };
-    match inserted {
+    match event_ids(q, pool).await {
         Ok(mut inserted) => batch
             .iter()
             // `remove`: a second record of one event in the batch was not the one inserted.
@@ -211,6 +199,19 @@ async fn insert_sent(pool: &SqlitePool, batch: Vec<SentEmail>) -> Vec<Result<boo
             .collect(),
         Err(e) => each(batch.len(), Err(e)),
     }
+}
+
+/// The event ids (first column) of the rows `q` returns.
+async fn event_ids(
+    mut q: QueryBuilder<'_, Sqlite>,
+    pool: &SqlitePool,
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    q.build()
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String, _>(0))
+        .collect()
 }
 
 async fn were_sent(pool: &SqlitePool, ids: Vec<String>) -> Vec<Result<bool, StoreError>> {
@@ -221,14 +222,7 @@ async fn were_sent(pool: &SqlitePool, ids: Vec<String>) -> Vec<Result<bool, Stor
         list.push_bind(id);
     }
     q.push(")");
-    let sent = match q.build().fetch_all(pool).await {
-        Ok(rows) => rows
-            .iter()
-            .map(|row| row.try_get::<String, _>(0))
-            .collect::<Result<std::collections::HashSet<String>, _>>(),
-        Err(e) => Err(e),
-    };
-    match sent {
+    match event_ids(q, pool).await {
         Ok(sent) => ids.iter().map(|id| Ok(sent.contains(id))).collect(),
         Err(e) => each(ids.len(), Err(e)),
     }
