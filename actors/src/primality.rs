@@ -56,7 +56,7 @@ const fn small_primes() -> [u16; 168] {
         let mut d = 2u16;
         let mut prime = true;
         while d * d <= n {
-            if n % d == 0 {
+            if n.is_multiple_of(d) {
                 prime = false;
                 break;
             }
@@ -134,7 +134,7 @@ fn classify_u64(n: u64) -> (bool, Option<u64>) {
     if n < 2 {
         return (false, None);
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return (n == 2, (n != 2).then_some(2));
     }
     for (i, &(inv, limit)) in DIVISIBILITY.iter().enumerate() {
@@ -252,7 +252,7 @@ impl Montgomery {
             let d = p * p - 4;
             match jacobi_u64(d, n) {
                 -1 => break,
-                0 if d % n != 0 => return false,
+                0 if !d.is_multiple_of(n) => return false,
                 _ => {}
             }
             p += 2;
@@ -474,7 +474,7 @@ mod tests {
         }
         let mut d = 2;
         while d * d <= n {
-            if n % d == 0 {
+            if n.is_multiple_of(d) {
                 return false;
             }
             d += 1;

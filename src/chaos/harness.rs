@@ -688,10 +688,10 @@ async fn wait_for_jetstream(nodes: &[NatsNode]) -> Result<(), ChaosError> {
 async fn wait_ready(shared: &Shared, d: &mut Daemon) -> Result<(), ChaosError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(r) = shared.http.get(d.url("/ready")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
+        if let Ok(r) = shared.http.get(d.url("/ready")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
         }
         if d.process.exited() || Instant::now() > deadline {
             return Err(ChaosError::Setup(format!(

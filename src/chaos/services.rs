@@ -173,11 +173,11 @@ impl Process {
         self.signal("TERM")?;
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(child) = &mut self.child {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Ok(status.code());
-                }
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Ok(status.code());
             }
             if Instant::now() > deadline {
                 self.kill();

@@ -373,14 +373,14 @@ pub async fn list(
             "limit must be between 1 and 100",
         ));
     }
-    if let Some(cursor) = &params.cursor {
-        if !validate::request_id(cursor) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_cursor",
-                "cursor must be the next_cursor of a previous page",
-            ));
-        }
+    if let Some(cursor) = &params.cursor
+        && !validate::request_id(cursor)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_cursor",
+            "cursor must be the next_cursor of a previous page",
+        ));
     }
     let owner = match caller {
         Caller::Admin => None,

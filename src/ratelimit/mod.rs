@@ -292,7 +292,7 @@ impl RateLimiter {
                     first = false;
                 }
                 ticks = ticks.wrapping_add(1);
-                if ticks % 20 == 0 {
+                if ticks.is_multiple_of(20) {
                     limiter.local.sweep();
                 }
                 drop(limiter);

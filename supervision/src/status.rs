@@ -156,11 +156,11 @@ fn expand(snapshot: Snapshot, timeout: Duration) -> BoxFuture<'static, ChildStat
         let mut children = Vec::with_capacity(snapshot.children.len());
         for child in snapshot.children {
             let mut node = child.status;
-            if let (ChildKind::Supervisor, Some(cell)) = (node.kind, child.cell) {
-                if let Ok(nested) = status(&cell.into(), timeout).await {
-                    node.strategy = nested.strategy;
-                    node.children = nested.children;
-                }
+            if let (ChildKind::Supervisor, Some(cell)) = (node.kind, child.cell)
+                && let Ok(nested) = status(&cell.into(), timeout).await
+            {
+                node.strategy = nested.strategy;
+                node.children = nested.children;
             }
             children.push(node);
         }

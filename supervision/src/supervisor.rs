@@ -504,10 +504,10 @@ impl SupervisorState {
                 reason,
             }
         };
-        if let (Some(backoff), Some(uptime)) = (&self.backoff, uptime) {
-            if uptime >= backoff.reset_after {
-                child.backoff_attempt = 0;
-            }
+        if let (Some(backoff), Some(uptime)) = (&self.backoff, uptime)
+            && uptime >= backoff.reset_after
+        {
+            child.backoff_attempt = 0;
         }
         let restart = match child.spec.restart {
             Restart::Permanent => true,

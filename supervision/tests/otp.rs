@@ -49,10 +49,10 @@ impl Actor for Worker {
     type Arguments = ();
 
     async fn pre_start(&self, myself: ActorRef<WMsg>, _: ()) -> Result<bool, ActorProcessingErr> {
-        if let Some(budget) = &self.start_budget {
-            if budget.fetch_sub(1, Ordering::SeqCst) <= 0 {
-                return Err(format!("{} cannot start", self.name).into());
-            }
+        if let Some(budget) = &self.start_budget
+            && budget.fetch_sub(1, Ordering::SeqCst) <= 0
+        {
+            return Err(format!("{} cannot start", self.name).into());
         }
         let _ = self.life.send((Life::Started(self.name.clone()), myself));
         Ok(false)
@@ -830,10 +830,10 @@ async fn peers_reach_a_restarted_child_by_its_registered_name() {
     let deadline = Instant::now() + WAIT;
     let second = loop {
         // Bounded polling: the name points at the new incarnation once it has started.
-        if let Some(cell) = ractor::registry::where_is(name) {
-            if cell.get_id() != first {
-                break ping(&cell.into()).await;
-            }
+        if let Some(cell) = ractor::registry::where_is(name)
+            && cell.get_id() != first
+        {
+            break ping(&cell.into()).await;
         }
         assert!(Instant::now() < deadline, "no new incarnation");
         tokio::task::yield_now().await;
