@@ -213,10 +213,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             .then(|| actors::outbox_relay::SettleSlots::new(config.tuning.outbox_parallel_rounds)),
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let journal = match &backends.workers {
+        Some(w) => send_journal(&config.data_dir, w.store.as_ref()).await,
+        None => None,
+    };
     let pipeline = backends.workers.as_ref().map(|w| {
         pipeline(
             &config,
             w,
+            journal.clone(),
             wake.clone(),
             shutdown_rx.clone(),
             liveness.clone(),
@@ -340,10 +345,45 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
 }
 
+/// Opens the email workers' send journal in the data directory and records what a killed
+/// run of this daemon sent and had not recorded, before any message is taken. Without it
+/// (it cannot be opened) the daemon runs as before, with a warning.
+async fn send_journal(
+    data_dir: &std::path::Path,
+    store: &dyn actors::WorkerStore,
+) -> Option<Arc<dyn actors::workers::SendJournal>> {
+    use crate::adapters::sent_journal::FileJournal;
+    let dir = data_dir.join("sent-journal");
+    let (journal, leftover) = match FileJournal::open(&dir) {
+        Ok(opened) => opened,
+        Err(err) => {
+            tracing::warn!(error = %err, "running without a send journal: a daemon killed right after the mail server accepted an email sends it again when it is redelivered");
+            return None;
+        }
+    };
+    if !leftover.sent.is_empty() {
+        let notes = leftover.sent.len();
+        match leftover.replay(store).await {
+            Ok(recorded) => tracing::info!(
+                notes,
+                recorded,
+                "the send journal of the previous run is recorded: emails it sent will not be sent again"
+            ),
+            Err(err) => tracing::warn!(
+                error = %err,
+                notes,
+                "could not record the send journal of the previous run (kept for the next start); its emails may be sent again"
+            ),
+        }
+    }
+    Some(Arc::new(journal))
+}
+
 /// The consumers, the DLQ actor and the retry timer.
 fn pipeline(
     config: &Config,
     w: &crate::backends::WorkerBackends,
+    journal: Option<Arc<dyn actors::workers::SendJournal>>,
     wake: RelayWake,
     shutdown: tokio::sync::watch::Receiver<bool>,
     liveness: actors::Liveness,
@@ -403,6 +443,7 @@ fn pipeline(
             breaker: breaker.clone(),
             concurrency: Arc::new(Semaphore::new(workers.smtp_concurrency as usize)),
             message_id_domain: "primed".into(),
+            journal,
         }),
         policy(crate::adapters::nats::CONSUMER_EMAIL, &workers.email_retry),
     );

@@ -22,6 +22,18 @@ fn client() -> reqwest::Client {
 
 /// A production-mode daemon with fast retries, on `db`, `nats` and SMTP at `smtp_port`.
 fn daemon(db: &TestDb, nats: &NatsServer, smtp_port: u16, extra: &[(&str, &str)]) -> Daemon {
+    let env = daemon_env(db, nats, smtp_port, extra);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Daemon::start(&env)
+}
+
+/// The environment of [`daemon`].
+fn daemon_env(
+    db: &TestDb,
+    nats: &NatsServer,
+    smtp_port: u16,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![
         ("DATABASE_URL".into(), db.url.clone()),
         ("NATS_URL".into(), nats.url()),
@@ -36,8 +48,7 @@ fn daemon(db: &TestDb, nats: &NatsServer, smtp_port: u16, extra: &[(&str, &str)]
         env.retain(|(name, _)| name != k);
         env.push((k.to_string(), v.to_string()));
     }
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    Daemon::start(&env)
+    env
 }
 
 async fn submit(d: &Daemon, number: &str, email: &str) -> String {
@@ -840,7 +851,7 @@ async fn concurrent_effects_are_written_together_and_each_gets_its_own_answer() 
             request_id: format!("r-{i}"),
             number: i.to_string(),
             email: format!("a{i}@example.com"),
-            is_prime: i % 2 == 0,
+            is_prime: i.is_multiple_of(2),
             factor: (i % 2 == 1).then(|| format!("f{i}")),
             digits: i,
         },
@@ -881,7 +892,7 @@ async fn concurrent_effects_are_written_together_and_each_gets_its_own_answer() 
             &f[1..],
             &[
                 "done",
-                if i % 2 == 0 { "1" } else { "0" },
+                if i.is_multiple_of(2) { "1" } else { "0" },
                 factor.as_str(),
                 i.to_string().as_str(),
                 i.to_string().as_str()
@@ -996,4 +1007,102 @@ fn email_letter(message_id: &str) -> actors::model::NewDeadLetter {
         request_id: None,
         dlq_id: None,
     }
+}
+
+/// The duplicate window: a daemon killed after the SMTP server accepted an email and before
+/// the email's record committed. Its send journal, read when it starts again, records the
+/// email before any message is taken, so the redelivery does not send it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_between_the_servers_acceptance_and_the_record_does_not_send_again() {
+    use sqlx::Connection;
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Accept).await;
+    let (_tmp, data_dir) = support::temp_path("data");
+    let env = daemon_env(&db, &nats, stub.port, &[]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut d = Daemon::start_in(&data_dir, &env);
+
+    stub.hold_replies();
+    let id = submit(&d, "97", "window@example.com").await;
+    stub.held().await;
+    // The server has the email. Keep its record from committing, then let the 250 go.
+    let mut locker = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("LOCK TABLES sent_emails WRITE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    stub.release();
+    assert_eventually!(
+        db.count(
+            "SELECT COUNT(*) FROM information_schema.processlist \
+             WHERE info LIKE 'INSERT INTO sent_emails%'"
+        ) == 1,
+        "the daemon heard the 250 and waits to record the email"
+    );
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.wait_exit();
+    // The server would still run the statement of the dead client once the lock is gone;
+    // end it, as if the kill had come before it was sent.
+    let waiting = db.sql(
+        "SELECT id FROM information_schema.processlist WHERE info LIKE 'INSERT INTO sent_emails%'",
+    );
+    db.sql(&format!("KILL {}", waiting.trim()));
+    sqlx::raw_sql("UNLOCK TABLES")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    assert_eq!(db.count("SELECT COUNT(*) FROM sent_emails"), 0, "no record");
+    assert_eq!(stub.accepted().len(), 1);
+
+    // Started again on its data directory: the message comes back to it.
+    let mut d = Daemon::start_in(&data_dir, &env);
+    d.wait_for_log("the send journal of the previous run is recorded");
+    assert_eventually!(
+        support::consumers_idle(&nats.url()).await,
+        "the redelivered message is handled"
+    );
+    let event = db.sql(&format!(
+        "SELECT event_id FROM sent_emails WHERE request_id = '{id}'"
+    ));
+    assert_eq!(
+        stub.accepted(),
+        vec![format!("<{}@primed>", event.trim())],
+        "one email, recorded once"
+    );
+    assert_eq!(request(&d, &id).await["status"], "done");
+}
+
+/// An email sent whose record failed every time is retried; the retry records it from the
+/// daemon's send journal instead of sending it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_sent_but_not_recorded_is_recorded_on_its_retry_not_sent_again() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Accept).await;
+    let mut d = daemon(&db, &nats, stub.port, &[]);
+
+    stub.hold_replies();
+    let id = submit(&d, "89", "record@example.com").await;
+    stub.held().await;
+    // Every attempt to record it fails while the table is away.
+    db.sql("RENAME TABLE sent_emails TO sent_emails_away");
+    stub.release();
+    let line = d.wait_for_log("transient failure; retrying");
+    assert!(
+        line.contains("could not record") || line.contains("refused the write"),
+        "{line}"
+    );
+    db.sql("RENAME TABLE sent_emails_away TO sent_emails");
+
+    assert_eventually!(
+        db.count("SELECT COUNT(*) FROM sent_emails") == 1,
+        "the retry records the email"
+    );
+    assert_eventually!(
+        support::consumers_idle(&nats.url()).await,
+        "the retried message is handled"
+    );
+    assert_eq!(stub.accepted().len(), 1, "sent once: {:?}", stub.accepted());
+    assert_eq!(request(&d, &id).await["status"], "done");
 }

@@ -192,15 +192,51 @@ pub struct MailError {
     pub message: String,
 }
 
+/// Called the moment the mail server accepted an email.
+pub type OnAccepted = Box<dyn FnOnce() + Send>;
+
 /// Sends email (SMTP, or files in the embedded mode).
 pub trait Mailer: Send + Sync + 'static {
     /// Sends one email.
     fn send<'a>(&'a self, email: &'a Email) -> BoxFuture<'a, Result<(), MailError>>;
+
+    /// Sends one email and calls `accepted` as soon as the server accepted it, before
+    /// anything else waits its turn (a transport that reads the reply on a thread of its own
+    /// calls it there).
+    fn send_noting<'a>(
+        &'a self,
+        email: &'a Email,
+        accepted: OnAccepted,
+    ) -> BoxFuture<'a, Result<(), MailError>> {
+        async move {
+            let sent = self.send(email).await;
+            if sent.is_ok() {
+                accepted();
+            }
+            sent
+        }
+        .boxed()
+    }
 }
 
 /// The `Message-ID` of an event's email.
 pub fn message_id(event_id: &str, domain: &str) -> String {
     format!("<{event_id}@{domain}>")
+}
+
+/// Notes each email the moment the mail server accepts it, before its record commits.
+///
+/// A daemon killed between the server's `250` and the commit of the `sent_emails` row would
+/// send that email again when the message is redelivered. A note written at once (a local
+/// file: a write survives the process) lets the daemon, when it starts again, record what
+/// it sent before it takes any message, so the redelivery finds the email already sent.
+pub trait SendJournal: Send + Sync + 'static {
+    /// Notes `sent` (a note that cannot be written is logged: the record still follows).
+    fn note(&self, sent: &SentEmail);
+    /// Whether this event's email was noted and its record has not committed yet.
+    fn noted(&self, event_id: &str) -> bool;
+    /// The event's record committed: its note is no longer needed.
+    fn recorded(&self, event_id: &str);
 }
 
 /// Sends the result email of an `email.send` event through a circuit breaker, with bounded
@@ -216,6 +252,8 @@ pub struct EmailHandler {
     pub concurrency: Arc<Semaphore>,
     /// Domain of the `Message-ID`.
     pub message_id_domain: String,
+    /// Where each accepted email is noted until its record commits.
+    pub journal: Option<Arc<dyn SendJournal>>,
 }
 
 /// Renders the result email.
@@ -262,20 +300,51 @@ impl EmailHandler {
         {
             return Ok(());
         }
+        let email = render(
+            &send,
+            message_id(&message.event_id, &self.message_id_domain),
+        );
+        let sent = SentEmail {
+            event_id: message.event_id.clone(),
+            request_id: send.request_id.clone(),
+            recipient: send.email.clone(),
+            message_id: email.message_id.clone(),
+        };
         let _permit = self
             .concurrency
             .acquire()
             .await
             .map_err(|_| Failure::unavailable("the mailer is closed (shutting down)"))?;
+        // Sent already, but its record failed: record it, do not send it again.
+        let noted = self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.noted(&message.event_id));
+        if !noted {
+            let accepted: OnAccepted = match &self.journal {
+                Some(journal) => {
+                    let (journal, sent) = (journal.clone(), sent.clone());
+                    Box::new(move || journal.note(&sent))
+                }
+                None => Box::new(|| {}),
+            };
+            self.send(message, &email, accepted).await?;
+        }
+        self.record(sent).await
+    }
+
+    /// Sends `email` through the breaker; `accepted` runs the moment the server took it.
+    async fn send(
+        &self,
+        message: &Message,
+        email: &Email,
+        accepted: OnAccepted,
+    ) -> Result<(), Failure> {
         if !self.breaker.try_acquire() {
             return Err(Failure::unavailable(
                 "the SMTP circuit breaker is open: the mail server failed repeatedly",
             ));
         }
-        let email = render(
-            &send,
-            message_id(&message.event_id, &self.message_id_domain),
-        );
         let sent_total = &crate::metrics::pipeline().emails_sent;
         let span = tracing::info_span!(
             "smtp.send",
@@ -285,12 +354,17 @@ impl EmailHandler {
             span_id = tracing::field::Empty,
         );
         crate::trace::attach(&span, None);
-        let sent = self.mailer.send(&email).instrument(span.clone()).await;
-        match sent {
+        match self
+            .mailer
+            .send_noting(email, accepted)
+            .instrument(span.clone())
+            .await
+        {
             Ok(()) => {
                 self.breaker.success();
                 sent_total.with_label_values(&["sent"]).inc();
                 span.in_scope(|| tracing::info!(message_id = %email.message_id, "email sent"));
+                Ok(())
             }
             Err(err) => {
                 sent_total
@@ -308,40 +382,42 @@ impl EmailHandler {
                     // The server answered: it is up.
                     self.breaker.success();
                 }
-                return Err(Failure {
+                Err(Failure {
                     class: err.class,
                     message: err.message,
                     dependency_down: err.connection,
-                });
+                })
             }
         }
-        // Sent: record it. Retry the record a few times before giving up, because a later
-        // attempt would send the email again (the shared Message-ID lets mailboxes drop it).
-        let sent = SentEmail {
-            event_id: message.event_id.clone(),
-            request_id: send.request_id.clone(),
-            recipient: send.email.clone(),
-            message_id: email.message_id.clone(),
-        };
+    }
+
+    /// Records a sent email. Retries the record a few times before giving up, because a
+    /// later attempt would send the email again (the shared Message-ID lets mailboxes drop
+    /// it) unless this daemon's journal still holds its note.
+    async fn record(&self, sent: SentEmail) -> Result<(), Failure> {
         let accepted = Instant::now();
         let mut delay = Duration::from_millis(100);
-        for attempt in 1.. {
+        let mut attempt = 1;
+        loop {
             match self.store.record_email(sent.clone()).await {
                 Ok(_) => {
+                    if let Some(journal) = &self.journal {
+                        journal.recorded(&sent.event_id);
+                    }
                     crate::metrics::pipeline()
                         .email_unrecorded_window
                         .observe(accepted.elapsed().as_secs_f64());
                     return Ok(());
                 }
                 Err(err) if attempt < 5 => {
-                    tracing::warn!(event_id = %message.event_id, error = %err, "sent an email but could not record it yet; retrying");
+                    tracing::warn!(event_id = %sent.event_id, error = %err, "sent an email but could not record it yet; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
+                    attempt += 1;
                 }
                 Err(err) => return Err(store_failure(err)),
             }
         }
-        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ mod mysql_accept;
 pub mod mysql_workers;
 pub mod nats;
 pub mod nats_consumer;
+pub mod sent_journal;
 pub mod smtp;
 pub mod sqlite;
 pub mod sqlite_workers;

@@ -636,7 +636,19 @@ pub struct SmtpStub {
     pub attempts: std::sync::Arc<std::sync::Mutex<Vec<(Instant, StubMode)>>>,
     /// Message-IDs of accepted messages.
     pub accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    hold: std::sync::Arc<Hold>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Holds back the `250` of accepted messages: the moment between the server's acceptance
+/// and the client hearing of it.
+#[derive(Default)]
+struct Hold {
+    on: std::sync::atomic::AtomicBool,
+    /// A message was accepted and its `250` is held.
+    arrived: tokio::sync::Notify,
+    /// Let the held `250`s go.
+    release: tokio::sync::Notify,
 }
 
 impl SmtpStub {
@@ -649,13 +661,19 @@ impl SmtpStub {
         let mode = Arc::new(Mutex::new(mode));
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(Mutex::new(Vec::new()));
-        let (m, a, acc) = (mode.clone(), attempts.clone(), accepted.clone());
+        let hold = Arc::new(Hold::default());
+        let (m, a, acc, h) = (
+            mode.clone(),
+            attempts.clone(),
+            accepted.clone(),
+            hold.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
                     return;
                 };
-                let (m, a, acc) = (m.clone(), a.clone(), acc.clone());
+                let (m, a, acc, h) = (m.clone(), a.clone(), acc.clone(), h.clone());
                 tokio::spawn(async move {
                     let mode = *m.lock().unwrap();
                     if mode == StubMode::Drop {
@@ -678,6 +696,11 @@ impl SmtpStub {
                             if line == "." {
                                 in_data = false;
                                 acc.lock().unwrap().push(std::mem::take(&mut message_id));
+                                if h.on.load(std::sync::atomic::Ordering::SeqCst) {
+                                    let released = h.release.notified();
+                                    h.arrived.notify_one();
+                                    released.await;
+                                }
                                 let _ = write.write_all(b"250 2.0.0 queued\r\n").await;
                             } else if let Some(id) = line
                                 .strip_prefix("Message-ID: ")
@@ -720,8 +743,31 @@ impl SmtpStub {
             mode,
             attempts,
             accepted,
+            hold,
             task,
         }
+    }
+
+    /// From now on, holds the `250` of each accepted message until [`Self::release`].
+    pub fn hold_replies(&self) {
+        self.hold
+            .on
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits (bounded) for a message to be accepted with its `250` held.
+    pub async fn held(&self) {
+        tokio::time::timeout(WAIT, self.hold.arrived.notified())
+            .await
+            .expect("a message accepted with its reply held");
+    }
+
+    /// Lets the held `250`s go, and stops holding.
+    pub fn release(&self) {
+        self.hold
+            .on
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.hold.release.notify_waiters();
     }
 
     /// Changes how it answers from now on.
