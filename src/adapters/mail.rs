@@ -12,13 +12,13 @@ use actors::model::ErrorClass;
 use std::sync::Arc;
 
 use actors::workers::{Email, MailError, Mailer, OnAccepted};
-use tracing::Instrument;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use lettre::Message;
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::TlsParameters;
+use tracing::Instrument;
 
 use super::smtp::{Security, SendError, Server, SmtpPool};
 
