@@ -405,9 +405,15 @@ async fn while_smtp_is_down_the_breaker_holds_mail_and_nothing_reaches_the_dlq()
     }
     let mut d = d;
     d.wait_for_log("SMTP circuit breaker opened");
-    // Longer than the ack wait and the retry budget: a naive consumer would have burned
-    // every delivery by now.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Four more failed probes, a cool-down (1 s) apart: longer than the ack wait (3 s) and
+    // the retry budget; a naive consumer would have burned every delivery by now.
+    assert_eventually!(
+        d.log_so_far()
+            .matches("SMTP circuit breaker opened")
+            .count()
+            >= 5,
+        "the breaker probed and opened again four times"
+    );
     assert_eq!(db.count("SELECT COUNT(*) FROM dead_letter_messages"), 0);
 
     let mail = MailDev::start_on(port);
@@ -671,8 +677,12 @@ async fn an_automatic_rule_republishes_matching_dead_letters_up_to_its_budget() 
     let l = admin_get(&d, &format!("/api/dlq/messages/{dlq_id}")).await;
     assert_eq!(l["operator"], "rule:deferred-mail");
     assert_eq!(stub.attempt_times().len(), 6);
-    // Its budget is spent: no further retry.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Its budget is spent: two more rounds of the rule republish nothing.
+    let rounds = support::sample(&support::scrape(&d).await, "dlq_rule_rounds_total");
+    assert_eventually!(
+        support::sample(&support::scrape(&d).await, "dlq_rule_rounds_total") >= rounds + 2.0,
+        "the rule ran twice more"
+    );
     assert_eq!(stub.attempt_times().len(), 6);
     let l = admin_get(&d, &format!("/api/dlq/messages/{dlq_id}")).await;
     assert_eq!(

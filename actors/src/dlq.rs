@@ -270,6 +270,7 @@ impl Actor for RetryTimer {
         if let Err(err) = apply_rules(args).await {
             tracing::warn!(error = %err, "could not apply the DLQ reprocess rules; trying again next round");
         }
+        crate::metrics::pipeline().dlq_rule_rounds.inc();
         Ok(())
     }
 }

@@ -21,13 +21,17 @@ pub struct PipelineMetrics {
     /// `dead_letter`).
     pub messages_processed: IntCounterVec,
     /// `email_unrecorded_window_seconds`: from the SMTP server's acceptance of an email to
-    /// the commit of its `sent_emails` row. A daemon killed inside this window sends that
-    /// email again after a redelivery: it is the only source of duplicate emails.
+    /// the commit of its `sent_emails` row. The send journal covers it: a daemon killed
+    /// inside it records the email when it starts again; only one that does not start
+    /// again before the redelivery sends that email twice.
     pub email_unrecorded_window: prometheus::Histogram,
     /// `outbox_direct_events_total{result}`: events published right after their commit
     /// (`published`), refused by the broker (`failed`) or not taken (`not_taken`); the last
     /// two are published by the relay when their grace ends.
     pub outbox_direct: IntCounterVec,
+    /// `dlq_rule_rounds_total`: rounds of the automatic reprocess rules (each timer tick
+    /// that applied them, whether or not anything matched).
+    pub dlq_rule_rounds: prometheus::IntCounter,
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -77,6 +81,10 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
         ),
         &["result"],
     )?;
+    let dlq_rule_rounds = prometheus::IntCounter::new(
+        "dlq_rule_rounds_total",
+        "Rounds of the automatic DLQ reprocess rules",
+    )?;
     let r = registry();
     r.register(Box::new(prime_check_requests.clone()))?;
     r.register(Box::new(prime_check_duration.clone()))?;
@@ -84,6 +92,7 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
     r.register(Box::new(messages_processed.clone()))?;
     r.register(Box::new(email_unrecorded_window.clone()))?;
     r.register(Box::new(outbox_direct.clone()))?;
+    r.register(Box::new(dlq_rule_rounds.clone()))?;
     Ok(PipelineMetrics {
         prime_check_requests,
         prime_check_duration,
@@ -91,6 +100,7 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
         messages_processed,
         email_unrecorded_window,
         outbox_direct,
+        dlq_rule_rounds,
     })
 }
 

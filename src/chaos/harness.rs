@@ -326,7 +326,8 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
     }
     // A late repeat arrives after a redelivery: read the mail only once no message waits
     // for a consumer or for its acknowledgement. Then every worker heartbeats once more.
-    match quiet(&nats, options.profile.drain).await {
+    let idle = quiet(&nats, options.profile.drain).await;
+    match &idle {
         Ok(()) => progress.say("every consumer is idle"),
         Err(why) => progress.say(format!("consumers not idle: {why}")),
     }
@@ -347,6 +348,14 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
         started.elapsed(),
     )
     .await?;
+    // Without quiet consumers a repeat could still come after the mail was read: the run
+    // cannot vouch for "none doubled".
+    if let Err(why) = idle {
+        report.violation(format!(
+            "the consumers were not idle {} s after the drain ({why}): messages are still waiting or unacknowledged, so a late duplicate cannot be ruled out",
+            options.profile.drain.as_secs()
+        ));
+    }
     // Last, every daemon must still stop cleanly: SIGTERM, exit 0 within its deadline.
     for d in &mut daemons {
         match d.process.stop_gracefully(SHUTDOWN_WAIT).await? {
@@ -860,6 +869,42 @@ async fn quiet(nodes: &[NatsNode], within: Duration) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::config::{BrokerConfig, Config, StoreConfig};
+
+    /// The check behind "none doubled": a message that waits, or one delivered and never
+    /// acknowledged, keeps the consumers from being quiet, and the run from vouching.
+    #[tokio::test]
+    async fn consumers_holding_a_message_are_not_quiet() {
+        #![allow(clippy::unwrap_used)]
+        use crate::adapters::nats::{JetStreamBroker, JetStreamSettings};
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = NatsNode::start_all(dir.path(), 1).await.unwrap();
+        let url = format!("nats://127.0.0.1:{}", nodes[0].port);
+        let settings = JetStreamSettings::new("PRIME");
+        let (broker, client) = JetStreamBroker::connect(&url, &settings).await.unwrap();
+        broker.ensure_topology(&settings).await.unwrap();
+        assert_eq!(quiet(&nodes, Duration::from_millis(200)).await, Ok(()));
+
+        let js = async_nats::jetstream::new(client);
+        js.publish("email.send", "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let why = quiet(&nodes, Duration::from_millis(300)).await.unwrap_err();
+        assert!(why.contains("1 waiting"), "{why}");
+
+        // Taken and never acknowledged: still not quiet.
+        let stream = js.get_stream("PRIME").await.unwrap();
+        let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+            .get_consumer(crate::adapters::nats::CONSUMER_EMAIL)
+            .await
+            .unwrap();
+        let taken = consumer.fetch().max_messages(1).messages().await.unwrap();
+        let taken: Vec<_> = futures::StreamExt::collect(taken).await;
+        assert_eq!(taken.len(), 1);
+        let why = quiet(&nodes, Duration::from_millis(300)).await.unwrap_err();
+        assert!(why.contains("1 unacknowledged"), "{why}");
+    }
 
     #[test]
     fn the_daemons_environment_is_a_valid_production_configuration_with_every_key_known() {
