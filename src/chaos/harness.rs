@@ -331,7 +331,11 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
         Ok(()) => progress.say("every consumer is idle"),
         Err(why) => progress.say(format!("consumers not idle: {why}")),
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every worker heartbeats healthy again (the check reads it): wait for that, bounded.
+    let healthy_by = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < healthy_by && !all_healthy(&admin_db).await {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     let facts = RunFacts {
         load_started_ms,
@@ -812,6 +816,16 @@ pub fn sibling_primed() -> Option<PathBuf> {
         let up = exe.parent()?.parent()?.join("primed");
         up.exists().then_some(up)
     })
+}
+
+/// Whether every worker's last heartbeat is healthy and recent (what the check demands).
+async fn all_healthy(db: &MySqlPool) -> bool {
+    let unhealthy: Result<i64, _> = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM worker_health_checks WHERE status <> 'healthy' OR last_heartbeat < NOW(6) - INTERVAL 15 SECOND",
+    )
+    .fetch_one(db)
+    .await;
+    matches!(unhealthy, Ok(0))
 }
 
 /// Waits until no message of the main stream waits for a consumer or for an acknowledgement
