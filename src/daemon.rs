@@ -238,8 +238,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(p) = &pipeline {
         app = app.with_controls(crate::http::Controls {
             consumers: vec![
-                ("primecheck", p.primecheck.paused.clone()),
-                ("email", p.email.paused.clone()),
+                (
+                    "primecheck",
+                    p.primecheck.paused.clone(),
+                    p.primecheck_workers,
+                ),
+                ("email", p.email.paused.clone(), p.email_workers),
             ],
             smtp_breaker: Some(p.smtp_breaker.clone()),
         });

@@ -215,7 +215,46 @@ pub struct WorkerArgs {
     pub stats: Arc<crate::liveness::WorkerStats>,
     /// Set by an operator to stop pulling (shared by the consumer's workers); messages in
     /// hand are finished.
-    pub paused: Arc<std::sync::atomic::AtomicBool>,
+    pub paused: Arc<Pause>,
+}
+
+/// An operator's pause of one consumer, shared by its workers: asked for at once, in effect
+/// for each worker once its open pull has ended ([`Pause::resting`] counts those).
+#[derive(Debug, Default)]
+pub struct Pause {
+    requested: std::sync::atomic::AtomicBool,
+    resting: std::sync::atomic::AtomicUsize,
+}
+
+impl Pause {
+    /// Asks the workers to stop pulling (`true`) or to pull again.
+    pub fn set(&self, paused: bool) {
+        self.requested
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a pause is asked for.
+    pub fn requested(&self) -> bool {
+        self.requested.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Workers that have stopped pulling for the pause (their pulls ended, nothing in hand).
+    pub fn resting(&self) -> usize {
+        self.resting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn rest(&self, resting: &mut bool, now: bool) {
+        if *resting != now {
+            *resting = now;
+            if now {
+                self.resting
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            } else {
+                self.resting
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
 }
 
 /// Messages the worker handles.
@@ -229,6 +268,8 @@ pub enum WorkerMsg {
 pub struct WorkerState {
     args: WorkerArgs,
     failing_since: Option<Instant>,
+    /// Counted in the pause's resting workers.
+    resting: bool,
 }
 
 impl Actor for Worker {
@@ -245,7 +286,17 @@ impl Actor for Worker {
         Ok(WorkerState {
             args,
             failing_since: None,
+            resting: false,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<WorkerMsg>,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.args.paused.rest(&mut state.resting, false);
+        Ok(())
     }
 
     async fn handle(
@@ -259,7 +310,10 @@ impl Actor for Worker {
         if *args.shutdown.borrow() {
             return Ok(());
         }
-        if args.paused.load(std::sync::atomic::Ordering::Relaxed) {
+        // Each Pull runs after the previous pull has ended and its messages are handled.
+        let paused = args.paused.requested();
+        args.paused.rest(&mut state.resting, paused);
+        if paused {
             // Paused by an operator: idle, but alive.
             myself.send_after(Duration::from_millis(250), || WorkerMsg::Pull);
             return Ok(());
@@ -675,6 +729,75 @@ mod tests {
             .expect("the work finished although a progress ack waited for its connection");
         assert_eq!(logs.len(), 1);
         assert!(acked.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    /// A pull that waits its whole `expires` and brings nothing, as an idle stream's does.
+    struct IdleSource;
+
+    impl Source for IdleSource {
+        fn pull(
+            &self,
+            _: usize,
+            expires: Duration,
+        ) -> BoxStream<'static, Result<Box<dyn Delivery>, BrokerError>> {
+            futures::stream::once(tokio::time::sleep(expires))
+                .filter_map(|()| async { None })
+                .boxed()
+        }
+    }
+
+    /// Waits (on the paused clock, bounded) until `pause` counts `n` resting workers.
+    async fn resting(pause: &Pause, n: usize) {
+        for _ in 0..100 {
+            if pause.resting() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{} workers rest, not {n}", pause.resting());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_worker_counts_as_resting_once_its_pull_ended_until_resumed_or_stopped() {
+        let (_stop, shutdown) = watch::channel(false);
+        let pause = Arc::new(Pause::default());
+        let args = WorkerArgs {
+            name: "w".into(),
+            source: Arc::new(IdleSource),
+            handler: Arc::new(SlowHandler(Arc::new(Semaphore::new(1)))),
+            store: Arc::new(NoStore),
+            policy: ConsumerPolicy {
+                max_deliver: 3,
+                backoff: vec![Duration::from_secs(1)],
+                ack_wait: Duration::from_secs(30),
+                ack_backoff: vec![],
+            },
+            batch: 1,
+            expires: Duration::from_secs(1),
+            shutdown,
+            stats: Default::default(),
+            paused: pause.clone(),
+        };
+        let (worker, handle) = ractor::Actor::spawn(None, Worker, args).await.unwrap();
+        // The worker is 300 ms into its first pull (1 s) when the pause comes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let asked = tokio::time::Instant::now();
+        pause.set(true);
+        resting(&pause, 1).await;
+        // Not before its open pull ended.
+        assert!(
+            asked.elapsed() >= Duration::from_millis(700),
+            "{:?}",
+            asked.elapsed()
+        );
+        pause.set(false);
+        resting(&pause, 0).await;
+        pause.set(true);
+        resting(&pause, 1).await;
+        // A worker that stops while resting no longer counts.
+        worker.stop(None);
+        handle.await.unwrap();
+        assert_eq!(pause.resting(), 0);
     }
 
     #[test]

@@ -362,8 +362,13 @@ fn consumers_view(state: &AppState) -> serde_json::Value {
             .controls
             .consumers
             .iter()
-            .map(|(name, paused)| {
-                serde_json::json!({"name": name, "paused": paused.load(std::sync::atomic::Ordering::Relaxed)})
+            .map(|(name, pause, workers)| {
+                serde_json::json!({
+                    "name": name,
+                    "paused": pause.requested(),
+                    "workers": workers,
+                    "workers_resting": pause.resting(),
+                })
             })
             .collect(),
     )
@@ -371,7 +376,7 @@ fn consumers_view(state: &AppState) -> serde_json::Value {
 
 /// Consumers (paused or not), the SMTP circuit breaker and the rate limiter's backend.
 #[utoipa::path(get, path = "/admin/status", tag = "admin", security(("admin_token" = [])), responses(
-    (status = 200, description = "`consumers`, `smtp_breaker`, `rate_limiter`"),
+    (status = 200, description = "`consumers` (each: `paused`, `workers`, and `workers_resting`: how many have stopped pulling for the pause), `smtp_breaker`, `rate_limiter`"),
     (status = 401, description = "No or wrong token", body = ErrorBody),
 ))]
 pub async fn status_view(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -399,15 +404,15 @@ async fn set_paused(
     name: &str,
     paused: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Some((_, flag)) = state.controls.consumers.iter().find(|(n, _)| *n == name) else {
-        let known: Vec<&str> = state.controls.consumers.iter().map(|(n, _)| *n).collect();
+    let Some((_, pause, _)) = state.controls.consumers.iter().find(|(n, ..)| *n == name) else {
+        let known: Vec<&str> = state.controls.consumers.iter().map(|(n, ..)| *n).collect();
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_consumer",
             format!("no consumer named {name:?}; this daemon has {known:?}"),
         ));
     };
-    flag.store(paused, std::sync::atomic::Ordering::Relaxed);
+    pause.set(paused);
     let operator = operator.map_or_else(|| "api-token".to_string(), |o| o.0.0.clone());
     let action = if paused { "pause" } else { "resume" };
     tracing::info!(target: "audit", operator = %operator, action, consumer = name, "admin action");

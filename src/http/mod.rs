@@ -77,8 +77,8 @@ pub struct AppState {
 /// Switches and states the admin API exposes.
 #[derive(Clone, Default)]
 pub struct Controls {
-    /// Each consumer's pause flag, by name (`primecheck`, `email`).
-    pub consumers: Vec<(&'static str, Arc<AtomicBool>)>,
+    /// Each consumer's pause and its number of workers, by name (`primecheck`, `email`).
+    pub consumers: Vec<(&'static str, Arc<actors::consumer::Pause>, u32)>,
     /// The email workers' SMTP circuit breaker.
     pub smtp_breaker: Option<Arc<actors::breaker::CircuitBreaker>>,
 }

@@ -36,17 +36,19 @@ try {
 
   report.step = "pause";
   await page.getByRole("button", { name: "Pause the primecheck consumer" }).click();
+  // "paused" once every worker's open pull has ended (within a second): no pull is open.
   await page.locator('.card[data-consumer="primecheck"]', { hasText: "paused" }).waitFor({ timeout: 5000 });
-  // A pause takes effect when the workers' open pulls end (within a second).
-  await page.waitForTimeout(1500);
   const id = await page.evaluate(async () => {
     const r = await fetch("/prime-check", { method: "POST", headers: { "content-type": "application/json" },
       body: JSON.stringify({ number: "101", email: "admin-ui@example.com" }) });
     return (await r.json()).id;
   });
   const statusOf = () => page.evaluate(async (id) => (await (await fetch(`/prime-check/${id}`)).json()).status, id);
-  // Paused: nobody takes the check (for a while longer than a pull takes).
-  await page.waitForTimeout(1500);
+  // After the request was queued every worker still rests: nobody took the check.
+  const consumer = await page.evaluate(async () =>
+    (await (await fetch("/admin/status")).json()).consumers.find((c) => c.name === "primecheck"));
+  expect(consumer.paused && consumer.workers_resting === consumer.workers,
+    `every primecheck worker rests: ${JSON.stringify(consumer)}`);
   expect(await statusOf() === "pending", "a paused consumer takes no work");
   await page.screenshot({ path: `${shots}/admin-paused.png`, fullPage: true });
 

@@ -66,7 +66,11 @@ async function refresh() {
     button.setAttribute("aria-label", `${c.paused ? "Resume" : "Pause"} the ${c.name} consumer`);
     button.addEventListener("click", () => act(`/admin/consumers/${c.name}/${c.paused ? "resume" : "pause"}`,
       `${c.paused ? "resume" : "pause"} ${c.name}`));
-    const el = card(`${c.name} consumer`, c.paused ? "paused" : "pulling", button);
+    // A pause is in effect once every worker's open pull has ended.
+    const shown = !c.paused ? "pulling"
+      : c.workers_resting >= c.workers ? "paused"
+      : `pausing (${c.workers_resting} of ${c.workers} workers stopped)`;
+    const el = card(`${c.name} consumer`, shown, button);
     el.dataset.consumer = c.name;
     cards.push(el);
   }
