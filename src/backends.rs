@@ -254,7 +254,7 @@ fn embedded_workers(
     store: &SqliteStore,
     queue: &EmbeddedQueue,
 ) -> Result<WorkerBackends, BackendError> {
-    use crate::adapters::sqlite_workers::{EmbeddedAdvisories, EmbeddedSource};
+    use crate::adapters::sqlite::{EmbeddedAdvisories, EmbeddedSource};
     use actors::model::{SUBJECT_EMAIL_SEND, SUBJECT_PRIMECHECK_REQUESTED};
     let w = &config.workers;
     let store = Arc::new(Timed(Arc::new(store.clone())));
@@ -320,8 +320,8 @@ async fn worker_backends(
     broker: &JetStreamBroker,
     stream: &str,
 ) -> Result<WorkerBackends, BackendError> {
+    use crate::adapters::nats::source::{JetStreamAdvisories, JetStreamSource};
     use crate::adapters::nats::{CONSUMER_EMAIL, CONSUMER_PRIMECHECK};
-    use crate::adapters::nats_consumer::{JetStreamAdvisories, JetStreamSource};
     let js = broker.context();
     let bind = |durable: &'static str| async move {
         JetStreamSource::bind(js, stream, durable)

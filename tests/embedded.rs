@@ -357,7 +357,7 @@ async fn grouped_sent_records_and_acks_answer_each_caller_as_alone() {
             .iter()
             .all(Result::is_ok)
     );
-    let source = primed::adapters::sqlite_workers::EmbeddedSource::new(
+    let source = primed::adapters::sqlite::EmbeddedSource::new(
         &queue,
         SUBJECT_PRIMECHECK_REQUESTED,
         Duration::from_secs(30),

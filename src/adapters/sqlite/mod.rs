@@ -6,19 +6,22 @@
 //! integer microseconds (exact comparisons); they come from this process's clock, which is
 //! the only writer.
 
-use std::collections::HashMap;
+pub mod queue;
+pub mod workers;
+
+use queue::QueueWakes;
+pub use queue::{EmbeddedAdvisories, EmbeddedQueue, EmbeddedSource};
+
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actors::model::{
     CreateOutcome, DLQ_OUTBOX, ListQuery, NewRequest, OutboxEvent, PrimeRequest, PublishFailure,
     RequestStatus, SUBJECT_PRIMECHECK_REQUESTED,
 };
-use actors::{
-    Broker, BrokerError, Claim, OutboxStore, OutgoingMessage, RequestStore, Settle, StoreError,
-};
+use actors::{Claim, OutboxStore, RequestStore, Settle, StoreError};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -29,7 +32,6 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::group::Group;
-use tokio::sync::Notify;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -55,27 +57,9 @@ pub struct SqliteStore {
     /// the transaction that writes it (see [`SqliteStore::enqueue_directly`]).
     enqueue: Arc<AtomicBool>,
     /// Small writes grouped into shared statements (acks, sent emails).
-    grouped: Arc<super::sqlite_workers::Grouped>,
+    grouped: Arc<workers::Grouped>,
     /// Accepted requests waiting together share a transaction.
     accepts: Arc<Group<NewRequest, CreateOutcome>>,
-}
-
-/// Wakes the workers pulling one subject of the embedded queue after a publish: only
-/// those, so that a publish on one subject costs the other subject's workers no claim.
-#[derive(Debug, Default)]
-pub(crate) struct QueueWakes(Mutex<HashMap<String, Arc<Notify>>>);
-
-impl QueueWakes {
-    /// The wake of `subject`'s pullers.
-    pub(crate) fn of(&self, subject: &str) -> Arc<Notify> {
-        let mut wakes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        wakes.entry(subject.to_string()).or_default().clone()
-    }
-
-    /// Wakes every puller of `subject`.
-    pub(crate) fn wake(&self, subject: &str) {
-        self.of(subject).notify_waiters();
-    }
 }
 
 /// A new event, for its outbox row and (see [`SqliteStore::enqueue_directly`]) its queue row.
@@ -216,11 +200,7 @@ impl SqliteStore {
         );
         Ok(Self {
             accepts,
-            grouped: Arc::new(super::sqlite_workers::Grouped::new(
-                &pool,
-                enqueue.clone(),
-                wakes.clone(),
-            )),
+            grouped: Arc::new(workers::Grouped::new(&pool, enqueue.clone(), wakes.clone())),
             wakes,
             enqueue,
             pool,
@@ -237,7 +217,7 @@ impl SqliteStore {
     }
 
     /// The grouped writes.
-    pub(crate) fn grouped(&self) -> &super::sqlite_workers::Grouped {
+    pub(crate) fn grouped(&self) -> &workers::Grouped {
         &self.grouped
     }
 
@@ -717,94 +697,6 @@ impl OutboxStore for SqliteStore {
             .await
             .map_err(rejected)?;
             Ok(done.rows_affected())
-        }
-        .boxed()
-    }
-}
-
-/// The embedded broker: messages go into `queue_messages` in the same file. An event id is
-/// stored once, however often it is published (the embedded counterpart of JetStream's
-/// `Nats-Msg-Id` dedupe).
-#[derive(Clone, Debug)]
-pub struct EmbeddedQueue {
-    pool: SqlitePool,
-    /// Woken after each publish, per subject, so pulling workers need not poll fast.
-    pub(crate) wakes: Arc<QueueWakes>,
-    /// The store's grouped writes (acknowledgements).
-    pub(crate) grouped: Arc<super::sqlite_workers::Grouped>,
-}
-
-impl EmbeddedQueue {
-    /// A queue in the store's file.
-    pub fn new(store: &SqliteStore) -> Self {
-        Self {
-            pool: store.pool.clone(),
-            wakes: store.wakes.clone(),
-            grouped: store.grouped.clone(),
-        }
-    }
-
-    /// The pool (shared with the store).
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    /// Messages waiting on `subject` (for `/health` and tests).
-    pub async fn depth(&self, subject: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM queue_messages WHERE subject = ?")
-            .bind(subject)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(rejected)?;
-        row.try_get("n").map_err(rejected)
-    }
-}
-
-impl Broker for EmbeddedQueue {
-    fn publish_batch<'a>(
-        &'a self,
-        messages: &'a [OutgoingMessage],
-    ) -> BoxFuture<'a, Vec<Result<(), BrokerError>>> {
-        async move {
-            let result: Result<(), sqlx::Error> = async {
-                let mut tx = self.pool.begin().await?;
-                let now = now();
-                for m in messages {
-                    sqlx::query(
-                        "INSERT INTO queue_messages (event_id, subject, payload, request_id, traceparent, attempt, visible_at, created_at, dlq_id) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-                    )
-                    .bind(&m.event_id)
-                    .bind(&m.subject)
-                    .bind(String::from_utf8_lossy(&m.payload).into_owned())
-                    .bind(&m.request_id)
-                    .bind(&m.traceparent)
-                    .bind(m.attempt)
-                    .bind(now)
-                    .bind(now)
-                    .bind(m.dlq_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await
-            }
-            .await;
-            match result {
-                Ok(()) => {
-                    let mut subjects: Vec<&str> =
-                        messages.iter().map(|m| m.subject.as_str()).collect();
-                    subjects.sort_unstable();
-                    subjects.dedup();
-                    for subject in subjects {
-                        self.wakes.wake(subject);
-                    }
-                    messages.iter().map(|_| Ok(())).collect()
-                }
-                Err(err) => {
-                    let err = BrokerError(format!("embedded queue: {err}"));
-                    messages.iter().map(|_| Err(err.clone())).collect()
-                }
-            }
         }
         .boxed()
     }

@@ -4,6 +4,13 @@
 //! so a batch costs about one round trip. `Nats-Msg-Id` is the event id: JetStream drops a
 //! second publish of the same event within the stream's duplicate window.
 
+mod headers;
+pub mod source;
+
+pub use headers::{
+    HEADER_ATTEMPT, HEADER_DLQ_ID, HEADER_EVENT_ID, HEADER_REQUEST_ID, HEADER_TRACEPARENT,
+};
+
 use std::time::Duration;
 
 use actors::{Broker, BrokerError, OutgoingMessage};
@@ -12,17 +19,6 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
-
-/// Header carrying the event id (besides `Nats-Msg-Id`).
-pub const HEADER_EVENT_ID: &str = "Primed-Event-Id";
-/// Header carrying the delivery attempt of the publish.
-pub const HEADER_ATTEMPT: &str = "Primed-Attempt";
-/// Header carrying the request's correlation id.
-pub const HEADER_REQUEST_ID: &str = "Primed-Request-Id";
-/// Header naming the dead letter a message reprocesses.
-pub const HEADER_DLQ_ID: &str = "Primed-Dlq-Id";
-/// W3C trace context header.
-pub const HEADER_TRACEPARENT: &str = "traceparent";
 
 /// The dead-letter stream (seed §3.1.1).
 pub const DLQ_STREAM: &str = "DEAD_LETTER_QUEUE";
@@ -108,7 +104,7 @@ impl JetStreamSettings {
     /// nobody listens) so the DLQ actor can read them durably.
     pub fn advisory_stream(&self) -> stream::Config {
         stream::Config {
-            name: super::nats_consumer::advisory_stream(&self.stream),
+            name: source::advisory_stream(&self.stream),
             subjects: vec![format!(
                 "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
                 self.stream
@@ -291,14 +287,14 @@ impl JetStreamBroker {
                 reason: e.to_string(),
             })?
             .create_consumer(consumer::pull::Config {
-                durable_name: Some(super::nats_consumer::CONSUMER_ADVISORIES.into()),
+                durable_name: Some(source::CONSUMER_ADVISORIES.into()),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(30),
                 ..Default::default()
             })
             .await
             .map_err(|e| NatsSetupError::Setup {
-                what: format!("consumer {}", super::nats_consumer::CONSUMER_ADVISORIES),
+                what: format!("consumer {}", source::CONSUMER_ADVISORIES),
                 reason: e.to_string(),
             })?;
         Ok(())

@@ -7,6 +7,9 @@
 //! no gap locks, so a held claim never blocks the API's inserts. Times come from the
 //! database clock (`NOW(6)`), which all daemons share.
 
+mod accept;
+pub mod workers;
+
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,9 +27,9 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{MySql, QueryBuilder, Row};
 use tokio::sync::oneshot;
 
-pub use super::mysql_accept::AcceptStats;
-use super::mysql_accept::{AcceptQueue, Job, MAX_WRITERS};
 use crate::config::Secret;
+pub use accept::AcceptStats;
+use accept::{AcceptQueue, Job, MAX_WRITERS};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/mysql");
 
@@ -51,7 +54,7 @@ pub struct MysqlStore {
     /// How long an accepted request waits in the queue for a writer (the pool's timeout).
     accept_wait: Duration,
     /// The workers' records, in groups.
-    effects: Arc<super::mysql_workers::Effects>,
+    effects: Arc<workers::Effects>,
     /// Publishes new events right after their commit, when enabled
     /// ([`MysqlStore::publish_directly`]).
     direct: Direct,
@@ -296,7 +299,7 @@ impl MysqlStore {
                 MAX_WRITERS.min(settings.max_connections as usize / 2),
             )),
             accept_wait: settings.acquire_timeout,
-            effects: Arc::new(super::mysql_workers::Effects::new(&pool, &direct)),
+            effects: Arc::new(workers::Effects::new(&pool, &direct)),
             direct,
             pool,
         })
@@ -377,13 +380,11 @@ impl MysqlStore {
     }
 
     /// The workers' grouped records.
-    pub(crate) fn effects(&self) -> &super::mysql_workers::Effects {
+    pub(crate) fn effects(&self) -> &workers::Effects {
         &self.effects
     }
 
-    /// How many transactions stored how many accepted requests (see [`mysql_accept`]).
-    ///
-    /// [`mysql_accept`]: super::mysql_accept
+    /// How many transactions stored how many accepted requests (see [`accept`]).
     pub fn accept_stats(&self) -> AcceptStats {
         self.accepts.stats()
     }

@@ -20,11 +20,11 @@ use std::sync::Arc;
 
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
-use super::common::{
+use super::{Direct, MysqlStore, Route, begin, classify, now_micros};
+use crate::adapters::common::{
     HealthRow, LogRow, health_rows, is_duplicate, json_payload, letter_history, refused,
 };
-use super::group::Group;
-use super::mysql::{Direct, MysqlStore, Route, begin, classify, now_micros};
+use crate::adapters::group::Group;
 
 const SELECT_LETTER: &str = "SELECT id, original_subject, original_message_id, dlq_subject, \
     CAST(payload AS CHAR) AS payload, error_message, error_type, retry_count, original_created_at, \

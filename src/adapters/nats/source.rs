@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
-use super::nats::{HEADER_DLQ_ID, HEADER_EVENT_ID, HEADER_REQUEST_ID, HEADER_TRACEPARENT};
+use super::headers::{HEADER_DLQ_ID, HEADER_EVENT_ID, HEADER_REQUEST_ID, HEADER_TRACEPARENT};
 
 /// A durable pull consumer as a worker's source.
 #[derive(Clone)]
