@@ -124,3 +124,35 @@ async fn the_proxy_passes_delays_swallows_refuses_and_resets() {
     );
     proxy.set(Fault::None);
 }
+
+/// A reset ends the client's connection, but the server behind the proxy is only told the
+/// end and read until it closes: a server that answers commands it had already buffered
+/// (maildev's SMTP server does, and dies of an EPIPE) can still write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reset_the_server_can_still_write_its_replies() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let proxy = FaultProxy::start(upstream).await.unwrap();
+    let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut server, _) = listener.accept().await.unwrap();
+    client.write_all(b"DATA\r\n").await.unwrap();
+    let mut command = [0u8; 6];
+    server.read_exact(&mut command).await.unwrap();
+
+    proxy.reset_all();
+    // The client's connection ends; the server sees the end of its input.
+    let mut rest = Vec::new();
+    assert_eq!(client.read_to_end(&mut rest).await.unwrap_or(0), 0);
+    assert_eq!(server.read(&mut command).await.unwrap(), 0);
+    // Its replies, far more than any socket buffer holds, all go out (read and dropped by
+    // the proxy); into a closed socket the writes would fail (reset, broken pipe).
+    let reply = vec![b'x'; 1 << 20];
+    for i in 0..8 {
+        server
+            .write_all(&reply)
+            .await
+            .unwrap_or_else(|e| panic!("write {i} after the reset: {e}"));
+    }
+    server.shutdown().await.unwrap();
+}

@@ -151,21 +151,43 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, control: Arc<C
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
             let mut resets = control.resets.subscribe();
-            let (cr, cw) = client.into_split();
-            let (sr, sw) = server.into_split();
-            let up = pump(cr, sw, control.clone());
-            let down = pump(sr, cw, control.clone());
-            tokio::select! {
-                _ = async { tokio::join!(up, down) } => {}
-                _ = resets.changed() => {}
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            {
+                let up = pump(&mut cr, &mut sw, &control);
+                let down = pump(&mut sr, &mut cw, &control);
+                tokio::select! {
+                    _ = async { tokio::join!(up, down) } => {}
+                    _ = resets.changed() => {}
+                }
             }
-            // Dropping both halves closes both connections.
+            // The client's connection ends here (on a reset, whatever was in flight).
+            drop((cr, cw));
+            // The server is told the end and read until it closes: a server that still
+            // writes (a reply to commands it had buffered) must not write into a closed
+            // socket — maildev's SMTP server dies of that EPIPE, which is not the fault
+            // under test.
+            let _ = sw.shutdown().await;
+            let _ = tokio::time::timeout(UPSTREAM_DRAIN, drain(&mut sr)).await;
         });
     }
 }
 
+/// Longest the proxy reads what a server still sends after its client's connection ended.
+const UPSTREAM_DRAIN: Duration = Duration::from_secs(5);
+
+/// Reads and drops until the end of the stream.
+async fn drain(from: &mut OwnedReadHalf) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
 /// Copies `from` to `to`, applying the fault in force to each chunk.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, control: Arc<Control>) {
+async fn pump(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf, control: &Control) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
