@@ -415,7 +415,7 @@ fn daemon_env(
         ("SMTP_FROM", "primed@example.com".into()),
         ("PRIMED_FAULT_INJECTION", "true".into()),
         ("ADMIN_API_KEYS", ADMIN_TOKEN.into()),
-        ("PRIMED_PRIME_TIMEOUT_MS", "20".into()),
+        ("PRIMED_PRIME_TIMEOUT_MS", "2".into()),
         (
             "PRIMED_PRIMECHECK_ACK_WAIT_SECONDS",
             ACK_WAIT.as_secs().to_string(),

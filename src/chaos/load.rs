@@ -17,7 +17,7 @@ pub(super) const REQUEST_BUDGET: Duration = Duration::from_secs(30);
 pub(super) enum Kind {
     /// A small number: a result and an email.
     Valid,
-    /// A 969-digit prime the daemons' 20 ms time limit cannot test: a DLQ entry.
+    /// A 969-digit prime the daemons' 2 ms time limit cannot test (~18 ms here): a DLQ entry.
     Permanent,
     /// Bad input: a 4xx.
     Bad(&'static str),
@@ -170,7 +170,7 @@ pub(super) async fn submit(shared: &Shared, kind: Kind) -> Outcome {
 }
 
 /// 2^3217 − 1, a Mersenne prime of 969 digits: within the API's 1,000-digit limit, but far
-/// beyond what the daemons' 20 ms time limit can test, so it fails permanently.
+/// beyond what the daemons' 2 ms time limit can test (it takes ~18 ms on this machine), so it fails permanently.
 pub(super) fn big_prime() -> String {
     let n = (dashu_int::UBig::ONE << 3217) - dashu_int::UBig::ONE;
     n.to_string()
