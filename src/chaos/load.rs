@@ -170,7 +170,8 @@ pub(super) async fn submit(shared: &Shared, kind: Kind) -> Outcome {
 }
 
 /// 2^3217 − 1, a Mersenne prime of 969 digits: within the API's 1,000-digit limit, but far
-/// beyond what the daemons' 2 ms time limit can test (it takes ~18 ms on this machine), so it fails permanently.
+/// beyond what the daemons' 2 ms time limit can test (it takes ~18 ms on this machine), so
+/// it fails permanently.
 pub(super) fn big_prime() -> String {
     let n = (dashu_int::UBig::ONE << 3217) - dashu_int::UBig::ONE;
     n.to_string()
