@@ -15,7 +15,8 @@
 //! Children start top to bottom and stop bottom to top, so on shutdown HTTP intake stops
 //! first, then the workers (which finish or release what they hold), then the DLQ and the
 //! relay (which finishes its round), and the heartbeat last. The DLQ, the timer and the
-//! workers run when the store is MySQL and the broker NATS.
+//! workers run when the store and the broker are a pair: MySQL with NATS, or the embedded
+//! file as both.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,7 +117,7 @@ pub struct TreeDeps {
     pub health_sinks: Vec<Arc<dyn HealthSink>>,
     /// The outbox relay's configuration, when a store and a broker are configured.
     pub relay: Option<RelayArgs>,
-    /// The consumers, DLQ and retry timer, in production mode.
+    /// The consumers, DLQ and retry timer (MySQL with NATS, or the embedded mode).
     pub pipeline: Option<PipelineDeps>,
     /// The gauges' sources, when there is a store to read.
     pub collector: Option<crate::collector::CollectorArgs>,
