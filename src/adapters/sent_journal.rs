@@ -261,7 +261,12 @@ impl SendJournal for FileJournal {
             Ok(()) => {
                 state.failing = false;
                 let segment = state.segment;
-                if state.notes.insert(sent.event_id.clone(), segment).is_none() {
+                // Noted twice (two deliveries of one event at once): the first note, and its
+                // segment's count, stand for both.
+                if let std::collections::hash_map::Entry::Vacant(e) =
+                    state.notes.entry(sent.event_id.clone())
+                {
+                    e.insert(segment);
                     *state.waiting.entry(segment).or_default() += 1;
                 }
             }
@@ -339,6 +344,32 @@ mod tests {
         // Every line of the segment: the recorded one too (it is harmless to record again).
         assert_eq!(ids, ["event-1", "event-2", "event-3"]);
         assert_eq!(leftover.sent[0], sent(1));
+    }
+
+    #[test]
+    fn an_event_noted_twice_keeps_its_first_segment_until_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = FileJournal::open(dir.path()).unwrap();
+        journal.note(&sent(0));
+        journal.note(&sent(1));
+        let line = std::fs::metadata(&FileJournal::segments(dir.path())[0])
+            .unwrap()
+            .len()
+            / 2;
+        // Fill the first segment so that the next note starts a second one.
+        for i in 2..(ROTATE_BYTES / line + 2) as usize {
+            journal.note(&sent(i));
+            journal.recorded(&format!("event-{i}"));
+        }
+        assert_eq!(FileJournal::segments(dir.path()).len(), 2);
+        // event-1 again, in the second segment. The first segment keeps standing for it: it
+        // stays after event-0 is recorded and goes once event-1 is (noted twice, it used to
+        // move to a segment that did not count it, and the first one stayed for good).
+        journal.note(&sent(1));
+        journal.recorded("event-0");
+        assert_eq!(FileJournal::segments(dir.path()).len(), 2);
+        journal.recorded("event-1");
+        assert_eq!(FileJournal::segments(dir.path()).len(), 1);
     }
 
     #[test]
