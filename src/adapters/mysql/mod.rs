@@ -8,6 +8,7 @@
 //! database clock (`NOW(6)`), which all daemons share.
 
 mod accept;
+mod dlq;
 mod outbox;
 
 pub use outbox::{CLAIM_ABOVE_FLOOR_SQL, CLAIM_SQL};
