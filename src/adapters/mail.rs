@@ -6,11 +6,10 @@
 //! address that cannot be parsed → permanent.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actors::model::ErrorClass;
-use std::sync::Arc;
-
 use actors::workers::{Email, MailError, Mailer, OnAccepted};
 use futures::FutureExt;
 use futures::future::BoxFuture;

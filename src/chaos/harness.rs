@@ -820,9 +820,10 @@ pub fn sibling_primed() -> Option<PathBuf> {
 
 /// Whether every worker's last heartbeat is healthy and recent (what the check demands).
 async fn all_healthy(db: &MySqlPool) -> bool {
-    let unhealthy: Result<i64, _> = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM worker_health_checks WHERE status <> 'healthy' OR last_heartbeat < NOW(6) - INTERVAL 15 SECOND",
-    )
+    let unhealthy: Result<i64, _> = sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM worker_health_checks WHERE {}",
+        super::invariants::UNHEALTHY
+    ))
     .fetch_one(db)
     .await;
     matches!(unhealthy, Ok(0))

@@ -476,6 +476,11 @@ pub(super) struct RunFacts {
 
 /// The invariants, into the report.
 #[allow(clippy::too_many_arguments)]
+/// A `worker_health_checks` row the run's end does not accept: not healthy, or silent for
+/// 15 s.
+pub(super) const UNHEALTHY: &str =
+    "status <> 'healthy' OR last_heartbeat < NOW(6) - INTERVAL 15 SECOND";
+
 pub(super) async fn check(
     options: &Options,
     facts: &RunFacts,
@@ -528,9 +533,9 @@ pub(super) async fn check(
     if unpublished > 0 {
         violations.push(format!("{unpublished} outbox rows never published"));
     }
-    let unhealthy: Vec<String> = sqlx::query_scalar(
-        "SELECT worker_name FROM worker_health_checks WHERE status <> 'healthy' OR last_heartbeat < NOW(6) - INTERVAL 15 SECOND",
-    )
+    let unhealthy: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT worker_name FROM worker_health_checks WHERE {UNHEALTHY}"
+    ))
     .fetch_all(db)
     .await
     .map_err(|e| setup("read worker_health_checks")(e.to_string()))?;
