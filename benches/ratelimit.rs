@@ -24,10 +24,10 @@ use axum::Router;
 use axum::routing::get;
 use common::{env_count, pct};
 use futures::FutureExt;
+use primed::config::policy::{Policy, Scope, parse_policies};
 use primed::http::AppState;
 use primed::ratelimit::bucket::LocalLimiter;
 use primed::ratelimit::identity::IdentityConfig;
-use primed::ratelimit::policy::{Policy, Scope, parse_policies};
 use primed::ratelimit::redis::RedisLimiter;
 use primed::ratelimit::{RateLimitSettings, RateLimiter};
 

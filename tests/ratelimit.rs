@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
+use primed::config::policy::parse_policies;
 use primed::ratelimit::identity::{IdentityConfig, sign_hs256};
-use primed::ratelimit::policy::parse_policies;
 use primed::ratelimit::{Outcome, RateLimitSettings, RateLimiter};
 use serde_json::{Value, json};
 use support::{Daemon, RedisServer, primed, redis_cli, sample, scrape};

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::policy::Policy;
+use crate::config::policy::Policy;
 
 /// Above this many buckets, a check first drops the idle ones (full and not blocked).
 const SWEEP_ABOVE: usize = 100_000;
@@ -260,7 +260,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::ratelimit::policy::Scope;
+    use crate::config::policy::Scope;
 
     fn policy(limit: u32, secs: u64, burst: u32) -> Policy {
         let mut p = Policy::new(Scope::Ip, limit, Duration::from_secs(secs));

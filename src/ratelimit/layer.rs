@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use super::Outcome;
 use super::bucket::Verdict;
 use super::identity::Identity;
-use super::policy::Policy;
+use crate::config::policy::Policy;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::metrics::metrics;

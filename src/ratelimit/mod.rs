@@ -2,7 +2,7 @@
 //! global, kept in Redis and checked by one Lua script per request, with an in-process
 //! fallback that takes over while Redis does not answer and hands back when it does.
 //!
-//! - [`policy`]: the policies and their configuration syntax.
+//! - [`crate::config::policy`]: the policies and their configuration syntax (read with the configuration).
 //! - [`bucket`]: the token-bucket arithmetic and the in-process limiter.
 //! - [`redis`]: the shared limiter (one `EVALSHA` per request).
 //! - [`identity`]: client IP through trusted proxies, JWT users, bypasses.
@@ -11,7 +11,6 @@
 pub mod bucket;
 pub mod identity;
 pub mod layer;
-pub mod policy;
 pub mod redis;
 
 use std::collections::HashMap;
@@ -22,10 +21,10 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
+use crate::config::policy::{EndpointPolicies, OnRedisDown, Policy, Scope};
 use crate::metrics::metrics;
 use bucket::{LocalLimiter, Verdict};
 use identity::IdentityConfig;
-use policy::{EndpointPolicies, OnRedisDown, Policy, Scope};
 use redis::RedisLimiter;
 
 /// How often the limiter asks a lost Redis whether it is back, and sweeps idle local

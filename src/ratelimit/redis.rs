@@ -12,7 +12,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
 use super::bucket::Verdict;
-use super::policy::Policy;
+use crate::config::policy::Policy;
 
 /// The token bucket of `bucket.rs`, for all of a request's buckets at once.
 ///
