@@ -138,7 +138,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
             }));
             mysql_store = Some(store.clone());
             let timed = Arc::new(Timed(store.clone()));
-            (timed.clone(), timed, store.clone(), store)
+            (timed.clone(), timed, Arc::new(store.shared()), store)
         }
         None => {
             let store = open_embedded(config).await?;
@@ -150,7 +150,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
             embedded = Some(store.clone());
             let store = Arc::new(store);
             let timed = Arc::new(Timed(store.clone()));
-            (timed.clone(), timed, store.clone(), store)
+            (timed.clone(), timed, Arc::new(store.shared()), store)
         }
     };
     let mut workers = None;
@@ -220,7 +220,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
         _ => None,
     };
     let dlq = match (&workers, mysql_store) {
-        (_, Some(store)) => Some(Arc::new(Timed(store)) as Arc<dyn DlqStore>),
+        (_, Some(store)) => Some(Arc::new(Timed(Arc::new(store.shared()))) as Arc<dyn DlqStore>),
         (Some(w), None) => Some(w.dlq.clone()),
         (None, None) => None,
     };
@@ -257,10 +257,11 @@ fn embedded_workers(
     use crate::adapters::sqlite::{EmbeddedAdvisories, EmbeddedSource};
     use actors::model::{SUBJECT_EMAIL_SEND, SUBJECT_PRIMECHECK_REQUESTED};
     let w = &config.workers;
+    let dlq = Arc::new(Timed(Arc::new(store.shared())));
     let store = Arc::new(Timed(Arc::new(store.clone())));
     Ok(WorkerBackends {
-        store: store.clone(),
-        dlq: store,
+        store,
+        dlq,
         primecheck: Arc::new(EmbeddedSource::new(
             queue,
             SUBJECT_PRIMECHECK_REQUESTED,
@@ -335,7 +336,7 @@ async fn worker_backends(
         .map_err(|e| BackendError::Consumer(e.to_string()))?;
     Ok(WorkerBackends {
         store: Arc::new(Timed(store.clone())),
-        dlq: Arc::new(Timed(store)),
+        dlq: Arc::new(Timed(Arc::new(store.shared()))),
         primecheck: Arc::new(primecheck),
         email: Arc::new(email),
         advisories: Some(Arc::new(advisories)),

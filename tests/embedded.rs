@@ -593,7 +593,7 @@ async fn an_event_the_embedded_relay_cannot_publish_fails_its_request_with_the_r
         "{got:?}"
     );
     let letter = actors::DlqStore::list(
-        &store,
+        &store.shared(),
         actors::model::DlqQuery {
             limit: 10,
             ..Default::default()

@@ -959,8 +959,8 @@ async fn dead_letter_filters_past_2038_still_match() {
             limit: 10,
             ..Default::default()
         };
-        let store = &store;
-        async move { store.list(query).await.unwrap().len() }
+        let dlq = store.shared();
+        async move { dlq.list(query).await.unwrap().len() }
     };
     assert_eq!(
         count(None, Some("2099-01-01T00:00:00Z")).await,

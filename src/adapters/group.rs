@@ -61,6 +61,26 @@ impl<T: Send + 'static, R: Send + 'static> Group<T, R> {
         })
     }
 
+    /// A group whose batches `write` writes on (a clone of) `pool`.
+    pub(crate) fn on_pool<DB, F, Fut>(
+        pool: &sqlx::Pool<DB>,
+        max_writers: usize,
+        max_batch: usize,
+        write: F,
+    ) -> Arc<Self>
+    where
+        DB: sqlx::Database,
+        F: Fn(sqlx::Pool<DB>, Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<Result<R, StoreError>>> + Send + 'static,
+    {
+        let pool = pool.clone();
+        Self::new(
+            max_writers,
+            max_batch,
+            Arc::new(move |batch| Box::pin(write(pool.clone(), batch))),
+        )
+    }
+
     /// Writes `record` with whatever else is waiting; resolves once its batch is written.
     pub(crate) async fn submit(self: &Arc<Self>, record: T) -> Result<R, StoreError> {
         let (reply, answer) = oneshot::channel();

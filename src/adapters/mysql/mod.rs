@@ -8,7 +8,6 @@
 //! database clock (`NOW(6)`), which all daemons share.
 
 mod accept;
-mod dlq;
 mod outbox;
 
 pub use outbox::{CLAIM_ABOVE_FLOOR_SQL, CLAIM_SQL};
@@ -20,16 +19,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::model::{
-    CreateOutcome, ListQuery, NewRequest, PrimeRequest, RequestStatus, SUBJECT_PRIMECHECK_REQUESTED,
+    CreateOutcome, ListQuery, NewRequest, PrimeRequest, SUBJECT_PRIMECHECK_REQUESTED,
 };
 use actors::{RequestStore, StoreError};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlQueryResult, MySqlRow};
 use sqlx::{MySql, QueryBuilder, Row};
 use tokio::sync::oneshot;
 
+use crate::adapters::sql::{Backend, Dialect, Driver, Inserted, Shared};
 use crate::config::Secret;
 pub use accept::AcceptStats;
 use accept::{AcceptQueue, Job, MAX_WRITERS};
@@ -301,6 +301,11 @@ impl MysqlStore {
         &self.pool
     }
 
+    /// The dead-letter queue, the health rows and the records both stores share.
+    pub fn shared(&self) -> Shared<MySql> {
+        Shared::new(self.pool.clone())
+    }
+
     /// The workers' grouped records.
     pub(crate) fn effects(&self) -> &workers::Effects {
         &self.effects
@@ -456,31 +461,11 @@ impl MysqlStore {
         let payload = req
             .event_payload()
             .map_err(|e| StoreError::Rejected(e.to_string()))?;
-        let mut tx = begin(&self.pool).await.map_err(classify)?;
-        let inserted = sqlx::query(
-            "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at, owner) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&req.id)
-        .bind(&req.number)
-        .bind(&req.email)
-        .bind(&req.idempotency_key)
-        .bind(&req.request_id)
-        .bind(created_at)
-        .bind(&req.owner)
-        .execute(&mut *tx)
-        .await;
-        if let Err(err) = inserted {
-            let duplicate = matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation());
-            // Roll back and give the connection back before looking up the first request:
-            // holding it while asking the pool for another can exhaust the pool under a
-            // burst of repeats.
-            let _ = tx.rollback().await;
-            return match (&req.idempotency_key, duplicate) {
-                (Some(key), true) => self.existing(key, &req).await,
-                _ => Err(classify(err)),
-            };
-        }
+        let tx = begin(&self.pool).await.map_err(classify)?;
+        let mut tx = match self.shared().insert_request(tx, &req, created_at).await? {
+            Inserted::New(tx) => tx,
+            Inserted::Existing(outcome) => return Ok(outcome),
+        };
         let route = Route::now(&self.direct);
         let outboxed = sqlx::query(
             "INSERT INTO outbox (event_id, subject, payload, request_id, traceparent, max_retries, created_at, next_retry_at) \
@@ -505,29 +490,7 @@ impl MysqlStore {
         route.committed(|| vec![requested_message(&req, &payload)]);
         Ok(created(req, created_at))
     }
-
-    async fn existing(&self, key: &str, req: &NewRequest) -> Result<CreateOutcome, StoreError> {
-        let row = sqlx::query(&format!("{SELECT_REQUEST} WHERE idempotency_key = ?"))
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(classify)?;
-        let Some(row) = row else {
-            return Err(StoreError::Unavailable(
-                "the request with this idempotency key disappeared; try again".into(),
-            ));
-        };
-        let first = request_from_row(&row)?;
-        if first.number == req.number && first.email == req.email {
-            Ok(CreateOutcome::Existing(first))
-        } else {
-            Ok(CreateOutcome::KeyConflict(first))
-        }
-    }
 }
-
-const SELECT_REQUEST: &str = "SELECT id, number, email, status, is_prime, factor, error, created_at, completed_at, owner \
-                              FROM prime_check_requests";
 
 pub(crate) fn push_ids(q: &mut QueryBuilder<'_, MySql>, ids: impl Iterator<Item = i64>) {
     let mut sep = q.separated(", ");
@@ -540,23 +503,6 @@ pub(crate) fn push_ids(q: &mut QueryBuilder<'_, MySql>, ids: impl Iterator<Item 
 pub(crate) fn now_micros() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
-}
-
-fn request_from_row(row: &MySqlRow) -> Result<PrimeRequest, StoreError> {
-    let status: String = row.try_get("status").map_err(classify)?;
-    Ok(PrimeRequest {
-        id: row.try_get("id").map_err(classify)?,
-        number: row.try_get("number").map_err(classify)?,
-        email: row.try_get("email").map_err(classify)?,
-        status: RequestStatus::parse(&status)
-            .ok_or_else(|| StoreError::Rejected(format!("unknown request status {status:?}")))?,
-        is_prime: row.try_get("is_prime").map_err(classify)?,
-        factor: row.try_get("factor").map_err(classify)?,
-        error: row.try_get("error").map_err(classify)?,
-        created_at: row.try_get("created_at").map_err(classify)?,
-        completed_at: row.try_get("completed_at").map_err(classify)?,
-        owner: row.try_get("owner").map_err(classify)?,
-    })
 }
 
 /// Maps a driver error to the port's error: connection trouble, timeouts, deadlocks and
@@ -614,34 +560,44 @@ impl RequestStore for MysqlStore {
     }
 
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<PrimeRequest>, StoreError>> {
-        async move {
-            let row = sqlx::query(&format!("{SELECT_REQUEST} WHERE id = ?"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(classify)?;
-            row.as_ref().map(request_from_row).transpose()
-        }
-        .boxed()
+        async move { self.shared().request(id).await }.boxed()
     }
 
     fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<PrimeRequest>, StoreError>> {
-        async move {
-            let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(SELECT_REQUEST);
-            q.push(" WHERE 1 = 1");
-            if let Some(status) = query.status {
-                q.push(" AND status = ").push_bind(status.as_str());
-            }
-            if let Some(before) = &query.before {
-                q.push(" AND id < ").push_bind(before.clone());
-            }
-            if let Some(owner) = &query.owner {
-                q.push(" AND owner = ").push_bind(owner.clone());
-            }
-            q.push(" ORDER BY id DESC LIMIT ").push_bind(query.limit);
-            let rows = q.build().fetch_all(&self.pool).await.map_err(classify)?;
-            rows.iter().map(request_from_row).collect()
-        }
-        .boxed()
+        async move { self.shared().requests(&query).await }.boxed()
+    }
+}
+
+impl Driver for MySql {
+    type Time = Option<DateTime<Utc>>;
+
+    fn store_time(at: Option<DateTime<Utc>>) -> Self::Time {
+        at
+    }
+
+    fn read_time(row: &MySqlRow, name: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        row.try_get(name)
+    }
+
+    fn error(err: sqlx::Error) -> StoreError {
+        classify(err)
+    }
+}
+
+impl Backend for MySql {
+    const DIALECT: Dialect = Dialect::Mysql;
+
+    fn last_insert_id(done: &MySqlQueryResult) -> i64 {
+        i64::try_from(done.last_insert_id()).unwrap_or(i64::MAX)
+    }
+
+    fn rows_affected(done: &MySqlQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn begin(
+        pool: &MySqlPool,
+    ) -> BoxFuture<'_, Result<sqlx::Transaction<'static, MySql>, StoreError>> {
+        async move { begin(pool).await.map_err(classify) }.boxed()
     }
 }

@@ -1,4 +1,5 @@
-//! The MySQL store, as the consumers see it (the dead-letter queue is in `dlq.rs`).
+//! The MySQL store, as the consumers see it (the dead-letter queue and the health rows are
+//! shared with SQLite: `sql::Shared`).
 //!
 //! Effects are recorded once per event: the event id goes into `processed_events` (or
 //! `sent_emails`) in the same transaction as the effect, and a duplicate key means the
@@ -14,8 +15,8 @@ use futures::future::BoxFuture;
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
 
 use super::{Direct, MysqlStore, Route, begin, classify, now_micros};
-use crate::adapters::common::{HealthRow, health_rows, is_duplicate};
 use crate::adapters::group::Group;
+use crate::adapters::sql::rows::is_duplicate;
 
 /// Most records in one batch of the workers' group commit.
 const EFFECT_BATCH: usize = 64;
@@ -59,7 +60,7 @@ impl Effects {
     }
 }
 
-/// A group whose batches `write` writes on `pool`.
+/// A group of the workers' records whose batches `write` writes on `pool`.
 fn group<T, R, F, Fut>(pool: &MySqlPool, write: F) -> Arc<Group<T, R>>
 where
     T: Send + 'static,
@@ -67,12 +68,7 @@ where
     F: Fn(MySqlPool, Vec<T>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Vec<Result<R, StoreError>>> + Send + 'static,
 {
-    let pool = pool.clone();
-    Group::new(
-        EFFECT_WRITERS,
-        EFFECT_BATCH,
-        Arc::new(move |batch| write(pool.clone(), batch).boxed()),
-    )
+    Group::on_pool(pool, EFFECT_WRITERS, EFFECT_BATCH, write)
 }
 
 /// Which of these events' emails were recorded as sent: one query.
@@ -299,17 +295,7 @@ impl WorkerStore for MysqlStore {
         event_id: &'a str,
         consumer: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        async move {
-            let row =
-                sqlx::query("SELECT 1 FROM processed_events WHERE event_id = ? AND consumer = ?")
-                    .bind(event_id)
-                    .bind(consumer)
-                    .fetch_optional(self.pool())
-                    .await
-                    .map_err(classify)?;
-            Ok(row.is_some())
-        }
-        .boxed()
+        async move { self.shared().processed(event_id, consumer).await }.boxed()
     }
 
     fn email_sent<'a>(&'a self, event_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
@@ -327,89 +313,15 @@ impl WorkerStore for MysqlStore {
     }
 
     fn log_attempts<'a>(&'a self, logs: &'a [AttemptLog]) -> BoxFuture<'a, Result<(), StoreError>> {
-        async move {
-            if logs.is_empty() {
-                return Ok(());
-            }
-            let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
-                "INSERT INTO message_processing_logs (message_id, subject, status, error_message, processing_time_ms) ",
-            );
-            q.push_values(logs, |mut b, log| {
-                b.push_bind(&log.message_id)
-                    .push_bind(&log.subject)
-                    .push_bind(log.status.as_str())
-                    .push_bind(&log.error)
-                    .push_bind(i64::try_from(log.processing_time.as_millis()).unwrap_or(i64::MAX));
-            });
-            q.build().execute(self.pool()).await.map_err(classify)?;
-            Ok(())
-        }
-        .boxed()
+        async move { self.shared().log_attempts(logs).await }.boxed()
     }
 
     fn dead_letter(&self, letter: NewDeadLetter) -> BoxFuture<'_, Result<Option<i64>, StoreError>> {
-        self.dead_letter_inner(letter).boxed()
+        async move { self.shared().dead_letter(letter).await }.boxed()
     }
 
     fn resolve_dead_letter(&self, dlq_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
-        async move {
-            sqlx::query(
-                "UPDATE dead_letter_messages SET status = 'resolved', resolved_at = NOW(6), \
-                 resolved_by = COALESCE(operator, 'reprocess') WHERE id = ? AND status = 'reprocessing'",
-            )
-            .bind(dlq_id)
-            .execute(self.pool())
-            .await
-            .map_err(classify)?;
-            Ok(())
-        }
-        .boxed()
-    }
-}
-
-impl actors::HealthStore for MysqlStore {
-    fn upsert_health<'a>(
-        &'a self,
-        rows: &'a [actors::WorkerHealth],
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        async move {
-            if rows.is_empty() {
-                return Ok(());
-            }
-            let mut q = QueryBuilder::<MySql>::new(
-                "INSERT INTO worker_health_checks (worker_name, status, last_heartbeat, error_message, metadata) ",
-            );
-            q.push_values(rows, |mut b, r| {
-                b.push_bind(&r.worker_name)
-                    .push_bind(if r.healthy { "healthy" } else { "unhealthy" })
-                    .push_bind(r.last_heartbeat)
-                    .push_bind(r.error_message.as_deref())
-                    .push_bind(r.metadata.to_string());
-            });
-            q.push(
-                " ON DUPLICATE KEY UPDATE status = VALUES(status), last_heartbeat = VALUES(last_heartbeat), error_message = VALUES(error_message), metadata = VALUES(metadata)",
-            );
-            q.build()
-                .execute(self.pool())
-                .await
-                .map_err(classify)?;
-            Ok(())
-        }
-        .boxed()
-    }
-
-    fn list_health(&self) -> BoxFuture<'_, Result<Vec<actors::WorkerHealth>, StoreError>> {
-        async move {
-            let rows: Vec<HealthRow> = sqlx::query_as(
-                "SELECT worker_name, CAST(status AS CHAR), last_heartbeat, error_message, CAST(metadata AS CHAR) \
-                 FROM worker_health_checks ORDER BY worker_name LIMIT 5000",
-            )
-            .fetch_all(self.pool())
-            .await
-            .map_err(classify)?;
-            Ok(health_rows(rows))
-        }
-        .boxed()
+        async move { self.shared().resolve_dead_letter(dlq_id).await }.boxed()
     }
 }
 

@@ -19,19 +19,20 @@ use std::time::Duration;
 
 use actors::model::{
     CreateOutcome, DLQ_OUTBOX, ListQuery, NewRequest, OutboxEvent, PrimeRequest, PublishFailure,
-    RequestStatus, SUBJECT_PRIMECHECK_REQUESTED,
+    SUBJECT_PRIMECHECK_REQUESTED,
 };
 use actors::{Claim, OutboxStore, RequestStore, Settle, StoreError};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::group::Group;
+use super::sql::{Backend, Dialect, Driver, Inserted, Shared};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -226,6 +227,11 @@ impl SqliteStore {
         &self.pool
     }
 
+    /// The dead-letter queue, the health rows and the records both stores share.
+    pub fn shared(&self) -> Shared<Sqlite> {
+        Shared::new(self.pool.clone())
+    }
+
     /// Answers a trivial query (for `/health`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
@@ -243,28 +249,12 @@ impl AcceptWriter {
         let payload = req
             .event_payload()
             .map_err(|e| StoreError::Rejected(e.to_string()))?;
-        let mut tx = self.pool.begin().await.map_err(rejected)?;
-        let inserted = sqlx::query(
-            "INSERT INTO prime_check_requests (id, number, email, idempotency_key, request_id, created_at, owner) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&req.id)
-        .bind(&req.number)
-        .bind(&req.email)
-        .bind(&req.idempotency_key)
-        .bind(&req.request_id)
-        .bind(created_us)
-        .bind(&req.owner)
-        .execute(&mut *tx)
-        .await;
-        if let Err(err) = inserted {
-            let duplicate = matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation());
-            let _ = tx.rollback().await;
-            return match (&req.idempotency_key, duplicate) {
-                (Some(key), true) => self.existing(key, &req).await,
-                _ => Err(rejected(err)),
-            };
-        }
+        let tx = self.pool.begin().await.map_err(rejected)?;
+        let shared = Shared::<Sqlite>::new(self.pool.clone());
+        let mut tx = match shared.insert_request(tx, &req, created_at).await? {
+            Inserted::New(tx) => tx,
+            Inserted::Existing(outcome) => return Ok(outcome),
+        };
         let enqueue = self.enqueue.load(Ordering::Relaxed);
         let event = EventRow {
             event_id: &req.event_id,
@@ -293,25 +283,6 @@ impl AcceptWriter {
             req,
             from_micros(created_us),
         )))
-    }
-
-    async fn existing(&self, key: &str, req: &NewRequest) -> Result<CreateOutcome, StoreError> {
-        let row = sqlx::query(&format!("{SELECT_REQUEST} WHERE idempotency_key = ?"))
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(rejected)?;
-        let Some(row) = row else {
-            return Err(StoreError::Unavailable(
-                "the request with this idempotency key disappeared; try again".into(),
-            ));
-        };
-        let first = request_from_row(&row)?;
-        if first.number == req.number && first.email == req.email {
-            Ok(CreateOutcome::Existing(first))
-        } else {
-            Ok(CreateOutcome::KeyConflict(first))
-        }
     }
 
     /// Writes the requests waiting together in one transaction; when a statement fails
@@ -556,26 +527,6 @@ impl Settle for LeasedClaim {
     }
 }
 
-const SELECT_REQUEST: &str = "SELECT id, number, email, status, is_prime, factor, error, created_at, completed_at, owner FROM prime_check_requests";
-
-fn request_from_row(row: &SqliteRow) -> Result<PrimeRequest, StoreError> {
-    let status: String = row.try_get("status").map_err(rejected)?;
-    let completed: Option<i64> = row.try_get("completed_at").map_err(rejected)?;
-    Ok(PrimeRequest {
-        id: row.try_get("id").map_err(rejected)?,
-        number: row.try_get("number").map_err(rejected)?,
-        email: row.try_get("email").map_err(rejected)?,
-        status: RequestStatus::parse(&status)
-            .ok_or_else(|| StoreError::Rejected(format!("unknown request status {status:?}")))?,
-        is_prime: row.try_get("is_prime").map_err(rejected)?,
-        factor: row.try_get("factor").map_err(rejected)?,
-        error: row.try_get("error").map_err(rejected)?,
-        created_at: from_micros(row.try_get("created_at").map_err(rejected)?),
-        completed_at: completed.map(from_micros),
-        owner: row.try_get("owner").map_err(rejected)?,
-    })
-}
-
 fn push_ids(q: &mut QueryBuilder<'_, Sqlite>, ids: impl Iterator<Item = i64>) {
     let mut sep = q.separated(", ");
     for id in ids {
@@ -590,35 +541,45 @@ impl RequestStore for SqliteStore {
     }
 
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<PrimeRequest>, StoreError>> {
-        async move {
-            let row = sqlx::query(&format!("{SELECT_REQUEST} WHERE id = ?"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(rejected)?;
-            row.as_ref().map(request_from_row).transpose()
-        }
-        .boxed()
+        async move { self.shared().request(id).await }.boxed()
     }
 
     fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<PrimeRequest>, StoreError>> {
-        async move {
-            let mut q: QueryBuilder<'_, Sqlite> = QueryBuilder::new(SELECT_REQUEST);
-            q.push(" WHERE 1 = 1");
-            if let Some(status) = query.status {
-                q.push(" AND status = ").push_bind(status.as_str());
-            }
-            if let Some(before) = &query.before {
-                q.push(" AND id < ").push_bind(before.clone());
-            }
-            if let Some(owner) = &query.owner {
-                q.push(" AND owner = ").push_bind(owner.clone());
-            }
-            q.push(" ORDER BY id DESC LIMIT ").push_bind(query.limit);
-            let rows = q.build().fetch_all(&self.pool).await.map_err(rejected)?;
-            rows.iter().map(request_from_row).collect()
-        }
-        .boxed()
+        async move { self.shared().requests(&query).await }.boxed()
+    }
+}
+
+impl Driver for Sqlite {
+    type Time = Option<i64>;
+
+    fn store_time(at: Option<DateTime<Utc>>) -> Self::Time {
+        at.map(micros)
+    }
+
+    fn read_time(row: &SqliteRow, name: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        Ok(row.try_get::<Option<i64>, _>(name)?.map(from_micros))
+    }
+
+    fn error(err: sqlx::Error) -> StoreError {
+        rejected(err)
+    }
+}
+
+impl Backend for Sqlite {
+    const DIALECT: Dialect = Dialect::Sqlite;
+
+    fn last_insert_id(done: &SqliteQueryResult) -> i64 {
+        done.last_insert_rowid()
+    }
+
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn begin(
+        pool: &SqlitePool,
+    ) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Sqlite>, StoreError>> {
+        async move { pool.begin().await.map_err(rejected) }.boxed()
     }
 }
 

@@ -1,4 +1,4 @@
-//! Helpers the SQL adapters share.
+//! Small helpers on what the SQL stores read: duplicate keys, payloads, health rows, histories.
 
 use actors::model::DlqActionResult;
 
