@@ -8,7 +8,6 @@
 
 pub mod adapters;
 pub mod backends;
-pub mod chaos;
 pub mod cli;
 pub mod collector;
 pub mod config;

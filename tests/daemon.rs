@@ -419,7 +419,7 @@ async fn every_actor_the_chaos_schedule_crashes_exists_and_comes_back() {
     }
     let mut all = Vec::new();
     names(&admin_tree(&d).await, &mut all);
-    for actor in primed::chaos::schedule::CRASHABLE_ACTORS {
+    for actor in chaos::schedule::CRASHABLE_ACTORS {
         assert!(all.iter().any(|n| n == actor), "{actor} is not in {all:?}");
         let (status, body) = admin(
             &d,

@@ -264,9 +264,7 @@ async fn health_reports_every_dependency_and_ready_needs_the_store_and_broker() 
 async fn ready_needs_the_store_and_comes_back_with_it() {
     // A MariaDB of the test's own, killed and started again (never the shared one).
     let dir = tempfile::tempdir().unwrap();
-    let mut db = primed::chaos::services::Mariadb::start(dir.path())
-        .await
-        .unwrap();
+    let mut db = chaos::services::Mariadb::start(dir.path()).await.unwrap();
     support::mariadb_at(db.port, "CREATE DATABASE ready_test");
     let url = db.url("ready_test");
     let d = Daemon::start(&[("DATABASE_URL", url.as_str())]);

@@ -403,7 +403,7 @@ impl NatsServer {
     }
 
     fn answers(&self) -> bool {
-        primed::chaos::services::greets(self.port)
+        chaos::services::greets(self.port)
     }
 }
 
@@ -534,7 +534,7 @@ pub async fn consumers_idle(url: &str) -> bool {
 }
 
 /// Where `scripts/ensure-services.sh` installs maildev (override with `MAILDEV`).
-pub use primed::chaos::services::maildev_bin;
+pub use chaos::services::maildev_bin;
 
 /// A maildev SMTP server of the test's own, with its HTTP API.
 pub struct MailDev {

@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use chaos::harness::{self, LONG, Options, SHORT};
 use clap::{Parser, ValueEnum};
-use primed::chaos::harness::{self, LONG, Options, SHORT};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ProfileArg {

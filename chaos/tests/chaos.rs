@@ -30,6 +30,18 @@ const CLASSES: [&str; 13] = [
     "actor_crash",
 ];
 
+/// The daemon's binary: built beside the harness's by `cargo test --workspace` (the
+/// daemon's own integration tests need it), or by `cargo build --workspace --bins`.
+fn primed() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_primed-chaos")).with_file_name("primed");
+    assert!(
+        path.is_file(),
+        "no primed binary at {}: build it first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
 /// Runs the harness and returns its JSON report.
 fn chaos(default_seed: u64, extra: &[&str]) -> serde_json::Value {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -38,7 +50,7 @@ fn chaos(default_seed: u64, extra: &[&str]) -> serde_json::Value {
     let seed = std::env::var("CHAOS_SEED").unwrap_or_else(|_| default_seed.to_string());
     let status = Command::new(env!("CARGO_BIN_EXE_primed-chaos"))
         .args(["--profile", "short", "--seed", &seed, "--primed"])
-        .arg(env!("CARGO_BIN_EXE_primed"))
+        .arg(primed())
         .arg("--work-dir")
         .arg(dir.path().join("run"))
         .arg("--report")

@@ -2,7 +2,6 @@
 //! proxies, drives a steady load, injects the scheduled faults one after another and measures
 //! how long each takes to heal, then drains and checks the promises of DESIGN §12.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,26 +9,29 @@ use std::time::{Duration, Instant};
 
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
+use super::daemons::{Daemon, daemon_env, spawn_daemon, wait_ready};
+pub use super::daemons::{default_work_dir, sibling_primed};
 use super::invariants::{RunFacts, check, unsettled};
-use super::load::{Kind, Outcome, Shared, big_prime, load, submit};
+use super::load::{Outcome, Shared, big_prime, load};
 use super::proxy::{Fault as ProxyFault, FaultProxy};
 use super::report::{FaultRecord, Report};
 use super::schedule::{self, Fault, Link, Step, Topology};
-use super::services::{MailDev, Mariadb, NatsNode, Process, Redis, ServiceError, free_port};
+use super::services::{MailDev, Mariadb, NatsNode, Redis, ServiceError};
+use super::settle::{all_healthy, quiet, recover};
 
 /// The admin token the daemons are started with.
-const ADMIN_TOKEN: &str = "chaos-harness-admin-token";
+pub(super) const ADMIN_TOKEN: &str = "chaos-harness-admin-token";
 /// The consumers' ack wait in the daemons; a paused daemon stays stopped longer.
-const ACK_WAIT: Duration = Duration::from_secs(3);
+pub(super) const ACK_WAIT: Duration = Duration::from_secs(3);
 /// How long a fault may take to heal before the run counts it as not recovered.
-const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// SMTP sends each daemon has in flight at most (`PRIMED_SMTP_CONCURRENCY`): the most emails
 /// one daemon's fault can catch between the SMTP server's acceptance and their record.
-const SMTP_SENDS_IN_FLIGHT: usize = 8;
+pub(super) const SMTP_SENDS_IN_FLIGHT: usize = 8;
 /// How long a daemon may take to stop on SIGTERM (its own deadline is 30 s).
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(40);
 /// The database the daemons share.
-const DATABASE: &str = "chaos";
+pub(super) const DATABASE: &str = "chaos";
 
 /// A run's size.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -103,19 +105,6 @@ impl Progress {
             self.0.elapsed().as_secs_f64(),
             line.as_ref()
         );
-    }
-}
-
-/// One daemon child process.
-struct Daemon {
-    index: usize,
-    port: u16,
-    process: Process,
-}
-
-impl Daemon {
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
     }
 }
 
@@ -375,95 +364,6 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
     Ok(report)
 }
 
-/// The environment every daemon gets (besides its own data directory, port and instance
-/// name): the services through their proxies, fault injection on, and settings that make
-/// faults show quickly (3 s ack waits, 1 s heartbeats, a 1 s breaker cooldown).
-fn daemon_env(
-    database: SocketAddr,
-    nats: &[SocketAddr],
-    redis: SocketAddr,
-    smtp: SocketAddr,
-) -> Vec<(String, String)> {
-    let nats_url = nats
-        .iter()
-        .map(|a| format!("nats://{a}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let replicas = nats.len();
-    [
-        ("RUST_LOG", "info".to_string()),
-        (
-            "DATABASE_URL",
-            format!("mysql://root@{database}/{DATABASE}"),
-        ),
-        ("NATS_URL", nats_url),
-        ("NATS_REPLICAS", replicas.to_string()),
-        ("REDIS_HOST", "127.0.0.1".into()),
-        ("REDIS_PORT", redis.port().to_string()),
-        // The limiter runs (on Redis, through its proxy) but never refuses the load.
-        (
-            "RATE_LIMIT_POLICIES",
-            "prime-check: ip 1000000/min, global 1000000/min; prime-check-list: ip 1000000/min"
-                .into(),
-        ),
-        // Debug builds on two loaded cores miss the 5 ms default now and then, which
-        // would make the limiter flap to its fallback.
-        ("RATE_LIMIT_REDIS_TIMEOUT_MS", "50".into()),
-        ("SMTP_HOST", "127.0.0.1".into()),
-        ("SMTP_PORT", smtp.port().to_string()),
-        ("SMTP_TLS", "none".into()),
-        ("SMTP_FROM", "primed@example.com".into()),
-        ("PRIMED_FAULT_INJECTION", "true".into()),
-        ("ADMIN_API_KEYS", ADMIN_TOKEN.into()),
-        ("PRIMED_PRIME_TIMEOUT_MS", "2".into()),
-        (
-            "PRIMED_PRIMECHECK_ACK_WAIT_SECONDS",
-            ACK_WAIT.as_secs().to_string(),
-        ),
-        (
-            "PRIMED_EMAIL_ACK_WAIT_SECONDS",
-            ACK_WAIT.as_secs().to_string(),
-        ),
-        ("PRIMED_HEARTBEAT_INTERVAL_SECONDS", "1".into()),
-        ("PRIMED_SMTP_TIMEOUT_SECONDS", "5".into()),
-        ("PRIMED_SMTP_CONCURRENCY", SMTP_SENDS_IN_FLIGHT.to_string()),
-        ("PRIMED_SMTP_BREAKER_COOLDOWN_SECONDS", "1".into()),
-        ("PRIMED_DB_TIMEOUT_SECONDS", "3".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-/// Starts daemon `index` (it is not ready yet).
-fn spawn_daemon(
-    options: &Options,
-    index: usize,
-    env: &[(String, String)],
-) -> Result<Daemon, ChaosError> {
-    let port = free_port().map_err(|e| setup("daemon port")(e.to_string()))?;
-    let dir = &options.work_dir;
-    let data = dir.join(format!("daemon-{index}"));
-    std::fs::create_dir_all(&data).map_err(|e| setup("daemon directory")(e.to_string()))?;
-    let mut process = Process::new(
-        &options.primed,
-        vec!["run".into()],
-        dir.join(format!("daemon-{index}.log")),
-    )
-    .env("PRIMED_DATA_DIR", data.display().to_string())
-    .env("PRIMED_HTTP_ADDR", format!("127.0.0.1:{port}"))
-    .env("PRIMED_INSTANCE", format!("chaos-{index}"));
-    for (k, v) in env {
-        process = process.env(k, v);
-    }
-    process.start()?;
-    Ok(Daemon {
-        index,
-        port,
-        process,
-    })
-}
-
 /// The proxies by link.
 struct Links<'a> {
     database: &'a FaultProxy,
@@ -697,254 +597,6 @@ async fn wait_for_jetstream(nodes: &[NatsNode]) -> Result<(), ChaosError> {
     Ok(())
 }
 
-/// Waits until a daemon answers `/ready`.
-async fn wait_ready(shared: &Shared, d: &mut Daemon) -> Result<(), ChaosError> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = shared.http.get(d.url("/ready")).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        if d.process.exited() || Instant::now() > deadline {
-            return Err(ChaosError::Setup(format!(
-                "daemon {} did not become ready; see {}",
-                d.index,
-                d.process.log().display()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until every daemon's `/health` is ok and a fresh request has gone through the whole
-/// pipeline (result and email recorded); returns when, or why not after [`RECOVERY_TIMEOUT`].
-async fn recover(shared: &Shared, db: &MySqlPool) -> Result<(Instant, String), String> {
-    let started = Instant::now();
-    let deadline = started + RECOVERY_TIMEOUT;
-    'health: loop {
-        for port in &shared.ports {
-            let why = match shared
-                .http
-                .get(format!("http://127.0.0.1:{port}/health"))
-                .send()
-                .await
-            {
-                Ok(r) => match r.json::<serde_json::Value>().await {
-                    Ok(h) if h["status"] == "ok" => None,
-                    Ok(h) => Some(format!(
-                        "health of :{port} is {}: {}",
-                        h["status"],
-                        not_ok(&h)
-                    )),
-                    Err(e) => Some(format!("health of :{port}: {e}")),
-                },
-                Err(e) => Some(format!("health of :{port}: {e}")),
-            };
-            if let Some(why) = why {
-                if Instant::now() > deadline {
-                    return Err(why);
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-                continue 'health;
-            }
-        }
-        break;
-    }
-    let healthy = Instant::now();
-    let id = match submit(shared, Kind::Probe).await {
-        Outcome::Accepted(id) => id,
-        other => return Err(format!("a probe request got {other:?}")),
-    };
-    let accepted = Instant::now();
-    while Instant::now() < deadline {
-        let emailed: Option<i64> =
-            sqlx::query_scalar("SELECT COUNT(*) FROM sent_emails WHERE request_id = ?")
-                .bind(&id)
-                .fetch_one(db)
-                .await
-                .ok();
-        if emailed.unwrap_or(0) > 0 {
-            let now = Instant::now();
-            let phases = format!(
-                "health ok after {} ms, probe accepted {} ms later, emailed {} ms after that",
-                (healthy - started).as_millis(),
-                (accepted - healthy).as_millis(),
-                (now - accepted).as_millis()
-            );
-            return Ok((now, phases));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Err(format!("probe request {id} was not emailed"))
-}
-
-/// The checks of a health answer that are not ok.
-fn not_ok(health: &serde_json::Value) -> String {
-    health["checks"]
-        .as_object()
-        .map(|checks| {
-            checks
-                .iter()
-                .filter(|(_, c)| c["status"] != "ok")
-                .map(|(name, c)| format!("{name} ({})", c["error"].as_str().unwrap_or("?")))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The harness's default work directory: a fresh one under the system's temporary directory.
-pub fn default_work_dir() -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "primed-chaos-{}-{}",
-        std::process::id(),
-        chrono::Utc::now().format("%Y%m%dT%H%M%S")
-    ))
-}
-
-/// The `primed` binary next to this program.
-pub fn sibling_primed() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let candidate = exe.parent()?.join("primed");
-    candidate.exists().then_some(candidate).or_else(|| {
-        // Test binaries live one level down, in deps/.
-        let up = exe.parent()?.parent()?.join("primed");
-        up.exists().then_some(up)
-    })
-}
-
-/// Whether every worker's last heartbeat is healthy and recent (what the check demands).
-async fn all_healthy(db: &MySqlPool) -> bool {
-    let unhealthy: Result<i64, _> = sqlx::query_scalar(&format!(
-        "SELECT COUNT(*) FROM worker_health_checks WHERE {}",
-        super::invariants::UNHEALTHY
-    ))
-    .fetch_one(db)
-    .await;
-    matches!(unhealthy, Ok(0))
-}
-
-/// Waits until no message of the main stream waits for a consumer or for an acknowledgement
-/// (so no redelivery, and no late repeat, can come), up to `within`.
-async fn quiet(nodes: &[NatsNode], within: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + within;
-    // Every node of a cluster (a comma-joined URL is not a server list to the client).
-    let servers = nodes
-        .iter()
-        .map(|n| format!("nats://127.0.0.1:{}", n.port).parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bad NATS address: {e}"))?;
-    let client = async_nats::connect(servers)
-        .await
-        .map_err(|e| format!("cannot connect to NATS: {e}"))?;
-    let js = async_nats::jetstream::new(client);
-    loop {
-        let mut busy = Vec::new();
-        for durable in [
-            crate::adapters::nats::CONSUMER_PRIMECHECK,
-            crate::adapters::nats::CONSUMER_EMAIL,
-        ] {
-            let info = async {
-                let stream = js.get_stream("PRIME").await.map_err(|e| e.to_string())?;
-                let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
-                    .get_consumer(durable)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                consumer
-                    .info()
-                    .await
-                    .map(|i| (i.num_pending, i.num_ack_pending))
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            match info {
-                Ok((0, 0)) => {}
-                Ok((pending, unacked)) => busy.push(format!(
-                    "{durable}: {pending} waiting, {unacked} unacknowledged"
-                )),
-                Err(e) => busy.push(format!("{durable}: {e}")),
-            }
-        }
-        if busy.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(busy.join("; "));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{BrokerConfig, Config, StoreConfig};
-
-    /// The check behind "none doubled": a message that waits, or one delivered and never
-    /// acknowledged, keeps the consumers from being quiet, and the run from vouching.
-    #[tokio::test]
-    async fn consumers_holding_a_message_are_not_quiet() {
-        #![allow(clippy::unwrap_used)]
-        use crate::adapters::nats::{JetStreamBroker, JetStreamSettings};
-        let dir = tempfile::tempdir().unwrap();
-        let nodes = NatsNode::start_all(dir.path(), 1).await.unwrap();
-        let url = format!("nats://127.0.0.1:{}", nodes[0].port);
-        let settings = JetStreamSettings::new("PRIME");
-        let (broker, client) = JetStreamBroker::connect(&url, &settings).await.unwrap();
-        broker.ensure_topology(&settings).await.unwrap();
-        assert_eq!(quiet(&nodes, Duration::from_millis(200)).await, Ok(()));
-
-        let js = async_nats::jetstream::new(client);
-        js.publish("email.send", "{}".into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        let why = quiet(&nodes, Duration::from_millis(300)).await.unwrap_err();
-        assert!(why.contains("1 waiting"), "{why}");
-
-        // Taken and never acknowledged: still not quiet.
-        let stream = js.get_stream("PRIME").await.unwrap();
-        let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-            .get_consumer(crate::adapters::nats::CONSUMER_EMAIL)
-            .await
-            .unwrap();
-        let taken = consumer.fetch().max_messages(1).messages().await.unwrap();
-        let taken: Vec<_> = futures::StreamExt::collect(taken).await;
-        assert_eq!(taken.len(), 1);
-        let why = quiet(&nodes, Duration::from_millis(300)).await.unwrap_err();
-        assert!(why.contains("1 unacknowledged"), "{why}");
-    }
-
-    #[test]
-    fn the_daemons_environment_is_a_valid_production_configuration_with_every_key_known() {
-        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let env = daemon_env(addr(1), &[addr(2), addr(3), addr(4)], addr(5), addr(6));
-        for (name, _) in &env {
-            if name != "RUST_LOG" {
-                assert!(
-                    crate::config::KEYS.iter().any(|k| k.name == name),
-                    "{name} is not a configuration key"
-                );
-            }
-        }
-        let config = Config::load(env, None).unwrap();
-        assert!(matches!(config.store, StoreConfig::Mysql { .. }));
-        match config.broker {
-            BrokerConfig::Nats { url, replicas, .. } => {
-                assert_eq!(
-                    url,
-                    "nats://127.0.0.1:2,nats://127.0.0.1:3,nats://127.0.0.1:4"
-                );
-                assert_eq!(replicas, 3);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(config.fault_injection);
-    }
 }

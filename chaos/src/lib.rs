@@ -2,6 +2,7 @@
 //! behind a fault-injecting TCP proxy, injects faults from a seeded schedule, and checks the
 //! promises of DESIGN §12 afterwards. `primed-chaos` is its command line.
 
+mod daemons;
 pub mod harness;
 mod invariants;
 mod load;
@@ -9,3 +10,4 @@ pub mod proxy;
 pub mod report;
 pub mod schedule;
 pub mod services;
+mod settle;

@@ -4,12 +4,10 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::time::Duration;
 
-use primed::chaos::proxy::{Fault, FaultProxy};
-use support::RedisServer;
+use chaos::proxy::{Fault, FaultProxy};
+use chaos::services::Redis;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -35,7 +33,8 @@ async fn connect(proxy: &FaultProxy) -> std::io::Result<BufReader<TcpStream>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_passes_delays_swallows_refuses_and_resets() {
-    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path()).await.unwrap();
     let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into())
         .await
         .unwrap();

@@ -173,6 +173,6 @@ pub(super) async fn submit(shared: &Shared, kind: Kind) -> Outcome {
 /// beyond what the daemons' 2 ms time limit can test (it takes ~18 ms on this machine), so
 /// it fails permanently.
 pub(super) fn big_prime() -> String {
-    let n = (dashu_int::UBig::ONE << 3217) - dashu_int::UBig::ONE;
+    let n = (actors::primality::UBig::ONE << 3217) - actors::primality::UBig::ONE;
     n.to_string()
 }
