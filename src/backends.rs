@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use actors::consumer::Source;
-use actors::dlq::AdvisoryFeed;
-use actors::workers::Mailer;
+use actors::ports::AdvisoryFeed;
+use actors::ports::Mailer;
+use actors::ports::Source;
 use actors::{Broker, DlqStore, OutboxStore, RequestStore, RetryPolicy, WorkerStore};
 use futures::FutureExt;
 use supervision::Backoff;

@@ -355,7 +355,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 async fn send_journal(
     data_dir: &std::path::Path,
     store: &dyn actors::WorkerStore,
-) -> Option<Arc<dyn actors::workers::SendJournal>> {
+) -> Option<Arc<dyn actors::ports::SendJournal>> {
     use crate::adapters::sent_journal::FileJournal;
     let dir = data_dir.join("sent-journal");
     let (journal, leftover) = match FileJournal::open(&dir) {
@@ -387,15 +387,16 @@ async fn send_journal(
 fn pipeline(
     config: &Config,
     w: &crate::backends::WorkerBackends,
-    journal: Option<Arc<dyn actors::workers::SendJournal>>,
+    journal: Option<Arc<dyn actors::ports::SendJournal>>,
     wake: RelayWake,
     shutdown: tokio::sync::watch::Receiver<bool>,
     liveness: actors::Liveness,
 ) -> tree::PipelineDeps {
     use actors::breaker::{BreakerSettings, CircuitBreaker};
-    use actors::consumer::{ConsumerPolicy, WorkerArgs};
-    use actors::dlq::{DlqArgs, ReprocessRule, TimerArgs};
-    use actors::workers::{EmailHandler, PrimeCheckHandler};
+    use actors::dlq::DlqArgs;
+    use actors::handlers::{EmailHandler, PrimeCheckHandler};
+    use actors::retry_timer::{ReprocessRule, TimerArgs};
+    use actors::worker::{ConsumerPolicy, WorkerArgs};
     use tokio::sync::Semaphore;
 
     let workers = &config.workers;

@@ -21,8 +21,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::consumer::{Worker, WorkerArgs};
-use actors::dlq::{Dlq, DlqArgs, RetryTimer, TimerArgs};
+use actors::dlq::{Dlq, DlqArgs};
+use actors::retry_timer::{RetryTimer, TimerArgs};
+use actors::worker::{Worker, WorkerArgs};
 use actors::{HealthSink, Heartbeat, HeartbeatArgs, OutboxRelay, RelayArgs};
 use supervision::{Backoff, ChildSpec, Strategy, SupervisorSpec};
 

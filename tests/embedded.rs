@@ -290,8 +290,8 @@ async fn grouped_results_are_recorded_once_per_event_with_their_queued_email_eve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grouped_sent_records_and_acks_answer_each_caller_as_alone() {
     use actors::WorkerStore;
-    use actors::consumer::Source;
     use actors::model::SentEmail;
+    use actors::ports::Source;
     use futures::StreamExt;
 
     let dir = tempfile::tempdir().unwrap();

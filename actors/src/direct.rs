@@ -21,14 +21,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
-use crate::broker::{Broker, OutgoingMessage};
 use crate::liveness::WorkerStats;
 use crate::outbox_relay::RelayWake;
-use crate::store::StoreError;
+use crate::ports::{Broker, OutboxMarks, OutgoingMessage};
 
 /// How long an event handed to the publisher is invisible to the relays. Long enough for
 /// the publish and the mark under load (milliseconds), short enough that an event this path
@@ -46,15 +44,6 @@ const BATCH: usize = 1000;
 
 /// Publishes in flight at once.
 const IN_FLIGHT: usize = 4;
-
-/// Marks outbox rows published by event id (the fast path's bookkeeping).
-pub trait OutboxMarks: Send + Sync + 'static {
-    /// Marks the still-pending rows of these events published; returns how many it marked.
-    fn mark_published<'a>(
-        &'a self,
-        event_ids: &'a [String],
-    ) -> BoxFuture<'a, Result<u64, StoreError>>;
-}
 
 /// What the publisher has done (also on `/metrics` as `outbox_direct_events_total`).
 #[derive(Debug, Default)]
@@ -251,12 +240,14 @@ async fn mark_loop(
 
 #[cfg(test)]
 mod tests {
+    use crate::ports::StoreError;
+    use futures::future::BoxFuture;
     use std::sync::Mutex;
 
     use futures::FutureExt;
 
     use super::*;
-    use crate::broker::BrokerError;
+    use crate::ports::BrokerError;
 
     #[derive(Default)]
     struct FakeBroker {

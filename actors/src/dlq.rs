@@ -1,4 +1,5 @@
-//! The dead-letter queue's actors.
+//! The dead-letter queue's actor (the automatic reprocess rules are the retry timer's,
+//! in `retry_timer.rs`).
 //!
 //! [`Dlq`] (messages: [`DlqMsg::Tick`]) copies new dead letters to the `DEAD_LETTER_QUEUE`
 //! stream (`dlq.<kind>`), and turns max-deliveries advisories (a worker died or hung on a
@@ -6,42 +7,15 @@
 //! gives up on a message first writes its `dead_letter_messages` row (with its
 //! `dlq_statistics` count) in the database; the stream copy follows from the row, like the
 //! outbox, so a crash between the two loses nothing.
-//!
-//! [`RetryTimer`] (messages: [`TimerMsg::Tick`]) applies the automatic reprocess rules: a
-//! pending dead letter whose error matches a rule's pattern, that has waited the rule's
-//! time and has been retried fewer than the rule's maximum, is republished.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use futures::future::BoxFuture;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::broker::{Broker, BrokerError, OutgoingMessage};
-use crate::consumer::Delivery;
-use crate::model::{
-    ErrorClass, NewDeadLetter, Reprocess, SUBJECT_EMAIL_SEND, SUBJECT_PRIMECHECK_REQUESTED,
-};
-use crate::store::{DlqStore, WorkerStore};
-use crate::workers::PRIMECHECK_CONSUMER;
-
-/// A max-deliveries advisory, with the message it is about when the stream still has it.
-pub struct Advisory {
-    /// The dead letter to store, or `None` when the original message is gone.
-    pub letter: Option<NewDeadLetter>,
-    /// What the advisory says, for the logs.
-    pub summary: String,
-    /// Acknowledges the advisory.
-    pub delivery: Box<dyn Delivery>,
-}
-
-/// Durable max-deliveries advisories.
-pub trait AdvisoryFeed: Send + Sync + 'static {
-    /// Up to `max` advisories, waiting at most `wait` for the first.
-    fn poll(&self, max: usize, wait: Duration)
-    -> BoxFuture<'_, Result<Vec<Advisory>, BrokerError>>;
-}
+use crate::handlers::PRIMECHECK_CONSUMER;
+use crate::model::{SUBJECT_EMAIL_SEND, SUBJECT_PRIMECHECK_REQUESTED};
+use crate::ports::{AdvisoryFeed, Broker, DlqStore, OutgoingMessage, WorkerStore};
 
 /// The DLQ actor.
 #[derive(Debug, Clone, Copy, Default)]
@@ -208,108 +182,4 @@ pub async fn advisories(args: &DlqArgs, feed: &dyn AdvisoryFeed) -> Result<usize
         }
     }
     Ok(stored)
-}
-
-/// An automatic reprocess rule (seed §3.3.1).
-#[derive(Debug, Clone)]
-pub struct ReprocessRule {
-    /// Its name (the operator recorded for its reprocesses is `rule:<name>`).
-    pub name: String,
-    /// Matched against the dead letter's error message.
-    pub pattern: regex::Regex,
-    /// How long a dead letter waits before the rule retries it.
-    pub wait: Duration,
-    /// Automatic retries per dead letter.
-    pub max_retries: u32,
-    /// Original subjects it applies to (all when empty).
-    pub subjects: Vec<String>,
-}
-
-/// The retry timer actor.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RetryTimer;
-
-/// The retry timer's configuration.
-#[derive(Clone)]
-pub struct TimerArgs {
-    /// Dead letters.
-    pub store: Arc<dyn DlqStore>,
-    /// The rules.
-    pub rules: Vec<ReprocessRule>,
-    /// Time between rounds.
-    pub interval: Duration,
-}
-
-/// Messages the retry timer handles.
-#[derive(Debug)]
-pub enum TimerMsg {
-    /// Apply the rules.
-    Tick,
-}
-
-impl Actor for RetryTimer {
-    type Msg = TimerMsg;
-    type State = TimerArgs;
-    type Arguments = TimerArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<TimerMsg>,
-        args: TimerArgs,
-    ) -> Result<TimerArgs, ActorProcessingErr> {
-        myself.send_interval(args.interval, || TimerMsg::Tick);
-        Ok(args)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<TimerMsg>,
-        TimerMsg::Tick: TimerMsg,
-        args: &mut TimerArgs,
-    ) -> Result<(), ActorProcessingErr> {
-        if let Err(err) = apply_rules(args).await {
-            tracing::warn!(error = %err, "could not apply the DLQ reprocess rules; trying again next round");
-        }
-        crate::metrics::pipeline().dlq_rule_rounds.inc();
-        Ok(())
-    }
-}
-
-/// One round of the rules; returns how many dead letters were republished.
-pub async fn apply_rules(args: &TimerArgs) -> Result<usize, String> {
-    let mut total = 0;
-    for rule in &args.rules {
-        let before = Utc::now() - chrono::Duration::from_std(rule.wait).unwrap_or_default();
-        let candidates = args
-            .store
-            .rule_candidates(before, rule.max_retries, &rule.subjects, 100)
-            .await
-            .map_err(|e| e.to_string())?;
-        let ids: Vec<i64> = candidates
-            .iter()
-            .filter(|l| {
-                l.error_type != ErrorClass::Poison && rule.pattern.is_match(&l.error_message)
-            })
-            .map(|l| l.id)
-            .collect();
-        if ids.is_empty() {
-            continue;
-        }
-        let results = args
-            .store
-            .reprocess(Reprocess {
-                ids,
-                delay: Duration::ZERO,
-                force: false,
-                operator: format!("rule:{}", rule.name),
-                reason: Some(format!("automatic: error matches /{}/", rule.pattern)),
-                automatic: true,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let n = results.iter().filter(|r| r.ok).count();
-        tracing::info!(rule = %rule.name, republished = n, "DLQ rule republished dead letters");
-        total += n;
-    }
-    Ok(total)
 }

@@ -12,30 +12,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::future::BoxFuture;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use supervision::{ChildStatus, status};
 
-/// A place health reports go: the systemd watchdog, a table, metrics.
-pub trait HealthSink: Send + Sync + 'static {
-    /// A short name for logs.
-    fn name(&self) -> &str;
-
-    /// Records one report.
-    fn record<'a>(&'a self, report: &'a HealthReport)
-    -> BoxFuture<'a, Result<(), HealthSinkError>>;
-}
-
-/// A sink could not record a report.
-#[derive(Debug, thiserror::Error)]
-#[error("health sink {sink} could not record the heartbeat: {reason}")]
-pub struct HealthSinkError {
-    /// The sink's name.
-    pub sink: String,
-    /// What went wrong.
-    pub reason: String,
-}
+use crate::ports::HealthSink;
 
 /// The tree's health at one moment.
 #[derive(Debug, Clone, Serialize)]
@@ -179,7 +160,9 @@ impl Actor for Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::HealthSinkError;
     use futures::FutureExt;
+    use futures::future::BoxFuture;
     use supervision::{ChildSpec, Strategy, Supervisor, SupervisorSpec};
     use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 

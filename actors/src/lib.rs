@@ -5,30 +5,28 @@
 #![warn(missing_docs)]
 
 pub mod breaker;
-pub mod broker;
-pub mod consumer;
 pub mod direct;
 pub mod dlq;
+pub mod handlers;
 pub mod heartbeat;
 pub mod liveness;
 pub mod metrics;
 pub mod model;
 pub mod outbox_relay;
+pub mod ports;
 pub mod primality;
 pub mod retry;
-pub mod store;
+pub mod retry_timer;
 pub mod trace;
-pub mod workers;
+pub mod worker;
 
-pub use broker::{Broker, BrokerError, OutgoingMessage};
-pub use direct::{DirectPublisher, OutboxMarks};
-pub use heartbeat::{
-    HealthReport, HealthSink, HealthSinkError, Heartbeat, HeartbeatArgs, HeartbeatMsg,
-};
-pub use liveness::{HealthStore, Instance, Liveness, WorkerHealth, WorkerHealthSink, WorkerStats};
+pub use direct::DirectPublisher;
+pub use heartbeat::{HealthReport, Heartbeat, HeartbeatArgs, HeartbeatMsg};
+pub use liveness::{Instance, Liveness, WorkerHealthSink, WorkerStats};
 pub use outbox_relay::{OutboxRelay, RelayArgs, RelayMsg, RelayWake};
-pub use retry::RetryPolicy;
-pub use store::{
-    Claim, DlqStore, GaugeSource, OutboxStore, RequestStore, Settle, StoreError, StoreGauges,
-    WorkerStore,
+pub use ports::{
+    Broker, BrokerError, Claim, DlqStore, GaugeSource, HealthSink, HealthSinkError, HealthStore,
+    OutboxMarks, OutboxStore, OutgoingMessage, RequestStore, Settle, StoreError, StoreGauges,
+    WorkerHealth, WorkerStore,
 };
+pub use retry::RetryPolicy;

@@ -20,8 +20,8 @@ use futures::future::BoxFuture;
 use serde_json::json;
 use supervision::{ChildKind, ChildState, ChildStatus};
 
-use crate::heartbeat::{HealthReport, HealthSink, HealthSinkError};
-use crate::store::StoreError;
+use crate::heartbeat::HealthReport;
+use crate::ports::{HealthSink, HealthSinkError, HealthStore, WorkerHealth};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -136,33 +136,6 @@ impl Liveness {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.keys().cloned().collect()
     }
-}
-
-/// One `worker_health_checks` row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkerHealth {
-    /// `<instance>/<actor>`.
-    pub worker_name: String,
-    /// Healthy or not.
-    pub healthy: bool,
-    /// The worker's last sign of life.
-    pub last_heartbeat: DateTime<Utc>,
-    /// Why it is unhealthy.
-    pub error_message: Option<String>,
-    /// Restarts, counts, host, pid, version.
-    pub metadata: serde_json::Value,
-}
-
-/// Where `worker_health_checks` rows are written.
-pub trait HealthStore: Send + Sync + 'static {
-    /// Inserts or replaces the rows, by worker name.
-    fn upsert_health<'a>(
-        &'a self,
-        rows: &'a [WorkerHealth],
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
-
-    /// Every row (all daemons'), by worker name.
-    fn list_health(&self) -> BoxFuture<'_, Result<Vec<WorkerHealth>, StoreError>>;
 }
 
 /// Who this daemon is, for the rows' names and metadata.
@@ -312,6 +285,7 @@ impl HealthSink for WorkerHealthSink {
 
 #[cfg(test)]
 mod tests {
+    use crate::ports::StoreError;
     use std::time::SystemTime;
 
     use supervision::{Failure, Restart, Strategy};

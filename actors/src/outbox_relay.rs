@@ -27,10 +27,10 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::broker::{Broker, OutgoingMessage};
 use crate::model::PublishFailure;
+use crate::ports::OutboxStore;
+use crate::ports::{Broker, OutgoingMessage};
 use crate::retry::RetryPolicy;
-use crate::store::OutboxStore;
 
 /// Lets the API wake the relay right after it commits a request. Wakes coalesce: while one
 /// is pending, further ones send nothing. The flag is a signal, not shared state: the relay
@@ -305,7 +305,7 @@ const ROUNDS_PER_CALL: usize = 8;
 /// actor after one wave of publish timeouts.) Claims never overlap (rows are locked with
 /// SKIP LOCKED), so parallel rounds only change how much work is in flight; an idle relay
 /// still runs a single claim per tick.
-pub async fn rounds(args: &RelayArgs) -> Result<RoundOutcome, crate::store::StoreError> {
+pub async fn rounds(args: &RelayArgs) -> Result<RoundOutcome, crate::ports::store::StoreError> {
     let mut total = round(args).await?;
     let n = args.parallel_rounds.max(1) as usize;
     if n == 1 || !total.saturated {
@@ -343,10 +343,10 @@ pub async fn rounds(args: &RelayArgs) -> Result<RoundOutcome, crate::store::Stor
 
 /// One claim → publish → mark round (the mark in the background with
 /// [`RelayArgs::background_settle`]).
-pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::store::StoreError> {
+pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::ports::store::StoreError> {
     let slot = match &args.background_settle {
         Some(settle) => Some(settle.slots.clone().acquire_owned().await.map_err(|_| {
-            crate::store::StoreError::Unavailable("the relay is shutting down".into())
+            crate::ports::store::StoreError::Unavailable("the relay is shutting down".into())
         })?),
         None => None,
     };

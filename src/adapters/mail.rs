@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::model::ErrorClass;
-use actors::workers::{Email, MailError, Mailer, OnAccepted};
+use actors::ports::{Email, MailError, Mailer, OnAccepted};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use lettre::Message;

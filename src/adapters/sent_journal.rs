@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use actors::model::SentEmail;
-use actors::workers::SendJournal;
+use actors::ports::SendJournal;
 use actors::{StoreError, WorkerStore};
 use serde::{Deserialize, Serialize};
 

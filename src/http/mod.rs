@@ -78,7 +78,7 @@ pub struct AppState {
 #[derive(Clone, Default)]
 pub struct Controls {
     /// Each consumer's pause and its number of workers, by name (`primecheck`, `email`).
-    pub consumers: Vec<(&'static str, Arc<actors::consumer::Pause>, u32)>,
+    pub consumers: Vec<(&'static str, Arc<actors::worker::Pause>, u32)>,
     /// The email workers' SMTP circuit breaker.
     pub smtp_breaker: Option<Arc<actors::breaker::CircuitBreaker>>,
 }

@@ -7,9 +7,8 @@
 use std::time::Duration;
 
 use actors::BrokerError;
-use actors::consumer::{Delivery, Message, Source};
-use actors::dlq::{Advisory, AdvisoryFeed};
 use actors::model::{ErrorClass, NewDeadLetter};
+use actors::ports::{Advisory, AdvisoryFeed, Delivery, Message, Source};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use chrono::Utc;

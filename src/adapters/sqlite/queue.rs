@@ -7,9 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use actors::consumer::{Delivery, Message, Source};
-use actors::dlq::{Advisory, AdvisoryFeed};
 use actors::model::{ErrorClass, NewDeadLetter};
+use actors::ports::{Advisory, AdvisoryFeed, Delivery, Message, Source};
 use actors::{Broker, BrokerError, OutgoingMessage, StoreError};
 use futures::FutureExt;
 use futures::future::BoxFuture;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use actors::handlers::PRIMECHECK_CONSUMER;
 use actors::model::{AttemptLog, NewDeadLetter, PrimeResult, SUBJECT_EMAIL_SEND, SentEmail};
-use actors::workers::PRIMECHECK_CONSUMER;
 use actors::{StoreError, WorkerStore};
 use futures::FutureExt;
 use futures::future::BoxFuture;

@@ -215,3 +215,12 @@ pub trait GaugeSource: Send + Sync + 'static {
     /// The counts now.
     fn gauges(&self) -> BoxFuture<'_, Result<StoreGauges, StoreError>>;
 }
+
+/// Marks outbox rows published by event id (the fast path's bookkeeping).
+pub trait OutboxMarks: Send + Sync + 'static {
+    /// Marks the still-pending rows of these events published; returns how many it marked.
+    fn mark_published<'a>(
+        &'a self,
+        event_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+}
