@@ -183,3 +183,131 @@ pub async fn advisories(args: &DlqArgs, feed: &dyn AdvisoryFeed) -> Result<usize
     }
     Ok(stored)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::Ordering;
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::fakes::{
+        CountedDelivery, MemoryAdvisories, MemoryBroker, MemoryDlq, MemoryWorkers, letter,
+    };
+    use crate::model::{ErrorClass, NewDeadLetter};
+    use crate::ports::Advisory;
+
+    fn args(
+        dlq: &Arc<MemoryDlq>,
+        workers: &Arc<MemoryWorkers>,
+        broker: &Arc<MemoryBroker>,
+    ) -> DlqArgs {
+        DlqArgs {
+            store: dlq.clone(),
+            workers: workers.clone(),
+            broker: broker.clone(),
+            advisories: None,
+            interval: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_new_dead_letter_is_streamed_once_and_only_what_the_broker_took_is_marked() {
+        let dlq = Arc::new(MemoryDlq::with(vec![
+            letter(1, ErrorClass::Transient, "timed out"),
+            letter(2, ErrorClass::Permanent, "550 no such user"),
+        ]));
+        let broker = Arc::new(MemoryBroker::default());
+        broker.refuse.lock().unwrap().insert("dlq-2-v0".into());
+        let workers = Arc::new(MemoryWorkers::default());
+        let args = args(&dlq, &workers, &broker);
+
+        let err = stream_copies(&args).await.unwrap_err();
+        assert!(err.contains("dlq-2-v0 refused"), "{err}");
+        assert_eq!(broker.sent_ids(), ["dlq-1-v0"]);
+        let sent = broker.sent.lock().unwrap()[0].clone();
+        assert_eq!(sent.subject, "dlq.emailsend");
+        assert_eq!(sent.dlq_id, Some(1));
+        let copy: serde_json::Value = serde_json::from_slice(&sent.payload).unwrap();
+        assert_eq!(
+            copy["error_message"], "timed out",
+            "the stream copy is the row"
+        );
+
+        // Next round: only the one the broker refused, and then nothing.
+        broker.refuse.lock().unwrap().clear();
+        assert_eq!(stream_copies(&args).await.unwrap(), 1);
+        assert_eq!(stream_copies(&args).await.unwrap(), 0);
+        assert_eq!(broker.sent_ids(), ["dlq-1-v0", "dlq-2-v0"]);
+
+        // A letter that failed again is a new version: streamed again.
+        dlq.log().letters[0].1 = 1;
+        assert_eq!(stream_copies(&args).await.unwrap(), 1);
+        assert_eq!(broker.sent_ids().last().unwrap(), "dlq-1-v1");
+    }
+
+    fn advisory(
+        subject: &str,
+        event_id: Option<&str>,
+    ) -> (Advisory, Arc<std::sync::atomic::AtomicU32>) {
+        let (delivery, acks) = CountedDelivery::new("$JS.EVENT.ADVISORY");
+        let letter = event_id.map(|id| NewDeadLetter {
+            original_subject: subject.into(),
+            original_message_id: Some(id.into()),
+            payload: b"{}".to_vec(),
+            error: "max deliveries reached".into(),
+            error_type: ErrorClass::Transient,
+            retry_count: 5,
+            original_created_at: Utc::now(),
+            request_id: None,
+            dlq_id: None,
+        });
+        (
+            Advisory {
+                letter,
+                summary: format!("{subject} {event_id:?}"),
+                delivery: Box::new(delivery),
+            },
+            acks,
+        )
+    }
+
+    #[tokio::test]
+    async fn an_advisory_dead_letters_only_a_message_whose_effect_never_happened() {
+        let workers = Arc::new(MemoryWorkers::default());
+        workers
+            .processed
+            .lock()
+            .unwrap()
+            .insert(("done-check".into(), PRIMECHECK_CONSUMER.into()));
+        workers.emailed.lock().unwrap().insert("sent-email".into());
+        let (done_check, a1) = advisory(SUBJECT_PRIMECHECK_REQUESTED, Some("done-check"));
+        let (sent_email, a2) = advisory(SUBJECT_EMAIL_SEND, Some("sent-email"));
+        let (lost_email, a3) = advisory(SUBJECT_EMAIL_SEND, Some("lost-email"));
+        let (gone, a4) = advisory(SUBJECT_EMAIL_SEND, None);
+        let feed = MemoryAdvisories(std::sync::Mutex::new(vec![
+            done_check, sent_email, lost_email, gone,
+        ]));
+        let dlq = Arc::new(MemoryDlq::default());
+        let broker = Arc::new(MemoryBroker::default());
+
+        let stored = advisories(&args(&dlq, &workers, &broker), &feed)
+            .await
+            .unwrap();
+        assert_eq!(stored, 1, "only the email that was never sent");
+        let letters = workers.dead_letters.lock().unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(
+            letters[0].original_message_id.as_deref(),
+            Some("lost-email")
+        );
+        for acks in [a1, a2, a3, a4] {
+            assert_eq!(
+                acks.load(Ordering::Relaxed),
+                1,
+                "every advisory is acknowledged once"
+            );
+        }
+    }
+}

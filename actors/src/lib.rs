@@ -7,6 +7,8 @@
 pub mod breaker;
 pub mod direct;
 pub mod dlq;
+#[cfg(test)]
+mod fakes;
 pub mod handlers;
 pub mod heartbeat;
 pub mod liveness;

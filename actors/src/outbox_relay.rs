@@ -430,3 +430,135 @@ pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::ports::store
     }
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::fakes::{MemoryBroker, MemoryOutbox, event};
+
+    fn args(
+        outbox: &MemoryOutbox,
+        broker: &Arc<MemoryBroker>,
+        batch: u32,
+        parallel: u32,
+    ) -> RelayArgs {
+        RelayArgs {
+            store: Arc::new(outbox.clone()),
+            broker: broker.clone(),
+            batch_size: batch,
+            parallel_rounds: parallel,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
+            retention: Duration::from_secs(3600),
+            prune_interval: Duration::from_secs(3600),
+            wake: RelayWake::new("relay-under-test"),
+            stats: Arc::new(crate::liveness::WorkerStats::default()),
+            background_settle: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_publishes_what_it_claims_in_order_and_marks_it() {
+        let outbox = MemoryOutbox::with(vec![event(1, 0, 3), event(2, 1, 3), event(3, 0, 3)]);
+        let broker = Arc::new(MemoryBroker::default());
+        let outcome = round(&args(&outbox, &broker, 10, 1)).await.unwrap();
+        assert_eq!((outcome.claimed, outcome.published), (3, 3));
+        assert!(!outcome.saturated, "3 of 10 is not a full batch");
+        assert_eq!(broker.sent_ids(), ["e1", "e2", "e3"]);
+        let attempts: Vec<u32> = broker
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| m.attempt)
+            .collect();
+        assert_eq!(
+            attempts,
+            [1, 2, 1],
+            "the attempt is the failures so far plus one"
+        );
+        let log = outbox.log();
+        assert_eq!(log.published, [1, 2, 3]);
+        assert!(log.pending.is_empty() && log.claimed.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_event_is_retried_later_and_dead_lettered_past_its_retries() {
+        let outbox = MemoryOutbox::with(vec![event(1, 0, 3), event(2, 3, 3), event(3, 0, 3)]);
+        let broker = Arc::new(MemoryBroker::default());
+        broker
+            .refuse
+            .lock()
+            .unwrap()
+            .extend(["e1".to_string(), "e2".to_string()]);
+        let outcome = round(&args(&outbox, &broker, 10, 1)).await.unwrap();
+        assert_eq!(
+            (outcome.published, outcome.retried, outcome.dead),
+            (1, 1, 1),
+            "{outcome:?}"
+        );
+        let log = outbox.log();
+        let e1 = log.failures.iter().find(|f| f.id == 1).unwrap();
+        assert!(e1.counted, "the broker was up: the failure is the event's");
+        let wait = e1.next_retry_at.unwrap() - Utc::now();
+        assert!(
+            wait > chrono::Duration::milliseconds(500) && wait <= chrono::Duration::seconds(2),
+            "the first retry waits about the policy's first delay (1 s ± 20 %): {wait}"
+        );
+        let e2 = log.failures.iter().find(|f| f.id == 2).unwrap();
+        assert_eq!(
+            e2.next_retry_at, None,
+            "its fourth failure of 3 allowed: dead-lettered"
+        );
+        assert_eq!(log.published, [3]);
+        assert!(log.pending.contains_key(&1) && !log.pending.contains_key(&2));
+    }
+
+    #[tokio::test]
+    async fn a_broker_outage_spends_no_retries_and_dead_letters_nothing() {
+        let outbox = MemoryOutbox::with(vec![event(1, 3, 3), event(2, 0, 3)]);
+        let broker = Arc::new(MemoryBroker::default());
+        broker.down.store(true, Ordering::Relaxed);
+        let outcome = round(&args(&outbox, &broker, 10, 1)).await.unwrap();
+        assert_eq!(
+            (outcome.published, outcome.retried, outcome.dead),
+            (0, 2, 0)
+        );
+        let log = outbox.log();
+        assert!(
+            log.failures
+                .iter()
+                .all(|f| !f.counted && f.next_retry_at.is_some())
+        );
+        assert_eq!(
+            log.pending[&1].retry_count, 3,
+            "an outage spends none of its retries"
+        );
+    }
+
+    #[tokio::test]
+    async fn rounds_go_on_while_batches_come_back_full_and_stop_at_a_short_one() {
+        let outbox = MemoryOutbox::with((1..=7).map(|n| event(n, 0, 3)).collect());
+        let broker = Arc::new(MemoryBroker::default());
+        let outcome = rounds(&args(&outbox, &broker, 2, 2)).await.unwrap();
+        assert_eq!((outcome.claimed, outcome.published), (7, 7), "{outcome:?}");
+        let mut sent = broker.sent_ids();
+        sent.sort();
+        assert_eq!(
+            sent,
+            ["e1", "e2", "e3", "e4", "e5", "e6", "e7"],
+            "each once"
+        );
+        assert!(outbox.log().pending.is_empty());
+
+        // One round only when the first is short.
+        let outbox = MemoryOutbox::with((1..=7).map(|n| event(n, 0, 3)).collect());
+        let outcome = rounds(&args(&outbox, &broker, 10, 2)).await.unwrap();
+        assert_eq!(outcome.claimed, 7);
+        assert!(!outcome.saturated);
+    }
+}

@@ -116,3 +116,61 @@ pub async fn apply_rules(args: &TimerArgs) -> Result<usize, String> {
     }
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::fakes::{MemoryDlq, letter};
+
+    #[tokio::test]
+    async fn a_rule_republishes_the_letters_it_matches_but_never_poison() {
+        let dlq = Arc::new(MemoryDlq::with(vec![
+            letter(1, ErrorClass::Transient, "connection timed out"),
+            letter(2, ErrorClass::Permanent, "550 no such user"),
+            letter(3, ErrorClass::Poison, "timed out decoding"),
+            letter(4, ErrorClass::Transient, "read TIMED OUT"),
+        ]));
+        let args = TimerArgs {
+            store: dlq.clone(),
+            rules: vec![ReprocessRule {
+                name: "network".into(),
+                pattern: regex::Regex::new("(?i)timed out").unwrap(),
+                wait: Duration::from_secs(1800),
+                max_retries: 2,
+                subjects: Vec::new(),
+            }],
+            interval: Duration::from_secs(60),
+        };
+        assert_eq!(apply_rules(&args).await.unwrap(), 2);
+        let log = dlq.log();
+        assert_eq!(log.reprocessed.len(), 1);
+        let asked = &log.reprocessed[0];
+        assert_eq!(asked.ids, [1, 4]);
+        assert_eq!(asked.operator, "rule:network");
+        assert!(asked.automatic && !asked.force);
+        assert_eq!(asked.delay, Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_rule_that_matches_nothing_asks_for_nothing() {
+        let dlq = Arc::new(MemoryDlq::with(vec![letter(
+            1,
+            ErrorClass::Permanent,
+            "550",
+        )]));
+        let args = TimerArgs {
+            store: dlq.clone(),
+            rules: vec![ReprocessRule {
+                name: "network".into(),
+                pattern: regex::Regex::new("timed out").unwrap(),
+                wait: Duration::ZERO,
+                max_retries: 2,
+                subjects: Vec::new(),
+            }],
+            interval: Duration::from_secs(60),
+        };
+        assert_eq!(apply_rules(&args).await.unwrap(), 0);
+        assert!(dlq.log().reprocessed.is_empty());
+    }
+}
