@@ -25,7 +25,6 @@ use axum::routing::get;
 use common::{env_count, pct};
 use futures::FutureExt;
 use primed::config::policy::{Policy, Scope, parse_policies};
-use primed::http::AppState;
 use primed::ratelimit::bucket::LocalLimiter;
 use primed::ratelimit::identity::IdentityConfig;
 use primed::ratelimit::redis::RedisLimiter;
@@ -146,17 +145,12 @@ fn fallback() {
 }
 
 async fn serve(limiter: Option<Arc<RateLimiter>>) -> SocketAddr {
-    let mut state = AppState::new("bench", Vec::new());
-    if let Some(l) = limiter {
-        state = state.with_limiter(l);
-    }
     let app = Router::new()
         .route("/prime-check-list", get(|| async { "[]" }))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            primed::ratelimit::layer::limit,
-        ))
-        .with_state(state);
+            limiter,
+            primed::http::ratelimit::limit,
+        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

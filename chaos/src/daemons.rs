@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::harness::{
+use super::load::Shared;
+use super::options::{
     ACK_WAIT, ADMIN_TOKEN, ChaosError, DATABASE, Options, SMTP_SENDS_IN_FLIGHT, setup,
 };
-use super::load::Shared;
 use super::services::{Process, free_port};
 
 /// One daemon child process.

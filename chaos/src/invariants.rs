@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use sqlx::mysql::MySqlPool;
 
-use super::harness::{ChaosError, Options, setup};
 use super::load::{Kind, Outcome, REQUEST_BUDGET, Sent};
+use super::options::{ChaosError, Options, setup};
 use super::report::{FaultRecord, Report, RequestCounts, mttr};
 use super::schedule::{Fault, Link};
 use super::services::MailDev;

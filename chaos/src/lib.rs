@@ -6,6 +6,7 @@ mod daemons;
 pub mod harness;
 mod invariants;
 mod load;
+pub mod options;
 pub mod proxy;
 pub mod report;
 pub mod schedule;

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::mysql::MySqlPool;
 
-use super::harness::RECOVERY_TIMEOUT;
 use super::load::{Kind, Outcome, Shared, submit};
+use super::options::RECOVERY_TIMEOUT;
 use super::services::NatsNode;
 
 /// Waits until every daemon's `/health` is ok and a fresh request has gone through the whole

@@ -22,8 +22,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::ratelimit::RateLimited;
 use super::validate::{self, NumberError};
-use crate::ratelimit::layer::RateLimited;
 
 /// The body of `POST /prime-check`.
 #[derive(Debug, Deserialize, ToSchema)]

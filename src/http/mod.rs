@@ -11,6 +11,7 @@ pub mod dlq;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod ratelimit;
 pub mod server;
 pub mod session;
 pub mod ui;
@@ -243,8 +244,8 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(api::get_one))
         .routes(routes!(api::list))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::ratelimit::layer::limit,
+            state.limiter.clone(),
+            ratelimit::limit,
         ));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(public)

@@ -6,11 +6,10 @@
 //! - [`bucket`]: the token-bucket arithmetic and the in-process limiter.
 //! - [`redis`]: the shared limiter (one `EVALSHA` per request).
 //! - [`identity`]: client IP through trusted proxies, JWT users, bypasses.
-//! - [`layer`]: the axum middleware: headers, 429, 401, metrics.
+//! - The axum middleware (headers, 429, 401, metrics) is the HTTP layer's: `crate::http::ratelimit`.
 
 pub mod bucket;
 pub mod identity;
-pub mod layer;
 pub mod redis;
 
 use std::collections::HashMap;

@@ -9,12 +9,12 @@
 pub mod queue;
 pub mod workers;
 
-use queue::QueueWakes;
 pub use queue::{EmbeddedAdvisories, EmbeddedQueue, EmbeddedSource};
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actors::model::{
@@ -30,6 +30,7 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
+use tokio::sync::Notify;
 
 use super::group::Group;
 use super::sql::{Backend, Dialect, Driver, Inserted, Shared};
@@ -114,6 +115,28 @@ pub(crate) async fn write_events(
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// Wakes the workers pulling one subject of the embedded queue after a publish: only
+/// those, so that a publish on one subject costs the other subject's workers no claim.
+#[derive(Debug, Default)]
+pub(crate) struct QueueWakes(Mutex<HashMap<String, Arc<Notify>>>);
+
+impl QueueWakes {
+    /// The wake of `subject`'s pullers.
+    pub(crate) fn of(&self, subject: &str) -> Arc<Notify> {
+        let mut wakes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        wakes.entry(subject.to_string()).or_default().clone()
+    }
+
+    /// Wakes every puller of `subject`.
+    pub(crate) fn wake(&self, subject: &str) {
+        self.of(subject).notify_waiters();
+    }
+}
+
+pub(crate) fn us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
 }
 
 pub(crate) fn micros(at: DateTime<Utc>) -> i64 {

@@ -3,8 +3,7 @@
 //! from ([`EmbeddedSource`]) and the feed of messages that ran out of deliveries
 //! ([`EmbeddedAdvisories`]).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actors::model::{ErrorClass, NewDeadLetter};
@@ -15,29 +14,11 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
-use tokio::sync::Notify;
 
-use super::workers::{Grouped, us};
+use super::workers::Grouped;
+use super::{QueueWakes, us};
 use super::{SqliteStore, from_micros, now, rejected};
 use crate::adapters::group::Group;
-
-/// Wakes the workers pulling one subject of the embedded queue after a publish: only
-/// those, so that a publish on one subject costs the other subject's workers no claim.
-#[derive(Debug, Default)]
-pub(crate) struct QueueWakes(Mutex<HashMap<String, Arc<Notify>>>);
-
-impl QueueWakes {
-    /// The wake of `subject`'s pullers.
-    pub(crate) fn of(&self, subject: &str) -> Arc<Notify> {
-        let mut wakes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        wakes.entry(subject.to_string()).or_default().clone()
-    }
-
-    /// Wakes every puller of `subject`.
-    pub(crate) fn wake(&self, subject: &str) {
-        self.of(subject).notify_waiters();
-    }
-}
 
 /// The embedded broker: messages go into `queue_messages` in the same file. An event id is
 /// stored once, however often it is published (the embedded counterpart of JetStream's

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use actors::handlers::PRIMECHECK_CONSUMER;
 use actors::model::{AttemptLog, NewDeadLetter, PrimeResult, SUBJECT_EMAIL_SEND, SentEmail};
@@ -19,14 +18,9 @@ use futures::future::BoxFuture;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::queue::QueueWakes;
-use super::{EventRow, SqliteStore, now, rejected, write_events};
+use super::{EventRow, QueueWakes, SqliteStore, now, rejected, us, write_events};
 use crate::adapters::group::Group;
 use crate::adapters::sql::rows::is_duplicate;
-
-pub(crate) fn us(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
-}
 
 /// The embedded mode's small writes that arrive together, grouped like MySQL's effects
 /// (`group.rs`): a result is a transaction of four or five statements, a queue

@@ -1,8 +1,10 @@
-//! The middleware on the public API: identifies the client, asks the limiter, and answers
-//! with `X-RateLimit-*` headers, a 429 with `Retry-After`, or a 401 for a credential that
-//! is not valid.
+//! The rate-limit middleware on the public API: identifies the client, asks the limiter
+//! (`crate::ratelimit`, which knows nothing of HTTP), and answers with `X-RateLimit-*`
+//! headers, a 429 with `Retry-After`, or a 401 for a credential that is not valid. Its state
+//! is the limiter alone.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -13,13 +15,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::Outcome;
-use super::bucket::Verdict;
-use super::identity::Identity;
+use super::error::ApiError;
 use crate::config::policy::Policy;
-use crate::http::AppState;
-use crate::http::error::ApiError;
 use crate::metrics::metrics;
+use crate::ratelimit::bucket::Verdict;
+use crate::ratelimit::identity::Identity;
+use crate::ratelimit::{Outcome, RateLimiter};
 
 /// The body of a 429.
 #[derive(Debug, Serialize, ToSchema)]
@@ -68,9 +69,13 @@ fn set_headers(headers: &mut HeaderMap, policy: &Policy, verdict: &Verdict) {
     );
 }
 
-/// Limits one request (a `route_layer` on the public routes).
-pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(limiter) = state.limiter.clone() else {
+/// Limits one request (a `route_layer` on the public routes); no limiter: unlimited.
+pub async fn limit(
+    State(limiter): State<Option<Arc<RateLimiter>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(limiter) = limiter else {
         return next.run(request).await;
     };
     let t0 = Instant::now();
