@@ -150,7 +150,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                     crate::ratelimit::RateLimiter::new(settings)
                         .map_err(|e| crate::backends::BackendError::RateLimit(e.to_string()))?,
                 );
-                limiter.spawn_monitor();
                 Some(limiter)
             }
             None => {

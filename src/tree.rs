@@ -4,6 +4,7 @@
 //! primed (one_for_one, 10 restarts / 60 s, backoff 10 ms → 5 s)
 //! ├── heartbeat           permanent  tree liveness → systemd watchdog, worker_health_checks, actor metrics
 //! ├── metrics-collector   permanent  gauges: outbox backlog and lag, DLQ, queues, pools, Redis
+//! ├── rate-limit-monitor  permanent  Redis probes while the limiter is on its fallback; bucket sweeps
 //! ├── outbox-relay        permanent  outbox rows → broker (JetStream, or the embedded queue)
 //! ├── dlq                 permanent  dead letters → DEAD_LETTER_QUEUE stream; max-deliveries advisories
 //! ├── retry-timer         permanent  automatic DLQ reprocess rules
@@ -16,7 +17,8 @@
 //! first, then the workers (which finish or release what they hold), then the DLQ and the
 //! relay (which finishes its round), and the heartbeat last. The DLQ, the timer and the
 //! workers run when the store and the broker are a pair: MySQL with NATS, or the embedded
-//! file as both.
+//! file (SQLite) as both; the rate-limit monitor when rate limiting is on. Every child is
+//! permanent (restarted whatever the exit), written out below.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,10 +27,11 @@ use actors::dlq::{Dlq, DlqArgs};
 use actors::retry_timer::{RetryTimer, TimerArgs};
 use actors::worker::{Worker, WorkerArgs};
 use actors::{HealthSink, Heartbeat, HeartbeatArgs, OutboxRelay, RelayArgs};
-use supervision::{Backoff, ChildSpec, Strategy, SupervisorSpec};
+use supervision::{Backoff, ChildSpec, Restart, Strategy, SupervisorSpec};
 
 use crate::http::AppState;
 use crate::http::server::{HttpArgs, HttpServer};
+use crate::ratelimit::monitor::{MONITOR_INTERVAL, MonitorArgs, RateLimitMonitor};
 
 /// Registered name of the root supervisor.
 pub const ROOT: &str = "primed";
@@ -42,6 +45,8 @@ pub const HTTP: &str = "http";
 pub const DLQ: &str = "dlq";
 /// Registered name of the retry timer.
 pub const RETRY_TIMER: &str = "retry-timer";
+/// Registered name of the rate-limit monitor.
+pub const RATE_LIMIT_MONITOR: &str = "rate-limit-monitor";
 /// Registered name of the metrics collector.
 pub const METRICS_COLLECTOR: &str = "metrics-collector";
 /// The prime-check workers' supervisor.
@@ -95,7 +100,9 @@ fn pool(
             ..args.clone()
         };
         // A pull ends within `expires`; held messages are released on shutdown.
-        ChildSpec::actor(name, Worker, args).shutdown(Duration::from_secs(15))
+        ChildSpec::actor(name, Worker, args)
+            .restart(Restart::Permanent)
+            .shutdown(Duration::from_secs(15))
     });
     ChildSpec::supervisor(
         SupervisorSpec::new(name, Strategy::OneForOne)
@@ -103,6 +110,7 @@ fn pool(
             .backoff(RESTART_BACKOFF)
             .children(children),
     )
+    .restart(Restart::Permanent)
 }
 
 /// What the tree's actors need from the daemon.
@@ -128,7 +136,9 @@ pub struct TreeDeps {
 pub fn root(deps: &TreeDeps) -> SupervisorSpec {
     let relay = deps.relay.clone().map(|args| {
         // Its round (claim, publish, mark) finishes within the publish timeout.
-        ChildSpec::actor(OUTBOX_RELAY, OutboxRelay, args).shutdown(Duration::from_secs(15))
+        ChildSpec::actor(OUTBOX_RELAY, OutboxRelay, args)
+            .restart(Restart::Permanent)
+            .shutdown(Duration::from_secs(15))
     });
     SupervisorSpec::new(ROOT, Strategy::OneForOne)
         .intensity(10, Duration::from_secs(60))
@@ -144,17 +154,34 @@ pub fn root(deps: &TreeDeps) -> SupervisorSpec {
                     sinks: deps.health_sinks.clone(),
                 },
             )
+            .restart(Restart::Permanent)
             .shutdown(Duration::from_secs(2)),
         )
         .children(deps.collector.clone().map(|args| {
             ChildSpec::actor(METRICS_COLLECTOR, crate::collector::MetricsCollector, args)
+                .restart(Restart::Permanent)
                 .shutdown(Duration::from_secs(2))
+        }))
+        .children(deps.app.limiter.clone().map(|limiter| {
+            ChildSpec::actor(
+                RATE_LIMIT_MONITOR,
+                RateLimitMonitor,
+                MonitorArgs {
+                    limiter,
+                    interval: MONITOR_INTERVAL,
+                },
+            )
+            .restart(Restart::Permanent)
+            .shutdown(Duration::from_secs(2))
         }))
         .children(relay)
         .children(deps.pipeline.iter().flat_map(|p| {
             [
-                ChildSpec::actor(DLQ, Dlq, p.dlq.clone()).shutdown(Duration::from_secs(10)),
+                ChildSpec::actor(DLQ, Dlq, p.dlq.clone())
+                    .restart(Restart::Permanent)
+                    .shutdown(Duration::from_secs(10)),
                 ChildSpec::actor(RETRY_TIMER, RetryTimer, p.timer.clone())
+                    .restart(Restart::Permanent)
                     .shutdown(Duration::from_secs(10)),
                 pool(
                     PRIMECHECK_WORKERS,
@@ -182,6 +209,7 @@ pub fn root(deps: &TreeDeps) -> SupervisorSpec {
                     drain_timeout: Duration::from_secs(10),
                 },
             )
+            .restart(Restart::Permanent)
             .shutdown(Duration::from_secs(12)),
         )
 }

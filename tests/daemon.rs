@@ -71,6 +71,7 @@ async fn with_no_configuration_it_serves_the_admin_tree_and_exits_0_on_sigterm()
         [
             "heartbeat",
             "metrics-collector",
+            "rate-limit-monitor",
             "outbox-relay",
             "dlq",
             "retry-timer",
@@ -83,7 +84,12 @@ async fn with_no_configuration_it_serves_the_admin_tree_and_exits_0_on_sigterm()
         assert_eq!(c["state"], "running");
     }
     // The worker pools are supervisors of their own, two workers each by default.
-    let pool = &tree["children"][5];
+    let pool = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "primecheck-workers")
+        .unwrap();
     let workers: Vec<&str> = pool["children"]
         .as_array()
         .unwrap()

@@ -60,6 +60,7 @@ async fn every_actor_of_every_daemon_heartbeats_into_its_own_row() {
         "outbox-relay",
         "primecheck-worker-1",
         "primecheck-worker-2",
+        "rate-limit-monitor",
         "retry-timer",
     ];
     for instance in ["daemon-a", "daemon-b"] {
@@ -163,8 +164,9 @@ async fn the_embedded_mode_heartbeats_into_its_sqlite_file() {
         .await
         .unwrap()
     };
-    // heartbeat, metrics collector, relay, dlq, retry timer, 2 + 2 workers, http.
-    assert_eventually!(healthy().await == 10, "{} healthy rows", healthy().await);
+    // heartbeat, metrics collector, rate-limit monitor, relay, dlq, retry timer, 2 + 2
+    // workers, http.
+    assert_eventually!(healthy().await == 11, "{} healthy rows", healthy().await);
     let first: i64 = sqlx::query_scalar(
         "SELECT last_heartbeat FROM worker_health_checks WHERE worker_name = 'solo/heartbeat'",
     )
@@ -185,7 +187,7 @@ async fn the_embedded_mode_heartbeats_into_its_sqlite_file() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(rows, 10);
+    assert_eq!(rows, 11);
 }
 
 async fn get(d: &Daemon, path: &str) -> (u16, Value) {

@@ -6,16 +6,18 @@
 //! - [`bucket`]: the token-bucket arithmetic and the in-process limiter.
 //! - [`redis`]: the shared limiter (one `EVALSHA` per request).
 //! - [`identity`]: client IP through trusted proxies, JWT users, bypasses.
+//! - [`monitor`]: the supervised actor that brings the limiter back to Redis after an outage.
 //! - The axum middleware (headers, 429, 401, metrics) is the HTTP layer's: `crate::http::ratelimit`.
 
 pub mod bucket;
 pub mod identity;
+pub mod monitor;
 pub mod redis;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
@@ -25,10 +27,6 @@ use crate::metrics::metrics;
 use bucket::{LocalLimiter, Verdict};
 use identity::IdentityConfig;
 use redis::RedisLimiter;
-
-/// How often the limiter asks a lost Redis whether it is back, and sweeps idle local
-/// buckets.
-const MONITOR_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What a limiter is built from.
 #[derive(Clone)]
@@ -119,7 +117,7 @@ impl RateLimitSettings {
 
 impl RateLimiter {
     /// A limiter from `settings`. With Redis configured it starts on Redis and connects
-    /// lazily; call [`RateLimiter::spawn_monitor`] so that it comes back after an outage.
+    /// lazily; run a [`monitor::RateLimitMonitor`] so that it comes back after an outage.
     pub fn new(settings: RateLimitSettings) -> Result<Self, ::redis::RedisError> {
         let redis = match &settings.redis_url {
             Some(url) => Some(RedisLimiter::new(url, settings.redis_timeout)?),
@@ -272,31 +270,6 @@ impl RateLimiter {
             Ok(_) => self.switch_to_redis(),
             Err(e) => self.switch_to_fallback(&e.to_string()),
         }
-    }
-
-    /// Starts the task that probes Redis (right away, then every 500 ms while it is down)
-    /// and sweeps idle in-process buckets. It ends when the limiter is dropped.
-    pub fn spawn_monitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut first = true;
-            let mut ticks: u32 = 0;
-            loop {
-                let Some(limiter) = weak.upgrade() else {
-                    return;
-                };
-                if first || limiter.is_degraded() {
-                    limiter.probe().await;
-                    first = false;
-                }
-                ticks = ticks.wrapping_add(1);
-                if ticks.is_multiple_of(20) {
-                    limiter.local.sweep();
-                }
-                drop(limiter);
-                tokio::time::sleep(MONITOR_INTERVAL).await;
-            }
-        })
     }
 
     /// The `/health` entry: `up`, or `degraded` while the fallback decides.
