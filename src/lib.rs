@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod ops;
 pub mod ratelimit;
 pub mod tree;
+pub mod wiring;
