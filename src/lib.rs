@@ -1,10 +1,13 @@
 //! `primed`: the daemon that runs the prime-checking pipeline as supervised actors.
 //!
 //! The binary (`main.rs`) only parses the command line; everything it runs lives here so
-//! that integration tests can drive the same code: [`config`] (environment and TOML),
-//! [`tree`] (the one place the running supervision tree is declared), [`daemon`] (start-up
-//! and the written shutdown procedure), [`http`] (health, readiness, admin) and
-//! [`adapters`] (backends behind the ports of the `actors` crate).
+//! that integration tests can drive the same code. Start-up, in order: [`daemon`] (start,
+//! wait, ordered stop) → [`backends`] (the stores and brokers of the configured mode) →
+//! [`wiring`] (each child's arguments) → [`tree`] (the one place the running supervision
+//! tree is declared). Around them: [`config`] (environment and TOML, one file per
+//! subsystem), [`http`] (API, DLQ API, admin, health, rate-limit middleware), [`ratelimit`],
+//! [`metrics`] and [`collector`], [`logging`], and [`adapters`] (backends behind the ports of
+//! the `actors` crate).
 
 pub mod adapters;
 pub mod backends;

@@ -1,7 +1,10 @@
 //! The pipeline's actors and the ports (traits) they need.
 //!
-//! Each actor lives in its own module with its messages, state and tests; each port is a
-//! trait an adapter in the daemon implements. No actor here knows which backend it talks to.
+//! Each actor lives in its own module with its messages, state and tests: [`heartbeat`],
+//! [`outbox_relay`] (and [`direct`], its fast path), [`worker`] (with the [`handlers`] it
+//! runs), [`dlq`], [`retry_timer`]. Every port — a trait an adapter in the daemon implements
+//! — is in [`ports`]; no actor here knows which backend it talks to. Unit tests run the
+//! actors on in-memory fake ports (`fakes.rs`).
 #![warn(missing_docs)]
 
 pub mod breaker;

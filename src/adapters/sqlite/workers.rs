@@ -1,11 +1,8 @@
-//! The embedded mode's consumers and dead-letter queue, on the same SQLite file.
-//!
-//! [`EmbeddedSource`] leases messages from `queue_messages` (a lease is the ack wait: an
-//! unacknowledged message becomes visible again when it runs out), counts deliveries, and
-//! deletes a message when it is acknowledged or terminated. A message that reached its
-//! delivery budget without an acknowledgement is reported by [`EmbeddedAdvisories`], the
-//! counterpart of JetStream's max-deliveries advisory. There is no DLQ stream: dead letters
-//! live in their table only.
+//! The embedded store, as the consumers see it: their small writes grouped into shared
+//! statements ([`Grouped`]: results with their email events, queue acknowledgements, sent
+//! emails, "already sent?" reads) and the [`actors::WorkerStore`] port. The queue they pull
+//! from is in `queue.rs`; the dead-letter queue and the health rows are shared with MySQL
+//! (`sql::Shared`). There is no DLQ stream: dead letters live in their table only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
