@@ -440,3 +440,82 @@ async fn every_actor_the_chaos_schedule_crashes_exists_and_comes_back() {
         );
     }
 }
+
+/// A store and a broker of different modes (`backends/mixed.rs`): the daemon starts, says
+/// that no worker runs, accepts a request and publishes its event; the request waits as
+/// pending and the tree has no workers, DLQ actor or retry timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_and_a_broker_of_different_modes_accept_and_publish_but_run_no_worker() {
+    use support::{NatsServer, TestDb};
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let nats_url = nats.url();
+    let setups: [(&str, Vec<(&str, &str)>); 2] = [
+        (
+            "MySQL with the embedded queue",
+            vec![("DATABASE_URL", db.url.as_str())],
+        ),
+        ("SQLite with NATS", vec![("NATS_URL", nats_url.as_str())]),
+    ];
+    for (setup, env) in setups {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::start_in(&dir.path().join("data"), &env);
+        let log = d.wait_for_log("requests will wait as pending");
+        assert!(log.contains("same mode"), "{setup}: {log}");
+        let names: Vec<String> = admin_tree(&d).await["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            names.contains(&"outbox-relay".to_string()),
+            "{setup}: {names:?}"
+        );
+        for absent in ["dlq", "retry-timer", "primecheck-workers", "email-workers"] {
+            assert!(!names.contains(&absent.to_string()), "{setup}: {names:?}");
+        }
+        let r = client()
+            .post(d.url("/prime-check"))
+            .json(&serde_json::json!({"number": "97", "email": "a@b.co"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{setup}");
+        let id = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let got: Value = client()
+            .get(d.url(&format!("/prime-check/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got["status"], "pending", "{setup}: {got}");
+        let health: Value = client()
+            .get(d.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            health["checks"]["database"]["status"], "ok",
+            "{setup}: {health}"
+        );
+        d.signal(Signal::SIGTERM);
+        assert!(d.wait_exit().success(), "{setup}");
+    }
+    // The SQLite store's event reached JetStream's stream.
+    let client = async_nats::connect(&nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("PRIME").await.unwrap();
+    assert_eventually!(
+        stream.info().await.unwrap().state.messages >= 1,
+        "the event was not published to NATS"
+    );
+}
