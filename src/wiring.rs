@@ -253,7 +253,7 @@ fn pipeline(
     use tokio::sync::Semaphore;
 
     let workers = &config.workers;
-    let settings = crate::backends::jetstream_settings(config, "");
+    let settings = &w.consumer_settings;
     let policy = |durable: &str, retry: &crate::config::SubjectRetry| ConsumerPolicy {
         max_deliver: retry.max_deliver,
         backoff: retry.backoff.clone(),

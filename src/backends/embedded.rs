@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 
-use super::{BackendError, Backends, WorkerBackends, embedded_path, mailer};
+use super::{BackendError, Backends, WorkerBackends, embedded_path, jetstream_settings, mailer};
 use crate::adapters::sqlite::{EmbeddedQueue, SqliteStore};
 use crate::adapters::timed::Timed;
 use crate::config::Config;
@@ -99,5 +99,7 @@ fn embedded_workers(
         ))),
         mailer: mailer(config)?,
         dlq_broker: Arc::new(queue.clone()),
+        // The queue's deliveries follow the consumers' settings as JetStream's would.
+        consumer_settings: jetstream_settings(config, ""),
     })
 }

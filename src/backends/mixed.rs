@@ -54,7 +54,7 @@ pub(super) async fn sqlite_with_nats(
 ) -> Result<Backends, BackendError> {
     let mut dependencies = Vec::new();
     let file = open_sqlite(config, &mut dependencies).await?;
-    let (broker, consumer_gauges) =
+    let (broker, consumer_gauges, _) =
         open_nats(config, url, stream, replicas, &mut dependencies).await?;
     no_workers();
     let store = Arc::new(file);

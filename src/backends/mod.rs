@@ -67,6 +67,10 @@ pub struct WorkerBackends {
     pub mailer: Arc<dyn Mailer>,
     /// Where dead letters are copied (the DLQ stream).
     pub dlq_broker: Arc<dyn Broker>,
+    /// The consumers' delivery settings (max deliveries, ack waits, backoffs), computed once
+    /// from the configuration: JetStream's consumers are made with them, and the workers'
+    /// policies read their ack backoffs from them.
+    pub consumer_settings: JetStreamSettings,
 }
 
 /// The opened backends, whichever they are.

@@ -9,7 +9,7 @@ use futures::FutureExt;
 
 use super::{BackendError, Backends, WorkerBackends, jetstream_settings, mailer, pool_settings};
 use crate::adapters::mysql::MysqlStore;
-use crate::adapters::nats::{ConsumerGauges, JetStreamBroker};
+use crate::adapters::nats::{ConsumerGauges, JetStreamBroker, JetStreamSettings};
 use crate::adapters::timed::Timed;
 use crate::config::{Config, Secret};
 use crate::http::health::Dependency;
@@ -24,9 +24,9 @@ pub(super) async fn open(
 ) -> Result<Backends, BackendError> {
     let mut dependencies = Vec::new();
     let store = open_mysql(config, url, &mut dependencies).await?;
-    let (broker, consumer_gauges) =
+    let (broker, consumer_gauges, settings) =
         open_nats(config, nats, stream, replicas, &mut dependencies).await?;
-    let workers = worker_backends(config, store.clone(), &broker, stream).await?;
+    let workers = worker_backends(config, store.clone(), &broker, settings).await?;
     let broker: Arc<dyn Broker> = Arc::new(broker);
     let timed = Arc::new(Timed(store.clone()));
     Ok(Backends {
@@ -66,15 +66,15 @@ pub(super) async fn open_mysql(
     Ok(store)
 }
 
-/// JetStream at `url`, its streams and consumers set up, with its `/health` probe and the
-/// consumers' gauges.
+/// JetStream at `url`, its streams and consumers set up, with its `/health` probe, the
+/// consumers' gauges and the settings they were made with.
 pub(super) async fn open_nats(
     config: &Config,
     url: &str,
     stream: &str,
     replicas: usize,
     dependencies: &mut Vec<Dependency>,
-) -> Result<(JetStreamBroker, ConsumerGauges), BackendError> {
+) -> Result<(JetStreamBroker, ConsumerGauges, JetStreamSettings), BackendError> {
     let mut settings = jetstream_settings(config, stream);
     settings.replicas = replicas;
     let (broker, client) = JetStreamBroker::connect(url, &settings).await?;
@@ -97,15 +97,16 @@ pub(super) async fn open_nats(
         let client = client.clone();
         async move { client.flush().await.map_err(|e| e.to_string()) }.boxed()
     }));
-    Ok((broker, gauges))
+    Ok((broker, gauges, settings))
 }
 
 async fn worker_backends(
     config: &Config,
     store: Arc<MysqlStore>,
     broker: &JetStreamBroker,
-    stream: &str,
+    settings: JetStreamSettings,
 ) -> Result<WorkerBackends, BackendError> {
+    let stream = settings.stream.as_str();
     use crate::adapters::nats::source::{JetStreamAdvisories, JetStreamSource};
     use crate::adapters::nats::{CONSUMER_EMAIL, CONSUMER_PRIMECHECK};
     let js = broker.context();
@@ -127,5 +128,6 @@ async fn worker_backends(
         advisories: Some(Arc::new(advisories)),
         mailer: mailer(config)?,
         dlq_broker: Arc::new(broker.clone()),
+        consumer_settings: settings,
     })
 }
