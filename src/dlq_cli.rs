@@ -47,9 +47,54 @@ pub enum DlqAction {
         /// transient, permanent or poison.
         #[arg(long)]
         error_type: Option<String>,
+        /// Only this group (its fingerprint, from `primed dlq groups`).
+        #[arg(long)]
+        group: Option<String>,
         /// At most this many (1-500).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+    /// Dead letters grouped by error fingerprint (subject + error type + the message with
+    /// its values replaced), the largest group first.
+    Groups {
+        /// Count letters of this status: pending (default), reprocessing, resolved,
+        /// discarded or all.
+        #[arg(long)]
+        status: Option<String>,
+        /// count (the largest first) or recent (the most recently dead-lettered first).
+        #[arg(long, default_value = "count")]
+        sort: String,
+        /// At most this many groups (1-500).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Who did what to which dead letters, when and why (newest first).
+    Audit {
+        /// Only actions on this dead letter.
+        #[arg(long)]
+        id: Option<i64>,
+        /// At most this many (1-500).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Fix a pending dead letter's payload and replay it as one message, e.g.
+    /// `primed dlq edit 42 --set email=bob@example.com`.
+    Edit {
+        /// Its id.
+        id: i64,
+        /// FIELD=VALUE to change (repeat for several): number or email of a prime check,
+        /// email of a result email.
+        #[arg(long = "set", value_name = "FIELD=VALUE", required = true)]
+        set: Vec<String>,
+        /// Show the change without storing or sending it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Who edits (default: $USER).
+        #[arg(long)]
+        operator: Option<String>,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Show one dead letter in full.
     Show {
@@ -82,11 +127,14 @@ pub enum DlqAction {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Mark dead letters discarded.
+    /// Mark dead letters discarded: by id, or a whole group at once.
     Discard {
         /// Ids to discard.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
         ids: Vec<i64>,
+        /// Discard every open letter of this group (its fingerprint) instead.
+        #[arg(long)]
+        group: Option<String>,
         /// Who decides (default: $USER).
         #[arg(long)]
         operator: Option<String>,
@@ -227,6 +275,62 @@ fn print_table(items: &[Value]) {
     }
 }
 
+fn print_json(body: &Value) {
+    println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
+}
+
+fn print_groups(groups: &[Value]) {
+    println!(
+        "{:>6}  {:<10} {:<22} {:<20}  {:<16}  signature",
+        "count", "type", "subject", "last seen", "group"
+    );
+    for g in groups {
+        let at = g["last_seen"].as_str().unwrap_or("");
+        let signature: String = g["signature"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(70)
+            .collect();
+        println!(
+            "{:>6}  {:<10} {:<22} {:<20}  {:<16}  {}",
+            g["count"],
+            g["error_type"].as_str().unwrap_or(""),
+            g["original_subject"].as_str().unwrap_or(""),
+            at.get(..19).unwrap_or(at),
+            g["fingerprint"].as_str().unwrap_or(""),
+            signature
+        );
+    }
+    if groups.is_empty() {
+        println!("(no dead letters)");
+    }
+}
+
+fn print_audit(items: &[Value]) {
+    println!(
+        "{:<20}  {:<16} {:<14} {:>8}  reason / what changed",
+        "at", "operator", "action", "letter"
+    );
+    for a in items {
+        let at = a["at"].as_str().unwrap_or("");
+        let target = match (a["dlq_id"].as_i64(), a["fingerprint"].as_str()) {
+            (Some(id), _) => id.to_string(),
+            (None, Some(fp)) => fp.to_string(),
+            _ => String::new(),
+        };
+        println!(
+            "{:<20}  {:<16} {:<14} {:>8}  {} {}",
+            at.get(..19).unwrap_or(at),
+            a["operator"].as_str().unwrap_or(""),
+            a["action"].as_str().unwrap_or(""),
+            target,
+            a["reason"].as_str().unwrap_or("-"),
+            a["detail"]
+        );
+    }
+}
+
 fn summary_line(verb: &str, body: &Value) -> (u64, u64) {
     let ok = body["succeeded"].as_u64().unwrap_or(0);
     let failed = body["failed"].as_u64().unwrap_or(0);
@@ -264,6 +368,7 @@ pub async fn run(args: DlqArgs, config: &Config) -> Result<(), DlqCliError> {
             status,
             subject,
             error_type,
+            group,
             limit,
         } => {
             let mut q = vec![("limit", limit.to_string())];
@@ -271,6 +376,7 @@ pub async fn run(args: DlqArgs, config: &Config) -> Result<(), DlqCliError> {
                 ("status", status),
                 ("subject", subject),
                 ("error_type", error_type),
+                ("fingerprint", group),
             ] {
                 if let Some(v) = v {
                     q.push((k, v.clone()));
@@ -325,8 +431,99 @@ pub async fn run(args: DlqArgs, config: &Config) -> Result<(), DlqCliError> {
                 }
             }
         }
+        DlqAction::Groups {
+            status,
+            sort,
+            limit,
+        } => {
+            let mut q = vec![("sort", sort.clone()), ("limit", limit.to_string())];
+            if let Some(s) = status {
+                q.push(("status", s.clone()));
+            }
+            let body = client.get("/api/dlq/groups", &q).await?;
+            if args.json {
+                print_json(&body);
+            } else {
+                print_groups(body["groups"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+            }
+        }
+        DlqAction::Audit { id, limit } => {
+            let mut q = vec![("limit", limit.to_string())];
+            if let Some(id) = id {
+                q.push(("dlq_id", id.to_string()));
+            }
+            let body = client.get("/api/dlq/audit", &q).await?;
+            if args.json {
+                print_json(&body);
+            } else {
+                print_audit(body["items"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+            }
+        }
+        DlqAction::Edit {
+            id,
+            set,
+            dry_run,
+            operator: who,
+            reason,
+        } => {
+            let mut fields = serde_json::Map::new();
+            for pair in set {
+                let Some((field, value)) = pair.split_once('=') else {
+                    return Err(DlqCliError::Usage(format!(
+                        "--set takes FIELD=VALUE, e.g. --set email=bob@example.com (got {pair:?})"
+                    )));
+                };
+                fields.insert(field.trim().to_string(), Value::String(value.to_string()));
+            }
+            let body = client
+                .send(
+                    client
+                        .http
+                        .post(format!("{}/api/dlq/messages/{id}/edit", client.base))
+                        .json(&json!({"set": fields, "dry_run": dry_run,
+                                      "operator": operator(who), "reason": reason})),
+                )
+                .await?;
+            if args.json {
+                print_json(&body);
+            } else {
+                for c in body["diff"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {}: {} -> {}",
+                        c["field"].as_str().unwrap_or(""),
+                        c["before"],
+                        c["after"]
+                    );
+                }
+                match body["event_id"].as_str() {
+                    Some(event) if !dry_run => {
+                        println!("dead letter {id} edited and replayed as event {event}")
+                    }
+                    _ => println!(
+                        "dry run: dead letter {id} would be edited as above; nothing was sent"
+                    ),
+                }
+            }
+        }
+        DlqAction::Discard {
+            group: Some(group),
+            operator: who,
+            reason,
+            ..
+        } => {
+            let body = client
+                .send(
+                    client
+                        .http
+                        .post(format!("{}/api/dlq/groups/{group}/discard", client.base))
+                        .json(&json!({"operator": operator(who), "reason": reason})),
+                )
+                .await?;
+            println!("discarded {} of group {group}", body["discarded"]);
+        }
         DlqAction::Discard {
             ids,
+            group: None,
             operator: who,
             reason,
         } => {

@@ -217,3 +217,88 @@ fn login_never_sends_the_operator_to_another_site() {
     let report = node_script("login_redirect.mjs", &[&d.url(""), TOKEN]);
     assert!(report["landed"].is_object(), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_work_the_dlq_by_groups_and_edit_a_letter_with_a_diff() {
+    use support::{SmtpStub, StubMode, smtp_env};
+
+    // Two emails to a mistyped domain that the SMTP server refuses (one group), and a prime
+    // check that runs out of time (another).
+    let stub = SmtpStub::start(StubMode::Reject).await;
+    let mut env: Vec<(String, String)> = vec![
+        ("ADMIN_API_KEYS".into(), TOKEN.into()),
+        ("PRIMED_PRIME_TIMEOUT_MS".into(), "20".into()),
+        ("PRIMED_DLQ_RULES".into(), String::new()),
+    ];
+    env.extend(smtp_env(stub.port));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let d = Daemon::start(&env);
+    let http = reqwest::Client::new();
+    let big = ((actors::primality::UBig::ONE << 2203) - actors::primality::UBig::ONE).to_string();
+    for number in ["97", "89", big.as_str()] {
+        let r = http
+            .post(d.url("/prime-check"))
+            .json(&serde_json::json!({"number": number, "email": "typo@exmaple.com"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    assert_eventually!(dead_letters(&d).await.len() == 3, "three dead letters");
+    stub.set_mode(StubMode::Accept);
+
+    let shots = artifacts();
+    let report = node_script(
+        "dlq_groups_edit.mjs",
+        &[&d.url(""), TOKEN, shots.to_str().unwrap()],
+    );
+
+    // The API agrees: the edited letter resolved, its one email went out, and both actions
+    // are in the audit trail under the session's operator.
+    let edited: i64 = report["edited"].as_str().unwrap().parse().unwrap();
+    let letters = dead_letters(&d).await;
+    let l = letters.iter().find(|l| l["id"] == edited).unwrap();
+    assert_eq!(l["status"], "resolved", "{l}");
+    assert_eq!(l["payload"]["email"], "typo@example.com");
+    assert_eq!(stub.accepted().len(), 1);
+    let audit: serde_json::Value = http
+        .get(d.url("/api/dlq/audit"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<(String, String)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap().to_string(),
+                a["operator"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("discard_group".to_string(), "Ada".to_string()),
+            ("edit".to_string(), "Ada".to_string())
+        ],
+        "{audit}"
+    );
+    assert_eq!(audit["items"][0]["fingerprint"], report["discarded_group"]);
+    for shot in [
+        "dlq-groups.png",
+        "dlq-edit-diff.png",
+        "dlq-group-discarded.png",
+    ] {
+        assert!(
+            std::fs::read(shots.join(shot))
+                .unwrap()
+                .starts_with(b"\x89PNG")
+        );
+    }
+}

@@ -9,106 +9,12 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Daemon, MailDev, NatsServer, SmtpStub, StubMode, TestDb, smtp_env};
+use support::{Daemon, MailDev, NatsServer, SmtpStub, StubMode, TestDb};
 
-const TOKEN: &str = "workers-test-token";
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// A production-mode daemon with fast retries, on `db`, `nats` and SMTP at `smtp_port`.
-fn daemon(db: &TestDb, nats: &NatsServer, smtp_port: u16, extra: &[(&str, &str)]) -> Daemon {
-    let env = daemon_env(db, nats, smtp_port, extra);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    Daemon::start(&env)
-}
-
-/// The environment of [`daemon`].
-fn daemon_env(
-    db: &TestDb,
-    nats: &NatsServer,
-    smtp_port: u16,
-    extra: &[(&str, &str)],
-) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = vec![
-        ("DATABASE_URL".into(), db.url.clone()),
-        ("NATS_URL".into(), nats.url()),
-        ("ADMIN_API_KEYS".into(), TOKEN.into()),
-        ("PRIMED_OUTBOX_POLL_INTERVAL_MS".into(), "100".into()),
-        ("PRIMED_RETRY_BACKOFF".into(), "300ms,600ms".into()),
-        ("PRIMED_SMTP_TIMEOUT_SECONDS".into(), "2".into()),
-        ("PRIMED_DLQ_RULES".into(), String::new()),
-    ];
-    env.extend(smtp_env(smtp_port));
-    for (k, v) in extra {
-        env.retain(|(name, _)| name != k);
-        env.push((k.to_string(), v.to_string()));
-    }
-    env
-}
-
-async fn submit(d: &Daemon, number: &str, email: &str) -> String {
-    let r = client()
-        .post(d.url("/prime-check"))
-        .json(&json!({"number": number, "email": email}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-async fn request(d: &Daemon, id: &str) -> Value {
-    client()
-        .get(d.url(&format!("/prime-check/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn admin_get(d: &Daemon, path: &str) -> Value {
-    let r = client()
-        .get(d.url(path))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{path}");
-    r.json().await.unwrap()
-}
-
-/// An admin API call with a JSON body: its status and JSON answer.
-async fn admin_send(d: &Daemon, method: reqwest::Method, path: &str, body: &Value) -> (u16, Value) {
-    let r = client()
-        .request(method, d.url(path))
-        .bearer_auth(TOKEN)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
-}
-
-async fn reprocess(d: &Daemon, body: Value) -> (u16, Value) {
-    admin_send(d, reqwest::Method::POST, "/api/dlq/reprocess", &body).await
-}
-
-async fn dead_letters(d: &Daemon, query: &str) -> Vec<Value> {
-    admin_get(d, &format!("/api/dlq/messages?{query}")).await["items"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
+use support::pipeline::{
+    TOKEN, admin_get, admin_send, client, daemon, daemon_env, dead_letters, dlq_cli,
+    migrated_store, reprocess, request, submit,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_is_checked_and_its_result_emailed_once() {
@@ -755,19 +661,7 @@ async fn the_dlq_cli_lists_reprocesses_in_batches_with_progress_and_discards() {
     }
     assert_eventually!(dead_letters(&d, "").await.len() == 3, "three dead letters");
     let base = d.url("");
-    let cli = |args: &[&str]| {
-        let out = support::primed()
-            .arg("dlq")
-            .args(["--url", base.trim_end_matches('/'), "--token", TOKEN])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| dlq_cli(&d, args);
     let (code, list, _) = cli(&["list", "--status", "pending"]);
     assert_eq!(code, Some(0));
     assert_eq!(
@@ -986,22 +880,6 @@ async fn dead_letter_filters_past_2038_still_match() {
         0,
         "until 1960"
     );
-}
-
-/// A migrated MySQL store of `db` with a pool of `connections`.
-async fn migrated_store(db: &TestDb, connections: u32) -> primed::adapters::mysql::MysqlStore {
-    use primed::adapters::mysql::{MysqlStore, PoolSettings};
-    let store = MysqlStore::connect(
-        &primed::config::Secret::new(db.url.clone()),
-        PoolSettings {
-            max_connections: connections,
-            acquire_timeout: Duration::from_secs(5),
-            outbox_max_retries: 3,
-        },
-    )
-    .unwrap();
-    store.migrate().await.unwrap();
-    store
 }
 
 /// A transient dead letter of the email `message_id`, as an email worker writes it.

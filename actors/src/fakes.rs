@@ -11,8 +11,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::model::{
-    AttemptLog, DeadLetter, DlqActionResult, DlqQuery, DlqStats, DlqStatus, ErrorClass,
-    LetterHistory, NewDeadLetter, OutboxEvent, PrimeResult, PublishFailure, Reprocess, SentEmail,
+    AttemptLog, AuditEntry, AuditQuery, DeadLetter, DlqActionResult, DlqGroup, DlqQuery, DlqStats,
+    DlqStatus, ErrorClass, GroupQuery, LetterEdit, LetterHistory, NewDeadLetter, OutboxEvent,
+    PrimeResult, PublishFailure, Reprocess, SentEmail,
 };
 use crate::ports::{
     Advisory, AdvisoryFeed, Broker, BrokerError, Claim, Delivery, DlqStore, Message, OutboxStore,
@@ -204,6 +205,7 @@ pub(crate) fn letter(id: i64, class: ErrorClass, error: &str) -> DeadLetter {
         reason: None,
         reprocess_count: 0,
         auto_retry_count: 0,
+        fingerprint: None,
     }
 }
 
@@ -320,6 +322,35 @@ impl DlqStore for MemoryDlq {
             Ok(LetterHistory {
                 attempts: Vec::new(),
                 traceparent: None,
+            })
+        }
+        .boxed()
+    }
+
+    fn groups(&self, _query: GroupQuery) -> BoxFuture<'_, Result<Vec<DlqGroup>, StoreError>> {
+        async { Ok(Vec::new()) }.boxed()
+    }
+
+    fn discard_group<'a>(
+        &'a self,
+        _fingerprint: &'a str,
+        _operator: &'a str,
+        _reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async { Ok(0) }.boxed()
+    }
+
+    fn audit(&self, _query: AuditQuery) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+        async { Ok(Vec::new()) }.boxed()
+    }
+
+    fn edit(&self, edit: LetterEdit) -> BoxFuture<'_, Result<DlqActionResult, StoreError>> {
+        async move {
+            Ok(DlqActionResult {
+                id: edit.id,
+                ok: true,
+                error: None,
+                event_id: Some(format!("edit-{}", edit.id)),
             })
         }
         .boxed()

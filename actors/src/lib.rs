@@ -12,6 +12,7 @@ pub mod direct;
 pub mod dlq;
 #[cfg(test)]
 mod fakes;
+pub mod fingerprint;
 pub mod handlers;
 pub mod heartbeat;
 pub mod liveness;

@@ -429,6 +429,9 @@ pub struct DeadLetter {
     pub reprocess_count: u32,
     /// Reprocesses by rules so far.
     pub auto_retry_count: u32,
+    /// Its error fingerprint (see [`crate::fingerprint`]); None until first computed for a
+    /// row written before fingerprints.
+    pub fingerprint: Option<String>,
 }
 
 /// Filters for listing dead letters.
@@ -450,6 +453,99 @@ pub struct DlqQuery {
     pub before_id: Option<i64>,
     /// Only those whose error message contains this text (case-insensitive).
     pub search: Option<String>,
+    /// Only those of this error fingerprint (group).
+    pub fingerprint: Option<String>,
+}
+
+/// How groups of dead letters are ordered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GroupSort {
+    /// The largest first.
+    #[default]
+    Count,
+    /// The most recently dead-lettered first.
+    Recent,
+}
+
+/// Which groups to list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupQuery {
+    /// Only letters of this status (None: every status).
+    pub status: Option<DlqStatus>,
+    /// The order.
+    pub sort: GroupSort,
+    /// At most this many groups.
+    pub limit: u32,
+}
+
+/// Dead letters that failed the same way: one error fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DlqGroup {
+    /// The fingerprint.
+    pub fingerprint: String,
+    /// Its subject (part of the fingerprint).
+    pub original_subject: String,
+    /// Its error type (part of the fingerprint).
+    pub error_type: ErrorClass,
+    /// Its error message with the values replaced by placeholders.
+    pub signature: String,
+    /// Letters in the group (of the status asked for).
+    pub count: u64,
+    /// When the first was dead-lettered.
+    pub first_seen: DateTime<Utc>,
+    /// When the last was dead-lettered.
+    pub last_seen: DateTime<Utc>,
+    /// The newest letter's id.
+    pub example_id: i64,
+    /// The newest letter's error message.
+    pub example_error: String,
+}
+
+/// One operator action on the DLQ, as the audit trail keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    /// Row id.
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub operator: String,
+    /// `reprocess`, `discard`, `discard_group`, `edit`.
+    pub action: String,
+    /// The dead letter acted on.
+    pub dlq_id: Option<i64>,
+    /// The group acted on.
+    pub fingerprint: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+    /// What changed (JSON).
+    pub detail: serde_json::Value,
+}
+
+/// Which audit entries to list (newest first).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditQuery {
+    /// Only those about this dead letter.
+    pub dlq_id: Option<i64>,
+    /// Only ids below this one (the previous page's last id).
+    pub before_id: Option<i64>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// An operator's edit of a dead letter's payload, to be replayed as one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LetterEdit {
+    /// The dead letter.
+    pub id: i64,
+    /// The payload it had when the edit was made (the edit is refused if it changed since).
+    pub before: serde_json::Value,
+    /// The payload to replay.
+    pub after: serde_json::Value,
+    /// Who edits.
+    pub operator: String,
+    /// Why.
+    pub reason: Option<String>,
 }
 
 /// One `dlq_statistics` bucket.

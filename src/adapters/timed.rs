@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::model::{
-    AttemptLog, CreateOutcome, DeadLetter, DlqActionResult, DlqQuery, DlqStats, ListQuery,
-    NewDeadLetter, NewRequest, PrimeRequest, PrimeResult, Reprocess, SentEmail,
+    AttemptLog, AuditEntry, AuditQuery, CreateOutcome, DeadLetter, DlqActionResult, DlqGroup,
+    DlqQuery, DlqStats, GroupQuery, LetterEdit, ListQuery, NewDeadLetter, NewRequest, PrimeRequest,
+    PrimeResult, Reprocess, SentEmail,
 };
 use actors::{Claim, DlqStore, OutboxStore, RequestStore, StoreError, WorkerStore};
 use chrono::{DateTime, Utc};
@@ -142,6 +143,30 @@ impl<S: DlqStore> DlqStore for Timed<S> {
         message_id: &'a str,
     ) -> BoxFuture<'a, Result<actors::model::LetterHistory, StoreError>> {
         timed("dlq_history", self.0.history(message_id))
+    }
+
+    fn groups(&self, query: GroupQuery) -> BoxFuture<'_, Result<Vec<DlqGroup>, StoreError>> {
+        timed("dlq_groups", self.0.groups(query))
+    }
+
+    fn discard_group<'a>(
+        &'a self,
+        fingerprint: &'a str,
+        operator: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        timed(
+            "dlq_discard_group",
+            self.0.discard_group(fingerprint, operator, reason),
+        )
+    }
+
+    fn audit(&self, query: AuditQuery) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+        timed("dlq_audit", self.0.audit(query))
+    }
+
+    fn edit(&self, edit: LetterEdit) -> BoxFuture<'_, Result<DlqActionResult, StoreError>> {
+        timed("dlq_edit", self.0.edit(edit))
     }
 
     fn rule_candidates<'a>(

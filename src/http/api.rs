@@ -168,6 +168,34 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// `input` as a number the API accepts (at most `max_digits` digits), or the API's answer
+/// to a bad one (the same for a new request and an edited dead letter).
+pub(crate) fn checked_number(input: &str, max_digits: usize) -> Result<String, ApiError> {
+    validate::number(input, max_digits).map_err(|e| match e {
+        NumberError::NotDecimal => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_number",
+            "number must be a non-negative decimal integer written as a string of digits, e.g. \"97\"",
+        ),
+        NumberError::TooLong { max, got } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "number_too_long",
+            format!("number has {got} digits; at most {max} are accepted"),
+        ),
+    })
+}
+
+/// `input` as an address the API accepts, or the API's answer to a bad one.
+pub(crate) fn checked_email(input: &str) -> Result<String, ApiError> {
+    validate::email(input).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_email",
+            "email must be an address like user@example.com",
+        )
+    })
+}
+
 /// Accept a number for checking.
 #[utoipa::path(
     post,
@@ -194,25 +222,8 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(body): ApiJson<CheckRequest>,
 ) -> Result<Response, ApiError> {
-    let number = validate::number(&body.number, state.max_digits).map_err(|e| match e {
-        NumberError::NotDecimal => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_number",
-            "number must be a non-negative decimal integer written as a string of digits, e.g. \"97\"",
-        ),
-        NumberError::TooLong { max, got } => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "number_too_long",
-            format!("number has {got} digits; at most {max} are accepted"),
-        ),
-    })?;
-    let email = validate::email(&body.email).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_email",
-            "email must be an address like user@example.com",
-        )
-    })?;
+    let number = checked_number(&body.number, state.max_digits)?;
+    let email = checked_email(&body.email)?;
     let idempotency_key = match header(&headers, "idempotency-key") {
         None => None,
         Some(key) if validate::idempotency_key(key) => Some(key.to_string()),

@@ -203,7 +203,7 @@ impl AppState {
         (name = "prime-check", description = "Submit numbers and read results"),
         (name = "operations", description = "Health and readiness"),
         (name = "admin", description = "Supervision tree (bearer token)"),
-        (name = "dlq", description = "Dead-letter queue: browse, count, reprocess, discard (bearer token)"),
+        (name = "dlq", description = "Dead-letter queue: browse, count, group by error fingerprint, reprocess, edit and replay, discard, audit trail (bearer token)"),
     ),
     modifiers(&AdminToken)
 )]
@@ -235,6 +235,10 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(dlq::reprocess))
         .routes(routes!(dlq::discard))
         .routes(routes!(dlq::stats))
+        .routes(routes!(dlq::groups))
+        .routes(routes!(dlq::discard_group))
+        .routes(routes!(dlq::audit))
+        .routes(routes!(dlq::edit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a daemon process under test, and bounded polling.
 #![allow(dead_code)]
 
+pub mod pipeline;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -6,9 +6,9 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::model::{
-    AttemptLog, CreateOutcome, DeadLetter, DlqActionResult, DlqQuery, DlqStats, ListQuery,
-    NewDeadLetter, NewRequest, OutboxEvent, PrimeRequest, PrimeResult, PublishFailure, Reprocess,
-    SentEmail,
+    AttemptLog, AuditEntry, AuditQuery, CreateOutcome, DeadLetter, DlqActionResult, DlqGroup,
+    DlqQuery, DlqStats, GroupQuery, LetterEdit, ListQuery, NewDeadLetter, NewRequest, OutboxEvent,
+    PrimeRequest, PrimeResult, PublishFailure, Reprocess, SentEmail,
 };
 
 /// A store operation failed.
@@ -181,6 +181,26 @@ pub trait DlqStore: Send + Sync + 'static {
         &'a self,
         message_id: &'a str,
     ) -> BoxFuture<'a, Result<crate::model::LetterHistory, StoreError>>;
+
+    /// Dead letters grouped by error fingerprint.
+    fn groups(&self, query: GroupQuery) -> BoxFuture<'_, Result<Vec<DlqGroup>, StoreError>>;
+
+    /// Discards every open (pending or reprocessing) letter of the group `fingerprint`;
+    /// how many it closed.
+    fn discard_group<'a>(
+        &'a self,
+        fingerprint: &'a str,
+        operator: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// The audit trail of operator actions, newest first.
+    fn audit(&self, query: AuditQuery) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>>;
+
+    /// Stores an edited payload and replays it as one message (through the outbox), in one
+    /// transaction with its audit entry; refused unless the letter is pending and its
+    /// payload is still `edit.before`.
+    fn edit(&self, edit: LetterEdit) -> BoxFuture<'_, Result<DlqActionResult, StoreError>>;
 
     /// Pending dead letters dead-lettered before `before`, retried automatically fewer than
     /// `max_auto` times, on these original subjects (all when empty), oldest first.

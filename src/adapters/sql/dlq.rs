@@ -3,14 +3,15 @@
 //! reprocessed back through the outbox, discarded, resolved; and a dead letter read back.
 
 use actors::StoreError;
+use actors::fingerprint::fingerprint;
 use actors::model::{
-    DeadLetter, DlqActionResult, DlqBucket, DlqQuery, DlqStatus, ErrorClass, NewDeadLetter,
-    Reprocess, SUBJECT_PRIMECHECK_REQUESTED,
+    AuditEntry, AuditQuery, DeadLetter, DlqActionResult, DlqBucket, DlqQuery, DlqStatus,
+    ErrorClass, GroupQuery, GroupSort, NewDeadLetter, Reprocess, SUBJECT_PRIMECHECK_REQUESTED,
 };
 use chrono::{DateTime, Utc};
 
 use super::rows::refused;
-use super::{Columns, Dialect, Sql};
+use super::{Arg, Columns, Dialect, Sql};
 
 impl Dialect {
     /// Whether the store streams its dead letters (MySQL, to JetStream's DLQ stream, keeping
@@ -58,7 +59,8 @@ pub(crate) fn select(d: Dialect) -> Sql {
             "SELECT id, original_subject, original_message_id, dlq_subject, {} AS payload, \
              error_message, error_type, retry_count, original_created_at, dlq_created_at, \
              last_retry_at, status, resolved_at, resolved_by, request_id, operator, reason, \
-             reprocess_count, auto_retry_count, stream_version FROM dead_letter_messages",
+             reprocess_count, auto_retry_count, stream_version, fingerprint \
+             FROM dead_letter_messages",
             d.text_of("payload"),
         ),
     )
@@ -91,6 +93,7 @@ pub(crate) fn letter(row: &impl Columns) -> Result<DeadLetter, StoreError> {
         reason: row.text("reason")?,
         reprocess_count: row.count("reprocess_count")?,
         auto_retry_count: row.count("auto_retry_count")?,
+        fingerprint: row.text("fingerprint")?,
     })
 }
 
@@ -152,6 +155,9 @@ pub(crate) fn list(d: Dialect, query: &DlqQuery) -> Option<Sql> {
         q.push(" AND LOWER(error_message) LIKE ")
             .bind(format!("%{}%", escaped.to_lowercase()))
             .push(d.like_escape());
+    }
+    if let Some(fp) = &query.fingerprint {
+        q.push(" AND fingerprint = ").bind(fp);
     }
     if let Some(before) = query.before_id {
         q.push(" AND id < ").bind(before);
@@ -252,7 +258,7 @@ pub(crate) fn insert(d: Dialect, l: &NewDeadLetter, dlq_subject: &str, payload: 
         d,
         "INSERT INTO dead_letter_messages (original_subject, original_message_id, dlq_subject, \
          payload, error_message, error_type, retry_count, original_created_at, dlq_created_at, \
-         request_id, streamed_at) SELECT ",
+         request_id, fingerprint, streamed_at) SELECT ",
     );
     q.bind(&l.original_subject)
         .push(", ")
@@ -273,6 +279,8 @@ pub(crate) fn insert(d: Dialect, l: &NewDeadLetter, dlq_subject: &str, payload: 
         .now()
         .push(", ")
         .bind(&l.request_id)
+        .push(", ")
+        .bind(fingerprint(&l.original_subject, l.error_type, &l.error))
         .push(", ");
     if d.streams_dead_letters() {
         q.push("NULL");
@@ -303,6 +311,8 @@ pub(crate) fn failed_again(d: Dialect, l: &NewDeadLetter, dlq_id: i64) -> Sql {
     q.bind(&l.error)
         .push(", error_type = ")
         .bind(l.error_type.as_str())
+        .push(", fingerprint = ")
+        .bind(fingerprint(&l.original_subject, l.error_type, &l.error))
         .push(", retry_count = retry_count + ")
         .bind(l.retry_count)
         .push(if d.streams_dead_letters() {
@@ -359,6 +369,168 @@ pub(crate) fn streamed(d: Dialect, id: i64, version: u32) -> Sql {
         .push(" AND stream_version = ")
         .bind(version);
     q
+}
+
+/// Dead letters written before fingerprints, to be given theirs.
+pub(crate) fn unfingerprinted(d: Dialect, limit: u32) -> Sql {
+    let mut q = select(d);
+    q.push(" WHERE fingerprint IS NULL ORDER BY id LIMIT ")
+        .bind(limit);
+    q
+}
+
+/// Dead letter `id` is of the group `fp`.
+pub(crate) fn set_fingerprint(d: Dialect, id: i64, fp: &str) -> Sql {
+    let mut q = Sql::new(d, "UPDATE dead_letter_messages SET fingerprint = ");
+    q.bind(fp).push(" WHERE id = ").bind(id);
+    q
+}
+
+/// The groups of `query`: rows `fingerprint`, `n`, `first_seen`, `last_seen`, `example_id`.
+pub(crate) fn groups(d: Dialect, query: &GroupQuery) -> Sql {
+    let mut q = Sql::new(
+        d,
+        "SELECT fingerprint, COUNT(*) AS n, MIN(dlq_created_at) AS first_seen, \
+         MAX(dlq_created_at) AS last_seen, MAX(id) AS example_id FROM dead_letter_messages \
+         WHERE fingerprint IS NOT NULL",
+    );
+    if let Some(status) = query.status {
+        q.push(" AND status = ").bind(status.as_str());
+    }
+    q.push(" GROUP BY fingerprint ORDER BY ");
+    q.push(match query.sort {
+        GroupSort::Count => "n DESC, last_seen DESC",
+        GroupSort::Recent => "last_seen DESC, n DESC",
+    });
+    q.push(" LIMIT ").bind(query.limit);
+    q
+}
+
+/// The dead letters `ids` (the groups' examples).
+pub(crate) fn by_ids(d: Dialect, ids: &[i64]) -> Sql {
+    let mut q = select(d);
+    q.push(" WHERE id IN ").list(ids.iter().copied());
+    q
+}
+
+/// Discards every open letter of the group `fp`.
+pub(crate) fn discard_group(d: Dialect, fp: &str, operator: &str, reason: Option<&str>) -> Sql {
+    let mut q = Sql::new(
+        d,
+        "UPDATE dead_letter_messages SET status = 'discarded', resolved_at = ",
+    );
+    q.now()
+        .push(", updated_at = ")
+        .now()
+        .push(", resolved_by = ")
+        .bind(operator)
+        .push(", operator = ")
+        .bind(operator)
+        .push(", reason = ")
+        .bind(reason)
+        .push(" WHERE fingerprint = ")
+        .bind(fp)
+        .push(" AND status IN ('pending', 'reprocessing')");
+    q
+}
+
+/// What an operator did, for the audit trail.
+pub(crate) struct Audit<'a> {
+    /// Who.
+    pub operator: &'a str,
+    /// What (`reprocess`, `discard`, `discard_group`, `edit`).
+    pub action: &'a str,
+    /// To which letter.
+    pub dlq_id: Option<i64>,
+    /// To which group.
+    pub fingerprint: Option<&'a str>,
+    /// Why.
+    pub reason: Option<&'a str>,
+    /// What changed.
+    pub detail: serde_json::Value,
+}
+
+/// An entry of the audit trail.
+pub(crate) fn audit(d: Dialect, a: &Audit<'_>) -> Sql {
+    let mut q = Sql::new(
+        d,
+        "INSERT INTO dlq_audit (at, operator, action, dlq_id, fingerprint, reason, detail) VALUES (",
+    );
+    q.now()
+        .push(", ")
+        .bind(a.operator)
+        .push(", ")
+        .bind(a.action)
+        .push(", ")
+        .bind(Arg::Int(a.dlq_id))
+        .push(", ")
+        .bind(a.fingerprint)
+        .push(", ")
+        .bind(a.reason)
+        .push(", ")
+        .bind(a.detail.to_string())
+        .push(")");
+    q
+}
+
+/// The audit trail of `query`, newest first.
+pub(crate) fn audit_list(d: Dialect, query: &AuditQuery) -> Sql {
+    let mut q = Sql::new(
+        d,
+        "SELECT id, at, operator, action, dlq_id, fingerprint, reason, detail FROM dlq_audit \
+         WHERE 1 = 1",
+    );
+    if let Some(id) = query.dlq_id {
+        q.push(" AND dlq_id = ").bind(id);
+    }
+    if let Some(before) = query.before_id {
+        q.push(" AND id < ").bind(before);
+    }
+    q.push(" ORDER BY id DESC LIMIT ").bind(query.limit);
+    q
+}
+
+/// A row of [`audit_list`].
+pub(crate) fn audit_entry(row: &impl Columns) -> Result<AuditEntry, StoreError> {
+    let detail = row.text("detail")?.unwrap_or_default();
+    Ok(AuditEntry {
+        id: row.required_int("id")?,
+        at: row.time("at")?.unwrap_or_default(),
+        operator: row.required_text("operator")?,
+        action: row.required_text("action")?,
+        dlq_id: row.int("dlq_id")?,
+        fingerprint: row.text("fingerprint")?,
+        reason: row.text("reason")?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+    })
+}
+
+/// An edited letter's new payload (and its group, which the payload is not part of).
+pub(crate) fn set_payload(d: Dialect, id: i64, payload: &serde_json::Value) -> Sql {
+    let mut q = Sql::new(d, "UPDATE dead_letter_messages SET payload = ");
+    q.bind(payload.to_string())
+        .push(", updated_at = ")
+        .now()
+        .push(" WHERE id = ")
+        .bind(id);
+    q
+}
+
+/// The request of an edited prime check takes the edited number and address.
+pub(crate) fn request_edited(d: Dialect, letter: &DeadLetter) -> Option<Sql> {
+    let request_id = letter.request_id.as_ref()?;
+    if letter.original_subject != SUBJECT_PRIMECHECK_REQUESTED {
+        return None;
+    }
+    let number = letter.payload.get("number")?.as_str()?;
+    let email = letter.payload.get("email")?.as_str()?;
+    let mut q = Sql::new(d, "UPDATE prime_check_requests SET number = ");
+    q.bind(number)
+        .push(", email = ")
+        .bind(email)
+        .push(" WHERE id = ")
+        .bind(request_id);
+    Some(q)
 }
 
 /// A row of [`counted_by`]: the value and its count.

@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use actors::fingerprint::{fingerprint, normalise};
 use actors::model::{
-    AttemptLog, CreateOutcome, DeadLetter, DlqActionResult, DlqQuery, DlqStats, LetterHistory,
-    ListQuery, NewDeadLetter, NewRequest, PrimeRequest, Reprocess, dlq_subject,
+    AttemptLog, AuditEntry, AuditQuery, CreateOutcome, DeadLetter, DlqActionResult, DlqGroup,
+    DlqQuery, DlqStats, DlqStatus, GroupQuery, LetterEdit, LetterHistory, ListQuery, NewDeadLetter,
+    NewRequest, PrimeRequest, Reprocess, dlq_subject,
 };
 use actors::{DlqStore, HealthStore, StoreError, WorkerHealth};
 use chrono::{DateTime, Utc};
@@ -14,7 +16,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::Pool;
 
-use super::rows::{health_rows, is_duplicate, json_payload, letter_history};
+use super::dlq::Audit;
+use super::rows::{health_rows, is_duplicate, json_payload, letter_history, refused};
 use super::{Backend, Columns, Dialect, Done, Sql, dlq, records};
 
 /// A request inserted, or found to exist already.
@@ -216,8 +219,128 @@ where
         for q in dlq::reprocess(Self::D, &letter, r, &event_id) {
             self.execute(&mut tx, &q).await?;
         }
+        let audit = Audit {
+            operator: &r.operator,
+            action: if r.automatic {
+                "auto_reprocess"
+            } else {
+                "reprocess"
+            },
+            dlq_id: Some(id),
+            fingerprint: letter.fingerprint.as_deref(),
+            reason: r.reason.as_deref(),
+            detail: serde_json::json!({
+                "event_id": event_id,
+                "status_before": letter.status.as_str(),
+                "delay_ms": u64::try_from(r.delay.as_millis()).unwrap_or(u64::MAX),
+                "force": r.force,
+            }),
+        };
+        self.execute(&mut tx, &dlq::audit(Self::D, &audit)).await?;
         tx.commit().await.map_err(DB::error)?;
         Ok(dlq::reprocessed(id, event_id))
+    }
+
+    async fn discard_one(
+        &self,
+        id: i64,
+        operator: &str,
+        reason: Option<&str>,
+    ) -> Result<DlqActionResult, StoreError> {
+        let mut tx = DB::begin(&self.pool).await?;
+        let done = self
+            .execute(&mut tx, &dlq::discard(Self::D, id, operator, reason))
+            .await?;
+        if done.rows == 0 {
+            drop(tx);
+            return Ok(dlq::not_discarded(id, DlqStore::get(self, id).await?));
+        }
+        let audit = Audit {
+            operator,
+            action: "discard",
+            dlq_id: Some(id),
+            fingerprint: None,
+            reason,
+            detail: serde_json::json!({}),
+        };
+        self.execute(&mut tx, &dlq::audit(Self::D, &audit)).await?;
+        tx.commit().await.map_err(DB::error)?;
+        Ok(dlq::done(id))
+    }
+
+    /// Gives dead letters written before fingerprints theirs, a batch at a time.
+    async fn backfill_fingerprints(&self) -> Result<(), StoreError> {
+        loop {
+            let letters = self.letters(&dlq::unfingerprinted(Self::D, 500)).await?;
+            if letters.is_empty() {
+                return Ok(());
+            }
+            for l in &letters {
+                let fp = fingerprint(&l.original_subject, l.error_type, &l.error_message);
+                self.run(&dlq::set_fingerprint(Self::D, l.id, &fp)).await?;
+            }
+        }
+    }
+
+    async fn edit_letter(&self, edit: &LetterEdit) -> Result<DlqActionResult, StoreError> {
+        let mut tx = DB::begin(&self.pool).await?;
+        let row = dlq::by_id(Self::D, edit.id, true)
+            .query::<DB>()
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(DB::error)?;
+        let mut letter = match row.as_ref().map(dlq::letter).transpose()? {
+            None => return Ok(dlq::not_found(edit.id)),
+            Some(letter) => letter,
+        };
+        if letter.status != DlqStatus::Pending {
+            return Ok(refused(
+                edit.id,
+                &format!(
+                    "it is {}; only a pending dead letter can be edited",
+                    letter.status.as_str()
+                ),
+            ));
+        }
+        if letter.payload != edit.before {
+            return Ok(refused(
+                edit.id,
+                "its payload changed since this edit was prepared; look at it again",
+            ));
+        }
+        letter.payload = edit.after.clone();
+        self.execute(&mut tx, &dlq::set_payload(Self::D, edit.id, &edit.after))
+            .await?;
+        if let Some(q) = dlq::request_edited(Self::D, &letter) {
+            self.execute(&mut tx, &q).await?;
+        }
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let replay = Reprocess {
+            ids: vec![edit.id],
+            delay: std::time::Duration::ZERO,
+            force: false,
+            operator: edit.operator.clone(),
+            reason: edit.reason.clone(),
+            automatic: false,
+        };
+        for q in dlq::reprocess(Self::D, &letter, &replay, &event_id) {
+            self.execute(&mut tx, &q).await?;
+        }
+        let audit = Audit {
+            operator: &edit.operator,
+            action: "edit",
+            dlq_id: Some(edit.id),
+            fingerprint: letter.fingerprint.as_deref(),
+            reason: edit.reason.as_deref(),
+            detail: serde_json::json!({
+                "before": edit.before,
+                "after": edit.after,
+                "event_id": event_id,
+            }),
+        };
+        self.execute(&mut tx, &dlq::audit(Self::D, &audit)).await?;
+        tx.commit().await.map_err(DB::error)?;
+        Ok(dlq::reprocessed(edit.id, event_id))
     }
 }
 
@@ -257,6 +380,9 @@ where
 
     fn list(&self, query: DlqQuery) -> BoxFuture<'_, Result<Vec<DeadLetter>, StoreError>> {
         async move {
+            if query.fingerprint.is_some() {
+                self.backfill_fingerprints().await?;
+            }
             match dlq::list(Self::D, &query) {
                 Some(q) => self.letters(&q).await,
                 None => Ok(Vec::new()),
@@ -315,14 +441,7 @@ where
         async move {
             let mut out = Vec::with_capacity(ids.len());
             for &id in ids {
-                let done = self
-                    .run(&dlq::discard(Self::D, id, operator, reason))
-                    .await?;
-                out.push(if done.rows > 0 {
-                    dlq::done(id)
-                } else {
-                    dlq::not_discarded(id, DlqStore::get(self, id).await?)
-                });
+                out.push(self.discard_one(id, operator, reason).await?);
             }
             Ok(out)
         }
@@ -346,6 +465,91 @@ where
             Ok(letter_history(attempts, traceparent))
         }
         .boxed()
+    }
+
+    fn groups(&self, query: GroupQuery) -> BoxFuture<'_, Result<Vec<DlqGroup>, StoreError>> {
+        async move {
+            self.backfill_fingerprints().await?;
+            let rows = self.fetch_all(&dlq::groups(Self::D, &query)).await?;
+            let mut groups = Vec::with_capacity(rows.len());
+            let mut examples = Vec::with_capacity(rows.len());
+            for row in &rows {
+                examples.push(row.required_int("example_id")?);
+                groups.push((
+                    row.required_text("fingerprint")?,
+                    u64::try_from(row.required_int("n")?).unwrap_or(0),
+                    row.time("first_seen")?.unwrap_or_default(),
+                    row.time("last_seen")?.unwrap_or_default(),
+                    row.required_int("example_id")?,
+                ));
+            }
+            if examples.is_empty() {
+                return Ok(Vec::new());
+            }
+            let letters = self.letters(&dlq::by_ids(Self::D, &examples)).await?;
+            Ok(groups
+                .into_iter()
+                .filter_map(|(fp, count, first_seen, last_seen, example_id)| {
+                    let example = letters.iter().find(|l| l.id == example_id)?;
+                    Some(DlqGroup {
+                        fingerprint: fp,
+                        original_subject: example.original_subject.clone(),
+                        error_type: example.error_type,
+                        signature: normalise(&example.error_message),
+                        count,
+                        first_seen,
+                        last_seen,
+                        example_id,
+                        example_error: example.error_message.clone(),
+                    })
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn discard_group<'a>(
+        &'a self,
+        fingerprint: &'a str,
+        operator: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            self.backfill_fingerprints().await?;
+            let mut tx = DB::begin(&self.pool).await?;
+            let done = self
+                .execute(
+                    &mut tx,
+                    &dlq::discard_group(Self::D, fingerprint, operator, reason),
+                )
+                .await?;
+            if done.rows > 0 {
+                let audit = Audit {
+                    operator,
+                    action: "discard_group",
+                    dlq_id: None,
+                    fingerprint: Some(fingerprint),
+                    reason,
+                    detail: serde_json::json!({ "discarded": done.rows }),
+                };
+                self.execute(&mut tx, &dlq::audit(Self::D, &audit)).await?;
+            }
+            tx.commit().await.map_err(DB::error)?;
+            Ok(done.rows)
+        }
+        .boxed()
+    }
+
+    fn audit(&self, query: AuditQuery) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+        async move {
+            let rows = self.fetch_all(&dlq::audit_list(Self::D, &query)).await?;
+            rows.iter().map(dlq::audit_entry).collect()
+        }
+        .boxed()
+    }
+
+    fn edit(&self, edit: LetterEdit) -> BoxFuture<'_, Result<DlqActionResult, StoreError>> {
+        async move { self.edit_letter(&edit).await }.boxed()
     }
 
     fn rule_candidates<'a>(

@@ -1,10 +1,17 @@
-// The DLQ dashboard: statistics, a filtered and paged list, a detail view, and
-// reprocess/discard of the selected messages. It talks to /api/dlq/* with the session
+// The DLQ dashboard: groups of dead letters that failed the same way (listed, opened,
+// discarded at once), statistics, a filtered and paged list, a detail view with its audit
+// trail and edit-and-replay (previewed as a diff), and reprocess/discard of the selected
+// messages. It talks to /api/dlq/* with the session
 // cookie and the session's CSRF token; without a session it sends the operator to /login.
 "use strict";
 
 let cursor = null;
 const selected = new Set();
+let current = null; // the letter shown in the detail view
+let pendingEdit = null; // the previewed edit, sent as is
+
+// The payload fields an operator may edit, by subject (as the API allows).
+const EDITABLE = { "primecheck.requested": ["email", "number"], "email.send": ["email"] };
 
 function showError(message) {
   $("error").textContent = message;
@@ -51,6 +58,59 @@ async function loadStats() {
     hours.set(hour, (hours.get(hour) || 0) + b.count);
   }
   bars($("by-hour"), [...hours.entries()].sort());
+}
+
+async function loadGroups() {
+  const page = await api(`/api/dlq/groups?sort=${$("group-sort").value}`);
+  const rows = $("groups");
+  rows.replaceChildren();
+  for (const g of page.groups) {
+    const tr = document.createElement("tr");
+    tr.dataset.fingerprint = g.fingerprint;
+    const show = document.createElement("button");
+    show.type = "button";
+    show.className = "small";
+    show.textContent = "Show letters";
+    show.setAttribute("aria-label", `Show the ${g.count} letters of this group`);
+    show.addEventListener("click", () => {
+      $("group-filter").value = g.fingerprint;
+      loadList(false).then(() => $("list-title").scrollIntoView()).catch((err) => showError(err.message));
+    });
+    const discard = document.createElement("button");
+    discard.type = "button";
+    discard.className = "small danger";
+    discard.textContent = "Discard group";
+    discard.setAttribute("aria-label", `Discard the ${g.count} letters of this group`);
+    discard.addEventListener("click", () => discardGroup(g));
+    const actions = document.createElement("td");
+    actions.append(show, " ", discard);
+    const signature = text("td", g.signature, "error-text");
+    signature.title = g.example_error;
+    tr.append(text("td", String(g.count)), text("td", g.original_subject), text("td", g.error_type),
+      signature, text("td", new Date(g.first_seen).toLocaleString()),
+      text("td", new Date(g.last_seen).toLocaleString()), actions);
+    rows.append(tr);
+  }
+  $("groups-empty").hidden = page.groups.length > 0;
+}
+
+async function discardGroup(g) {
+  const reason = $("reason").value.trim() || null;
+  if (!confirm(`Discard all ${g.count} pending letters of this group?\n${g.signature}`)) return;
+  try {
+    const out = await api(`/api/dlq/groups/${g.fingerprint}/discard`, {
+      method: "POST",
+      body: JSON.stringify({ operator: primed.session.operator, reason }),
+    });
+    await refresh();
+    $("group-outcome").replaceChildren(text("p", `Discarded ${out.discarded} letters of the group.`));
+  } catch (err) {
+    showError(`discard of the group failed: ${err.message}`);
+  }
+}
+
+function refresh() {
+  return Promise.all([loadGroups(), loadList(false), loadStats()]);
 }
 
 function filters() {
@@ -129,8 +189,76 @@ async function showDetail(id) {
       text("td", h.error_message || "", "error-text"));
     return tr;
   }));
+  $("detail-audit").replaceChildren(...(letter.audit.length ? letter.audit.map((a) => {
+    const li = text("li", `${new Date(a.at).toLocaleString()} — ${a.operator}: ${a.action}`
+      + `${a.reason ? ` (${a.reason})` : ""}`);
+    if (a.action === "edit") {
+      li.append(text("code", ` ${JSON.stringify(a.detail.before)} → ${JSON.stringify(a.detail.after)}`));
+    }
+    return li;
+  }) : [text("li", "No operator action yet.")]));
+  current = letter;
+  showEditor(letter);
   $("detail").hidden = false;
   $("detail").scrollIntoView();
+}
+
+function showEditor(letter) {
+  const fields = (EDITABLE[letter.original_subject] || []).filter((f) =>
+    letter.payload && typeof letter.payload === "object" && f in letter.payload);
+  $("edit").hidden = letter.status !== "pending" || fields.length === 0;
+  $("edit-field").replaceChildren(...fields.map((f) => text("option", f)));
+  $("edit-value").value = fields.length ? String(letter.payload[fields[0]]) : "";
+  $("edit-diff").hidden = true;
+  $("edit-outcome").replaceChildren();
+  pendingEdit = null;
+}
+
+function editBody(dryRun) {
+  return {
+    set: { [$("edit-field").value]: $("edit-value").value.trim() },
+    dry_run: dryRun,
+    operator: primed.session.operator,
+    reason: $("edit-reason").value.trim() || null,
+  };
+}
+
+async function previewEdit() {
+  $("edit-outcome").replaceChildren();
+  const body = editBody(true);
+  try {
+    const out = await api(`/api/dlq/messages/${current.id}/edit`, { method: "POST", body: JSON.stringify(body) });
+    $("edit-diff-rows").replaceChildren(...out.diff.map((c) => {
+      const tr = document.createElement("tr");
+      tr.append(text("td", c.field), text("td", JSON.stringify(c.before), "diff-before"),
+        text("td", JSON.stringify(c.after), "diff-after"));
+      return tr;
+    }));
+    pendingEdit = { ...body, dry_run: false };
+    $("edit-diff").hidden = false;
+    $("edit-send").focus();
+  } catch (err) {
+    $("edit-diff").hidden = true;
+    $("edit-outcome").replaceChildren(text("p", `Not accepted: ${err.message}`, "error"));
+  }
+}
+
+async function sendEdit() {
+  if (!pendingEdit) return;
+  try {
+    const out = await api(`/api/dlq/messages/${current.id}/edit`, {
+      method: "POST",
+      body: JSON.stringify(pendingEdit),
+    });
+    pendingEdit = null;
+    $("edit-diff").hidden = true;
+    const id = current.id;
+    await refresh();
+    await showDetail(id);
+    $("edit-outcome").replaceChildren(text("p", `Edited and replayed as event ${out.event_id}.`));
+  } catch (err) {
+    $("edit-outcome").replaceChildren(text("p", `Not sent: ${err.message}`, "error"));
+  }
 }
 
 async function act(kind) {
@@ -147,7 +275,7 @@ async function act(kind) {
       body: JSON.stringify(body),
     });
     // Refresh first, so that the outcome appears next to the rows as they are now.
-    await Promise.all([loadList(false), loadStats()]);
+    await refresh();
     const box = $("outcome");
     box.replaceChildren(text("p", `${kind}: ${out.succeeded} done, ${out.failed} not done.`));
     const list = document.createElement("ul");
@@ -174,8 +302,23 @@ async function start() {
   });
   $("reprocess").addEventListener("click", () => act("reprocess"));
   $("discard").addEventListener("click", () => act("discard"));
+  $("group-sort").addEventListener("change", () => loadGroups().catch((err) => showError(err.message)));
+  $("edit-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    previewEdit();
+  });
+  $("edit-field").addEventListener("change", () => {
+    $("edit-value").value = String(current.payload[$("edit-field").value] ?? "");
+    $("edit-diff").hidden = true;
+    pendingEdit = null;
+  });
+  $("edit-send").addEventListener("click", sendEdit);
+  $("edit-cancel").addEventListener("click", () => {
+    $("edit-diff").hidden = true;
+    pendingEdit = null;
+  });
   try {
-    await Promise.all([loadStats(), loadList(false)]);
+    await refresh();
   } catch (err) {
     showError(err.message);
   }
