@@ -40,9 +40,9 @@ pub enum Command {
         #[command(subcommand)]
         action: OutboxAction,
     },
-    /// Browse, count, reprocess and discard dead letters through the running daemon's
+    /// Browse, group, replay, edit and discard dead letters through the running daemon's
     /// admin API.
-    Dlq(crate::dlq_cli::DlqArgs),
+    Dlq(Box<crate::dlq_cli::DlqArgs>),
     /// Work on the rate limits kept in Redis.
     Ratelimit {
         /// What to do with them.

@@ -96,6 +96,84 @@ pub enum DlqAction {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Replay dead letters safely: a server-side job sends a canary first, waits for its
+    /// outcomes, then ramps up under a rate cap, and stops by itself when too many fail
+    /// again. Prints its progress until it ends (exit 0 when done, 1 when it stopped).
+    Replay {
+        /// These dead letters (the filters are then ignored).
+        ids: Vec<i64>,
+        /// Only this original subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only this error type.
+        #[arg(long)]
+        error_type: Option<String>,
+        /// Only this group (its fingerprint).
+        #[arg(long)]
+        group: Option<String>,
+        /// Dead-lettered at or after (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Dead-lettered before (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Letters sent first.
+        #[arg(long, default_value_t = 5)]
+        canary: u32,
+        /// Each later step sends this many times the previous one.
+        #[arg(long, default_value_t = 5)]
+        ramp: u32,
+        /// At most this many letters a second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Stop when more than this share of the outcomes are failures.
+        #[arg(long, default_value_t = 0.5)]
+        max_failure_ratio: f64,
+        /// Also replay poison letters.
+        #[arg(long)]
+        force: bool,
+        /// Only say what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Start the job and return at once (follow it with `primed dlq job ID --follow`).
+        #[arg(long)]
+        no_follow: bool,
+        /// Who asks (default: $USER).
+        #[arg(long)]
+        operator: Option<String>,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Replay jobs, newest first.
+    Jobs {
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One replay job: show it, follow it, or pause, resume or cancel it.
+    Job {
+        /// Its id.
+        id: i64,
+        /// Pause it.
+        #[arg(long, conflicts_with_all = ["resume", "cancel"])]
+        pause: bool,
+        /// Resume it.
+        #[arg(long, conflicts_with = "cancel")]
+        resume: bool,
+        /// Cancel it.
+        #[arg(long)]
+        cancel: bool,
+        /// Print its progress until it ends.
+        #[arg(long)]
+        follow: bool,
+        /// Who asks (default: $USER).
+        #[arg(long)]
+        operator: Option<String>,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Show one dead letter in full.
     Show {
         /// Its id.
@@ -181,6 +259,9 @@ pub enum DlqCliError {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// A replay job stopped before its end (aborted by itself, or cancelled).
+    #[error("{0}")]
+    Stopped(String),
 }
 
 impl DlqCliError {
@@ -189,7 +270,7 @@ impl DlqCliError {
         match self {
             DlqCliError::NoToken(_) | DlqCliError::Usage(_) => 64,
             DlqCliError::Unreachable { .. } => 69,
-            DlqCliError::Refused { .. } => 1,
+            DlqCliError::Refused { .. } | DlqCliError::Stopped(_) => 1,
         }
     }
 }
@@ -431,6 +512,111 @@ pub async fn run(args: DlqArgs, config: &Config) -> Result<(), DlqCliError> {
                 }
             }
         }
+        DlqAction::Replay {
+            ids,
+            subject,
+            error_type,
+            group,
+            since,
+            until,
+            canary,
+            ramp,
+            rate,
+            max_failure_ratio,
+            force,
+            dry_run,
+            no_follow,
+            operator: who,
+            reason,
+        } => {
+            let body = client
+                .send(
+                    client
+                        .http
+                        .post(format!("{}/api/dlq/replays", client.base))
+                        .json(&json!({
+                            "ids": ids, "subject": subject, "error_type": error_type,
+                            "fingerprint": group, "since": since, "until": until,
+                            "canary": canary, "ramp": ramp, "rate_per_second": rate,
+                            "max_failure_ratio": max_failure_ratio, "force": force,
+                            "dry_run": dry_run, "operator": operator(who), "reason": reason,
+                        })),
+                )
+                .await?;
+            if *dry_run {
+                if args.json {
+                    print_json(&body);
+                } else {
+                    println!(
+                        "dry run: would replay {} pending dead letters (first ids: {})",
+                        body["letters"],
+                        body["ids"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .take(20)
+                            .map(|v| v.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                return Ok(());
+            }
+            let id = body["id"].as_i64().unwrap_or_default();
+            println!(
+                "replay job {id} started: {} letters, canary {canary}, ramp ×{ramp}, at most {rate}/s",
+                body["total"]
+            );
+            if !*no_follow {
+                return follow(&client, id).await;
+            }
+        }
+        DlqAction::Jobs { limit } => {
+            let body = client
+                .get("/api/dlq/replays", &[("limit", limit.to_string())])
+                .await?;
+            if args.json {
+                print_json(&body);
+            } else {
+                for job in body["jobs"].as_array().into_iter().flatten() {
+                    println!("{}", progress_line(job));
+                }
+            }
+        }
+        DlqAction::Job {
+            id,
+            pause,
+            resume,
+            cancel,
+            follow: keep_following,
+            operator: who,
+            reason,
+        } => {
+            let action = [(pause, "pause"), (resume, "resume"), (cancel, "cancel")]
+                .into_iter()
+                .find_map(|(on, what)| on.then_some(what));
+            let body = match action {
+                Some(what) => {
+                    client
+                        .send(
+                            client
+                                .http
+                                .post(format!("{}/api/dlq/replays/{id}/{what}", client.base))
+                                .json(&json!({"operator": operator(who), "reason": reason})),
+                        )
+                        .await?
+                }
+                None => client.get(&format!("/api/dlq/replays/{id}"), &[]).await?,
+            };
+            if args.json {
+                print_json(&body);
+            } else {
+                println!("{}", progress_line(&body));
+            }
+            if *keep_following {
+                return follow(&client, *id).await;
+            }
+        }
         DlqAction::Groups {
             status,
             sort,
@@ -583,6 +769,54 @@ pub async fn run(args: DlqArgs, config: &Config) -> Result<(), DlqCliError> {
         }
     }
     Ok(())
+}
+
+/// One line of a replay job's progress.
+fn progress_line(job: &Value) -> String {
+    let eta = job["eta_seconds"]
+        .as_f64()
+        .map(|s| format!(", ETA {}s", s.ceil()))
+        .unwrap_or_default();
+    let stop = job["stop_reason"]
+        .as_str()
+        .map(|r| format!(" — {r}"))
+        .unwrap_or_default();
+    format!(
+        "replay {}: {} {}/{} done ({} ok, {} failed, {} skipped), {} in flight, {:.1}/s{eta}{stop}",
+        job["id"],
+        job["state"].as_str().unwrap_or("?"),
+        job["done"],
+        job["total"],
+        job["succeeded"],
+        job["failed"],
+        job["skipped"],
+        job["in_flight"],
+        job["rate"].as_f64().unwrap_or(0.0),
+    )
+}
+
+/// Prints job `id`'s progress every second until it ends; an error unless it is done.
+async fn follow(client: &Client, id: i64) -> Result<(), DlqCliError> {
+    loop {
+        let job = client.get(&format!("/api/dlq/replays/{id}"), &[]).await?;
+        let line = progress_line(&job);
+        match job["state"].as_str() {
+            Some("done") => {
+                println!("{line}");
+                return Ok(());
+            }
+            Some("aborted") | Some("cancelled") => {
+                println!("{line}");
+                return Err(DlqCliError::Stopped(format!(
+                    "replay job {id} {}: {}",
+                    job["state"].as_str().unwrap_or(""),
+                    job["stop_reason"].as_str().unwrap_or("")
+                )));
+            }
+            _ => eprintln!("{line}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Every pending dead letter's id matching the filters, oldest page last.

@@ -90,7 +90,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            match runtime.block_on(primed::dlq_cli::run(args, &config)) {
+            match runtime.block_on(primed::dlq_cli::run(*args, &config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("primed: {err}");

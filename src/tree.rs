@@ -8,6 +8,7 @@
 //! ├── outbox-relay        permanent  outbox rows → broker (JetStream, or the embedded queue)
 //! ├── dlq                 permanent  dead letters → DEAD_LETTER_QUEUE stream; max-deliveries advisories
 //! ├── retry-timer         permanent  automatic DLQ reprocess rules
+//! ├── dlq-replayer        permanent  safe replay jobs: canary, ramp, rate cap, auto-abort
 //! ├── primecheck-workers  supervisor (one_for_one): primecheck-worker-1..N
 //! ├── email-workers       supervisor (one_for_one): email-worker-1..N
 //! └── http                permanent  public API, DLQ API, /health /ready /metrics /admin/* /openapi.json
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::dlq::{Dlq, DlqArgs};
+use actors::replay::{Replayer, ReplayerArgs};
 use actors::retry_timer::{RetryTimer, TimerArgs};
 use actors::worker::{Worker, WorkerArgs};
 use actors::{HealthSink, Heartbeat, HeartbeatArgs, OutboxRelay, RelayArgs};
@@ -45,6 +47,8 @@ pub const HTTP: &str = "http";
 pub const DLQ: &str = "dlq";
 /// Registered name of the retry timer.
 pub const RETRY_TIMER: &str = "retry-timer";
+/// Registered name of the replay job runner.
+pub const REPLAYER: &str = "dlq-replayer";
 /// Registered name of the rate-limit monitor.
 pub const RATE_LIMIT_MONITOR: &str = "rate-limit-monitor";
 /// Registered name of the metrics collector.
@@ -83,6 +87,8 @@ pub struct PipelineDeps {
     pub liveness: actors::Liveness,
     /// The SMTP circuit breaker of the email workers.
     pub smtp_breaker: Arc<actors::breaker::CircuitBreaker>,
+    /// The replay job runner, when the store keeps replay jobs.
+    pub replayer: Option<ReplayerArgs>,
 }
 
 fn pool(
@@ -183,6 +189,14 @@ pub fn root(deps: &TreeDeps) -> SupervisorSpec {
                 ChildSpec::actor(RETRY_TIMER, RetryTimer, p.timer.clone())
                     .restart(Restart::Permanent)
                     .shutdown(Duration::from_secs(10)),
+            ]
+            .into_iter()
+            .chain(p.replayer.clone().map(|args| {
+                ChildSpec::actor(REPLAYER, Replayer, args)
+                    .restart(Restart::Permanent)
+                    .shutdown(Duration::from_secs(10))
+            }))
+            .chain([
                 pool(
                     PRIMECHECK_WORKERS,
                     "primecheck-worker",
@@ -197,7 +211,7 @@ pub fn root(deps: &TreeDeps) -> SupervisorSpec {
                     &p.email,
                     &p.liveness,
                 ),
-            ]
+            ])
         }))
         .child(
             ChildSpec::actor(

@@ -105,7 +105,28 @@ pub async fn wire(
         Some(w) => send_journal(&config.data_dir, w.store.as_ref()).await,
         None => None,
     };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let instance_name = config
+        .instance
+        .clone()
+        .unwrap_or_else(|| format!("{host}:{port}"));
     let pipeline = backends.workers.as_ref().map(|w| {
+        let replayer = backends
+            .replays
+            .clone()
+            .map(|store| actors::replay::ReplayerArgs {
+                store,
+                owner: instance_name.clone(),
+                tick: Duration::from_millis(250),
+                lease: Duration::from_secs(15),
+                wake: Some(wake.clone()),
+                // Set by `pipeline` from the email workers' breaker.
+                on_heal: None,
+            });
         pipeline(
             config,
             w,
@@ -113,6 +134,7 @@ pub async fn wire(
             wake.clone(),
             shutdown_rx.clone(),
             liveness.clone(),
+            replayer,
         )
     });
     app = app.with_requests(
@@ -122,6 +144,9 @@ pub async fn wire(
     );
     if let Some(dlq) = &backends.dlq {
         app = app.with_dlq(dlq.clone());
+    }
+    if let Some(replays) = &backends.replays {
+        app = app.with_replays(replays.clone());
     }
     if let Some(p) = &pipeline {
         app = app.with_controls(crate::http::Controls {
@@ -141,16 +166,8 @@ pub async fn wire(
         tracing::warn!("PRIMED_FAULT_INJECTION is on: the admin API can kill actors");
     }
     let mut heartbeat_interval = config.heartbeat_interval;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
     let instance = actors::Instance {
-        name: config
-            .instance
-            .clone()
-            .unwrap_or_else(|| format!("{host}:{port}")),
+        name: instance_name,
         host,
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -244,6 +261,7 @@ fn pipeline(
     wake: RelayWake,
     shutdown: tokio::sync::watch::Receiver<bool>,
     liveness: actors::Liveness,
+    replayer: Option<actors::replay::ReplayerArgs>,
 ) -> tree::PipelineDeps {
     use actors::breaker::{BreakerSettings, CircuitBreaker};
     use actors::dlq::DlqArgs;
@@ -282,6 +300,7 @@ fn pipeline(
             time_limit: workers.prime_timeout,
             cpu: Arc::new(Semaphore::new(cpus)),
             wake: Some(wake),
+            panic_on: workers.panic_number.clone(),
         }),
         policy(
             crate::adapters::nats::CONSUMER_PRIMECHECK,
@@ -292,6 +311,20 @@ fn pipeline(
         threshold: workers.breaker_threshold,
         cool_down: workers.breaker_cool_down,
     }));
+    let replayer = replayer.map(|mut args| {
+        if workers.replay_on_heal {
+            args.on_heal = Some((
+                breaker.healed(),
+                actors::model::ReplayPace {
+                    canary: 2,
+                    ramp: 5,
+                    rate_per_second: f64::from(workers.replay_on_heal_rate),
+                    max_failure_ratio: 0.5,
+                },
+            ));
+        }
+        args
+    });
     let email = worker(
         "email-worker",
         w.email.clone(),
@@ -312,6 +345,7 @@ fn pipeline(
         email_workers: workers.email_workers,
         liveness,
         smtp_breaker: breaker,
+        replayer,
         dlq: DlqArgs {
             store: w.dlq.clone(),
             workers: w.store.clone(),

@@ -75,6 +75,7 @@ async fn with_no_configuration_it_serves_the_admin_tree_and_exits_0_on_sigterm()
             "outbox-relay",
             "dlq",
             "retry-timer",
+            "dlq-replayer",
             "primecheck-workers",
             "email-workers",
             "http"
@@ -472,7 +473,13 @@ async fn a_store_and_a_broker_of_different_modes_accept_and_publish_but_run_no_w
             names.contains(&"outbox-relay".to_string()),
             "{setup}: {names:?}"
         );
-        for absent in ["dlq", "retry-timer", "primecheck-workers", "email-workers"] {
+        for absent in [
+            "dlq",
+            "retry-timer",
+            "dlq-replayer",
+            "primecheck-workers",
+            "email-workers",
+        ] {
             assert!(!names.contains(&absent.to_string()), "{setup}: {names:?}");
         }
         let r = client()

@@ -366,3 +366,465 @@ async fn the_embedded_dlq_groups_edits_and_audits_too() {
         .collect();
     assert_eq!(actions, ["discard_group", "edit"], "{audit}");
 }
+
+/// What a daemon whose handler panics on 666 (the test-only fault hook) does with it: two
+/// crashes, then a `poison` dead letter with the panic's message; the other requests are
+/// checked and emailed throughout, and the crashes and the quarantine are counted.
+async fn a_crashing_message_is_quarantined(d: &Daemon, stub: &SmtpStub) {
+    let pill = submit(d, "666", "pill@example.com").await;
+    let others = [
+        submit(d, "97", "a@example.com").await,
+        submit(d, "89", "b@example.com").await,
+    ];
+    assert_eventually!(
+        dead_letters(d, "error_type=poison").await.len() == 1,
+        "the message that crashes its handler is quarantined"
+    );
+    let letter = &dead_letters(d, "error_type=poison").await[0];
+    let reason = letter["error_message"].as_str().unwrap();
+    assert!(
+        reason.starts_with("crashed the worker 2 times")
+            && reason.contains("PRIMED_FAULT_PANIC_NUMBER is 666"),
+        "{letter}"
+    );
+    assert_eq!(letter["original_subject"], "primecheck.requested");
+    assert_eq!(letter["request_id"], pill.as_str());
+    assert_eq!(request(d, &pill).await["status"], "failed");
+    for id in &others {
+        assert_eventually!(
+            request(d, id).await["status"] == "done",
+            "{id} is checked although another message crashed the worker"
+        );
+    }
+    assert_eventually!(stub.accepted().len() == 2, "and both are emailed");
+    let metrics = support::scrape(d).await;
+    assert_eq!(
+        support::sample(
+            &metrics,
+            "worker_crashes_total{subject=\"primecheck.requested\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        support::sample(
+            &metrics,
+            "messages_quarantined_total{subject=\"primecheck.requested\"}"
+        ),
+        1.0
+    );
+    // Never delivered again unless an operator insists.
+    let (status, body) = admin_send(
+        d,
+        reqwest::Method::POST,
+        "/api/dlq/reprocess",
+        &json!({"message_ids": [letter["id"]], "operator": "hana"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["succeeded"].as_u64()),
+        (200, Some(0)),
+        "{body}"
+    );
+    assert!(
+        body["results"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("poison"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_crashes_its_worker_twice_is_quarantined_and_the_rest_is_served() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Accept).await;
+    let d = daemon(
+        &db,
+        &nats,
+        stub.port,
+        &[
+            ("PRIMED_FAULT_INJECTION", "true"),
+            ("PRIMED_FAULT_PANIC_NUMBER", "666"),
+            ("PRIMED_PRIMECHECK_WORKERS", "1"),
+        ],
+    );
+    a_crashing_message_is_quarantined(&d, &stub).await;
+    assert_eq!(
+        db.count("SELECT crashes FROM message_crashes"),
+        2,
+        "the crashes are kept per message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_workers_quarantine_a_crashing_message_too() {
+    let stub = SmtpStub::start(StubMode::Accept).await;
+    let mut env = support::smtp_env(stub.port);
+    env.extend([
+        ("ADMIN_API_KEYS".to_string(), TOKEN.to_string()),
+        ("PRIMED_FAULT_INJECTION".into(), "true".into()),
+        ("PRIMED_FAULT_PANIC_NUMBER".into(), "666".into()),
+        ("PRIMED_RETRY_BACKOFF".into(), "300ms".into()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let d = Daemon::start(&env);
+    a_crashing_message_is_quarantined(&d, &stub).await;
+}
+
+/// `n` requests whose emails the stub rejects, dead-lettered: their letters' ids.
+async fn rejected_letters(d: &Daemon, n: usize) -> Vec<i64> {
+    for i in 0..n {
+        submit(d, &(101 + 2 * i).to_string(), &format!("r{i}@example.com")).await;
+    }
+    assert_eventually!(
+        dead_letters(d, "status=pending&limit=500").await.len() == n,
+        "{n} rejected emails are dead-lettered"
+    );
+    dead_letters(d, "limit=500")
+        .await
+        .iter()
+        .map(|l| l["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// `POST /api/dlq/replays` with `body` (and the operator): status and answer.
+async fn replay(d: &Daemon, mut body: Value) -> (u16, Value) {
+    body["operator"] = json!("ivy");
+    admin_send(d, reqwest::Method::POST, "/api/dlq/replays", &body).await
+}
+
+/// Waits for replay job `id` to end; the job.
+async fn ended(d: &Daemon, id: i64) -> Value {
+    let path = format!("/api/dlq/replays/{id}");
+    assert_eventually!(
+        ["done", "aborted", "cancelled"]
+            .contains(&admin_get(d, &path).await["state"].as_str().unwrap()),
+        "replay job {id} ends"
+    );
+    admin_get(d, &path).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_into_a_sick_dependency_stops_after_its_canary_and_a_healed_one_replays_all_once()
+{
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Reject).await;
+    let d = daemon(&db, &nats, stub.port, &[]);
+    let ids = rejected_letters(&d, 12).await;
+    let fp = dead_letters(&d, "").await[0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A dry run says what would go, and sends nothing.
+    let (status, preview) = replay(&d, json!({"fingerprint": fp, "dry_run": true})).await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["letters"], 12);
+    assert_eq!(preview["ids"].as_array().unwrap().len(), 12);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM outbox WHERE dlq_id IS NOT NULL"),
+        0
+    );
+    // Bad input is refused with the reason.
+    let (status, body) = replay(&d, json!({"fingerprint": fp, "canary": 0})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_canary"))
+    );
+    let (status, body) = replay(&d, json!({"subject": "no.such.subject"})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("nothing_to_replay"))
+    );
+
+    // The server still rejects: the canary of 2 fails and the job stops by itself.
+    let (status, job) = replay(
+        &d,
+        json!({"fingerprint": fp, "canary": 2, "ramp": 5, "rate_per_second": 100,
+               "max_failure_ratio": 0.5, "reason": "is it fixed?"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["total"], 12);
+    let job = ended(&d, job["id"].as_i64().unwrap()).await;
+    assert_eq!(job["state"], "aborted", "{job}");
+    assert!(
+        job["stop_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 of 2 replayed letters failed again"),
+        "{job}"
+    );
+    assert_eq!(
+        (job["failed"].as_u64(), job["queued"].as_u64()),
+        (Some(2), Some(10))
+    );
+    assert_eq!(
+        db.count("SELECT SUM(reprocess_count) FROM dead_letter_messages"),
+        2,
+        "only the canary was replayed"
+    );
+    assert_eq!(stub.attempt_times().len(), 12 + 2);
+
+    // Fixed: the CLI replays the whole group, canary first, and follows it to its end.
+    stub.set_mode(StubMode::Accept);
+    let (code, out, err) = cli(
+        &d,
+        &[
+            "replay",
+            "--group",
+            &fp,
+            "--canary",
+            "2",
+            "--rate",
+            "50",
+            "--operator",
+            "ivy",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("started: 12 letters"), "{out}");
+    assert!(
+        out.contains("done 12/12 done (12 ok, 0 failed, 0 skipped)"),
+        "{out}"
+    );
+    assert_eq!(stub.accepted().len(), 12, "each request emailed once");
+    for id in ids {
+        let letter = admin_get(&d, &format!("/api/dlq/messages/{id}")).await;
+        assert_eq!(letter["status"], "resolved", "{letter}");
+    }
+    let actions: Vec<String> = admin_get(&d, "/api/dlq/audit?limit=500").await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap().to_string())
+        .collect();
+    for action in ["replay_start", "replay_abort", "replay_done"] {
+        assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+    }
+    let metrics = support::scrape(&d).await;
+    assert_eq!(
+        support::sample(&metrics, "dlq_replay_jobs_ended_total{state=\"aborted\"}"),
+        1.0
+    );
+    assert_eq!(
+        support::sample(&metrics, "dlq_replay_jobs_ended_total{state=\"done\"}"),
+        1.0
+    );
+    assert_eq!(
+        support::sample(&metrics, "dlq_replay_messages_total{outcome=\"sent\"}"),
+        14.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_job_survives_a_daemon_killed_mid_way_and_sends_each_letter_once() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Reject).await;
+    let instance = [("PRIMED_INSTANCE", "replay-node")];
+    let mut d = daemon(&db, &nats, stub.port, &instance);
+    rejected_letters(&d, 6).await;
+    stub.set_mode(StubMode::Accept);
+    // Slow: one letter every two seconds.
+    let (status, job) = replay(&d, json!({"canary": 1, "ramp": 2, "rate_per_second": 0.5})).await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_i64().unwrap();
+    let path = format!("/api/dlq/replays/{id}");
+    assert_eventually!(
+        admin_get(&d, &path).await["succeeded"] == 1,
+        "the canary goes through"
+    );
+    // Paused, then resumed, with the reason recorded; a paused job cannot be paused again.
+    let (status, paused) = admin_send(
+        &d,
+        reqwest::Method::POST,
+        &format!("{path}/pause"),
+        &json!({"operator": "ivy", "reason": "lunch"}),
+    )
+    .await;
+    assert_eq!((status, paused["state"].as_str()), (200, Some("paused")));
+    let (status, body) = admin_send(
+        &d,
+        reqwest::Method::POST,
+        &format!("{path}/pause"),
+        &json!({"operator": "ivy"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("replay_state_conflict"))
+    );
+    let (code, out, _) = cli(&d, &["job", &id.to_string(), "--resume"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains(&format!("replay {id}: running")), "{out}");
+
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.wait_exit();
+    let d = daemon(&db, &nats, stub.port, &instance);
+    let job = ended(&d, id).await;
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["succeeded"], 6, "{job}");
+    assert_eq!(
+        db.count("SELECT MAX(reprocess_count) FROM dead_letter_messages"),
+        1,
+        "no letter was replayed twice"
+    );
+    assert_eq!(stub.accepted().len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_dlq_runs_replay_jobs_and_a_cancelled_one_leaves_the_rest_pending() {
+    let stub = SmtpStub::start(StubMode::Reject).await;
+    let mut env = support::smtp_env(stub.port);
+    env.push(("ADMIN_API_KEYS".into(), TOKEN.into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let d = Daemon::start(&env);
+    rejected_letters(&d, 4).await;
+    stub.set_mode(StubMode::Accept);
+    let (status, job) = replay(&d, json!({"canary": 1, "rate_per_second": 0.1})).await;
+    assert_eq!(status, 201, "{job}");
+    let id = job["id"].as_i64().unwrap();
+    let path = format!("/api/dlq/replays/{id}");
+    assert_eventually!(
+        admin_get(&d, &path).await["succeeded"] == 1,
+        "the canary goes through"
+    );
+    let (status, job) = admin_send(
+        &d,
+        reqwest::Method::POST,
+        &format!("{path}/cancel"),
+        &json!({"operator": "ivy", "reason": "enough for today"}),
+    )
+    .await;
+    assert_eq!(
+        (status, job["state"].as_str()),
+        (200, Some("cancelled")),
+        "{job}"
+    );
+    assert_eq!(job["stop_reason"], "cancelled by ivy: enough for today");
+    assert_eq!(dead_letters(&d, "status=pending").await.len(), 3);
+    let (status, _) = admin_send(
+        &d,
+        reqwest::Method::POST,
+        &format!("{path}/resume"),
+        &json!({"operator": "ivy"}),
+    )
+    .await;
+    assert_eq!(status, 409, "a cancelled job stays cancelled");
+
+    let (status, job) = replay(&d, json!({"rate_per_second": 100})).await;
+    assert_eq!(status, 201, "{job}");
+    let job = ended(&d, job["id"].as_i64().unwrap()).await;
+    assert_eq!(
+        (job["state"].as_str(), job["succeeded"].as_u64()),
+        (Some("done"), Some(3))
+    );
+    assert_eq!(stub.accepted().len(), 4);
+    let jobs = admin_get(&d, "/api/dlq/replays").await;
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letters_an_smtp_outage_caused_are_replayed_when_it_heals_and_nothing_else() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    // Dead letters from before the outage, transient and permanent: not the outage's.
+    let store = migrated_store(&db, 2).await;
+    store
+        .dead_letter(email_failure(
+            "older-transient",
+            ErrorClass::Transient,
+            "connection reset by peer",
+        ))
+        .await
+        .unwrap();
+    store
+        .dead_letter(email_failure(
+            "older-permanent",
+            ErrorClass::Permanent,
+            "550 5.1.1 <x@example.com>: no such user",
+        ))
+        .await
+        .unwrap();
+    // The server defers everything: the breaker opens, probes fail, and each email is
+    // dead-lettered once its two deliveries are spent.
+    let stub = SmtpStub::start(StubMode::Defer).await;
+    let d = daemon(
+        &db,
+        &nats,
+        stub.port,
+        &[
+            ("PRIMED_MAX_DELIVER", "2"),
+            ("PRIMED_RETRY_BACKOFF", "200ms"),
+            ("PRIMED_SMTP_BREAKER_THRESHOLD", "2"),
+            ("PRIMED_SMTP_BREAKER_COOLDOWN_SECONDS", "1"),
+        ],
+    );
+    let mut requests = Vec::new();
+    for (n, email) in [
+        ("3", "a@example.com"),
+        ("5", "b@example.com"),
+        ("7", "c@example.com"),
+    ] {
+        requests.push(submit(&d, n, email).await);
+    }
+    assert_eventually!(
+        dead_letters(&d, "q=mailbox busy&status=pending")
+            .await
+            .len()
+            == 3,
+        "the outage dead-letters the three emails"
+    );
+    assert!(stub.accepted().is_empty());
+
+    // Healed: the next email closes the breaker, and the outage's letters are replayed
+    // without an operator, canary first.
+    stub.set_mode(StubMode::Accept);
+    requests.push(submit(&d, "11", "d@example.com").await);
+    assert_eventually!(
+        admin_get(&d, "/api/dlq/replays").await["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["trigger"] == "smtp_healed" && j["state"] == "done"),
+        "a replay job started by the healing ends"
+    );
+    let jobs = admin_get(&d, "/api/dlq/replays").await;
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["operator"], "auto:smtp-healed", "{jobs}");
+    assert_eq!(
+        (job["total"].as_u64(), job["succeeded"].as_u64()),
+        (Some(3), Some(3)),
+        "{job}"
+    );
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "one job: {jobs}");
+    for id in &requests {
+        assert_eventually!(
+            db.count(&format!(
+                "SELECT COUNT(*) FROM sent_emails WHERE request_id = '{id}'"
+            )) == 1,
+            "{id} is emailed"
+        );
+    }
+    assert_eq!(stub.accepted().len(), 4, "each request emailed once");
+    // Nothing else was replayed.
+    assert_eq!(
+        db.count(
+            "SELECT COUNT(*) FROM dead_letter_messages WHERE original_message_id LIKE 'older-%' \
+             AND status = 'pending' AND reprocess_count = 0"
+        ),
+        2
+    );
+    let audit = admin_get(&d, "/api/dlq/audit?limit=100").await;
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "replay_start" && a["operator"] == "auto:smtp-healed"),
+        "{audit}"
+    );
+}

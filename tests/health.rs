@@ -52,6 +52,7 @@ async fn every_actor_of_every_daemon_heartbeats_into_its_own_row() {
 
     let actors = [
         "dlq",
+        "dlq-replayer",
         "email-worker-1",
         "email-worker-2",
         "heartbeat",
@@ -164,9 +165,9 @@ async fn the_embedded_mode_heartbeats_into_its_sqlite_file() {
         .await
         .unwrap()
     };
-    // heartbeat, metrics collector, rate-limit monitor, relay, dlq, retry timer, 2 + 2
-    // workers, http.
-    assert_eventually!(healthy().await == 11, "{} healthy rows", healthy().await);
+    // heartbeat, metrics collector, rate-limit monitor, relay, dlq, retry timer, replayer,
+    // 2 + 2 workers, http.
+    assert_eventually!(healthy().await == 12, "{} healthy rows", healthy().await);
     let first: i64 = sqlx::query_scalar(
         "SELECT last_heartbeat FROM worker_health_checks WHERE worker_name = 'solo/heartbeat'",
     )
@@ -187,7 +188,7 @@ async fn the_embedded_mode_heartbeats_into_its_sqlite_file() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(rows, 11);
+    assert_eq!(rows, 12);
 }
 
 async fn get(d: &Daemon, path: &str) -> (u16, Value) {

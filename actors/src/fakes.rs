@@ -385,6 +385,8 @@ pub(crate) struct MemoryWorkers {
     pub(crate) emailed: Mutex<HashSet<String>>,
     /// Dead letters written, in order.
     pub(crate) dead_letters: Mutex<Vec<NewDeadLetter>>,
+    /// Crashes per event id, with the last one's message.
+    pub(crate) crashes: Mutex<std::collections::HashMap<String, (u32, String)>>,
 }
 
 impl WorkerStore for MemoryWorkers {
@@ -427,6 +429,27 @@ impl WorkerStore for MemoryWorkers {
 
     fn resolve_dead_letter(&self, _dlq_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
         async { Ok(()) }.boxed()
+    }
+
+    fn record_crash<'a>(
+        &'a self,
+        event_id: &'a str,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<u32, StoreError>> {
+        let mut crashes = lock(&self.crashes);
+        let entry = crashes.entry(event_id.to_string()).or_default();
+        entry.0 += 1;
+        entry.1 = error.to_string();
+        let n = entry.0;
+        async move { Ok(n) }.boxed()
+    }
+
+    fn crashes<'a>(
+        &'a self,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(u32, String)>, StoreError>> {
+        let found = lock(&self.crashes).get(event_id).cloned();
+        async move { Ok(found) }.boxed()
     }
 }
 

@@ -35,11 +35,22 @@ pub struct PrimeCheckHandler {
     pub cpu: Arc<Semaphore>,
     /// Wakes the outbox relay after a result is stored.
     pub wake: Option<RelayWake>,
+    /// A test-only fault hook (`PRIMED_FAULT_PANIC_NUMBER`, refused unless
+    /// `PRIMED_FAULT_INJECTION=true`): a check of exactly this number panics, as a bug in
+    /// the handler would.
+    pub panic_on: Option<String>,
 }
 
 impl PrimeCheckHandler {
     async fn run(&self, message: &Message) -> Result<(), Failure> {
         let request: PrimeCheckRequested = decode(message)?;
+        if self.panic_on.as_deref() == Some(request.number.as_str()) {
+            // The fault hook: a crash the worker must survive and count.
+            std::panic::panic_any(format!(
+                "fault injection: PRIMED_FAULT_PANIC_NUMBER is {}",
+                request.number
+            ));
+        }
         // Big numbers are expensive: skip the work when this event was already done.
         if request.number.len() > 19
             && self
@@ -52,23 +63,28 @@ impl PrimeCheckHandler {
         }
         let limit = self.time_limit;
         let started = Instant::now();
-        let verdict =
-            if request.number.len() <= INLINE_DIGITS {
-                // A 64-bit test takes microseconds: a trip to the blocking pool would cost more.
-                primality::check(&request.number, Some(started + limit))
-            } else {
-                let permit =
-                    self.cpu.clone().acquire_owned().await.map_err(|_| {
-                        Failure::unavailable("the CPU pool is closed (shutting down)")
-                    })?;
-                let number = request.number.clone();
-                tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    primality::check(&number, Some(Instant::now() + limit))
-                })
+        let verdict = if request.number.len() <= INLINE_DIGITS {
+            // A 64-bit test takes microseconds: a trip to the blocking pool would cost more.
+            primality::check(&request.number, Some(started + limit))
+        } else {
+            let permit = self
+                .cpu
+                .clone()
+                .acquire_owned()
                 .await
-                .map_err(|e| Failure::transient(format!("the primality test crashed: {e}")))?
-            };
+                .map_err(|_| Failure::unavailable("the CPU pool is closed (shutting down)"))?;
+            let number = request.number.clone();
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                primality::check(&number, Some(Instant::now() + limit))
+            })
+            .await
+            .map_err(|e| match e.try_into_panic() {
+                // A panic in the test is the handler's crash: the worker counts it.
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => Failure::unavailable(format!("the primality test was cancelled: {e}")),
+            })?
+        };
         let duration = started.elapsed();
         let m = crate::metrics::pipeline();
         m.prime_check_duration
@@ -308,7 +324,7 @@ impl EmailHandler {
                     }])
                     .inc();
                 if err.class == crate::model::ErrorClass::Transient {
-                    if self.breaker.failure() {
+                    if self.breaker.failure(&err.message) {
                         tracing::warn!(error = %err.message, "SMTP circuit breaker opened");
                     }
                 } else {

@@ -21,6 +21,7 @@ pub mod model;
 pub mod outbox_relay;
 pub mod ports;
 pub mod primality;
+pub mod replay;
 pub mod retry;
 pub mod retry_timer;
 pub mod trace;
@@ -32,7 +33,7 @@ pub use liveness::{Instance, Liveness, WorkerHealthSink, WorkerStats};
 pub use outbox_relay::{OutboxRelay, RelayArgs, RelayMsg, RelayWake};
 pub use ports::{
     Broker, BrokerError, Claim, DlqStore, GaugeSource, HealthSink, HealthSinkError, HealthStore,
-    OutboxMarks, OutboxStore, OutgoingMessage, RequestStore, Settle, StoreError, StoreGauges,
-    WorkerHealth, WorkerStore,
+    OutboxMarks, OutboxStore, OutgoingMessage, ReplayControl, ReplayStore, RequestStore, Settle,
+    StoreError, StoreGauges, WorkerHealth, WorkerStore,
 };
 pub use retry::RetryPolicy;

@@ -32,6 +32,17 @@ pub struct PipelineMetrics {
     /// `dlq_rule_rounds_total`: rounds of the automatic reprocess rules (each timer tick
     /// that applied them, whether or not anything matched).
     pub dlq_rule_rounds: prometheus::IntCounter,
+    /// `worker_crashes_total{subject}`: handlings that crashed (a panic in the handler, or
+    /// the worker killed while holding the message), apart from handler errors.
+    pub worker_crashes: IntCounterVec,
+    /// `messages_quarantined_total{subject}`: messages dead-lettered as `poison` because
+    /// they crashed their workers too often.
+    pub messages_quarantined: IntCounterVec,
+    /// `dlq_replay_jobs_ended_total{state}`: replay jobs that ended `done`, `aborted` (by
+    /// themselves, too many failures) or `cancelled`.
+    pub replay_jobs_ended: IntCounterVec,
+    /// `dlq_replay_messages_total{outcome}`: letters replay jobs `sent` or `skipped`.
+    pub replay_messages: IntCounterVec,
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -85,6 +96,34 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
         "dlq_rule_rounds_total",
         "Rounds of the automatic DLQ reprocess rules",
     )?;
+    let worker_crashes = IntCounterVec::new(
+        Opts::new(
+            "worker_crashes_total",
+            "Handlings that crashed their worker (a panic, or the worker killed holding the message)",
+        ),
+        &["subject"],
+    )?;
+    let messages_quarantined = IntCounterVec::new(
+        Opts::new(
+            "messages_quarantined_total",
+            "Messages dead-lettered as poison after crashing their workers too often",
+        ),
+        &["subject"],
+    )?;
+    let replay_jobs_ended = IntCounterVec::new(
+        Opts::new(
+            "dlq_replay_jobs_ended_total",
+            "DLQ replay jobs ended, by how (done, aborted, cancelled)",
+        ),
+        &["state"],
+    )?;
+    let replay_messages = IntCounterVec::new(
+        Opts::new(
+            "dlq_replay_messages_total",
+            "Dead letters replay jobs sent or skipped",
+        ),
+        &["outcome"],
+    )?;
     let r = registry();
     r.register(Box::new(prime_check_requests.clone()))?;
     r.register(Box::new(prime_check_duration.clone()))?;
@@ -93,6 +132,10 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
     r.register(Box::new(email_unrecorded_window.clone()))?;
     r.register(Box::new(outbox_direct.clone()))?;
     r.register(Box::new(dlq_rule_rounds.clone()))?;
+    r.register(Box::new(worker_crashes.clone()))?;
+    r.register(Box::new(messages_quarantined.clone()))?;
+    r.register(Box::new(replay_jobs_ended.clone()))?;
+    r.register(Box::new(replay_messages.clone()))?;
     Ok(PipelineMetrics {
         prime_check_requests,
         prime_check_duration,
@@ -101,6 +144,10 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
         email_unrecorded_window,
         outbox_direct,
         dlq_rule_rounds,
+        worker_crashes,
+        messages_quarantined,
+        replay_jobs_ended,
+        replay_messages,
     })
 }
 

@@ -629,3 +629,162 @@ pub struct LetterHistory {
     /// The W3C trace context of its outbox event, while the event is retained.
     pub traceparent: Option<String>,
 }
+
+/// Which dead letters a replay job takes: the pending ones among `ids`, or matching every
+/// filter given.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplaySelection {
+    /// These dead letters (the filters are then ignored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<i64>,
+    /// Original subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Error type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<ErrorClass>,
+    /// Group (error fingerprint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Dead-lettered at or after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// Dead-lettered before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// How a replay job proceeds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ReplayPace {
+    /// Letters sent first, whose outcomes are awaited before anything else is sent.
+    pub canary: u32,
+    /// Each later step sends this many times the previous one (1 → 5 → 25 …).
+    pub ramp: u32,
+    /// At most this many letters a second.
+    pub rate_per_second: f64,
+    /// The job stops by itself when more than this share of the outcomes so far are
+    /// failures (once at least a canary's worth of outcomes is in).
+    pub max_failure_ratio: f64,
+}
+
+/// A replay job to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewReplay {
+    /// What to replay.
+    pub selection: ReplaySelection,
+    /// How.
+    pub pace: ReplayPace,
+    /// Also replay `poison` letters (quarantined or undecodable).
+    pub force: bool,
+    /// Who asks (an operator, or `auto:smtp-healed`).
+    pub operator: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// `operator` or `smtp_healed`.
+    pub trigger: String,
+}
+
+/// Where a replay job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayState {
+    /// Sending (or waiting for outcomes).
+    Running,
+    /// Paused by an operator.
+    Paused,
+    /// Every letter replayed and its outcome known.
+    Done,
+    /// Stopped by itself: too many failures.
+    Aborted,
+    /// Cancelled by an operator.
+    Cancelled,
+}
+
+impl ReplayState {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayState::Running => "running",
+            ReplayState::Paused => "paused",
+            ReplayState::Done => "done",
+            ReplayState::Aborted => "aborted",
+            ReplayState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" => Some(ReplayState::Running),
+            "paused" => Some(ReplayState::Paused),
+            "done" => Some(ReplayState::Done),
+            "aborted" => Some(ReplayState::Aborted),
+            "cancelled" => Some(ReplayState::Cancelled),
+            _ => None,
+        }
+    }
+
+    /// Whether the job has ended (done, aborted or cancelled).
+    pub fn ended(self) -> bool {
+        matches!(
+            self,
+            ReplayState::Done | ReplayState::Aborted | ReplayState::Cancelled
+        )
+    }
+}
+
+/// A job's letters by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReplayCounts {
+    /// Not sent yet.
+    pub queued: u64,
+    /// Sent, outcome not known yet.
+    pub in_flight: u64,
+    /// Went through.
+    pub succeeded: u64,
+    /// Dead-lettered again.
+    pub failed: u64,
+    /// No longer pending when their turn came (resolved or discarded meanwhile).
+    pub skipped: u64,
+}
+
+impl ReplayCounts {
+    /// Letters sent or skipped so far.
+    pub fn dispatched(&self) -> u64 {
+        self.in_flight + self.succeeded + self.failed + self.skipped
+    }
+}
+
+/// A replay job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReplayJob {
+    /// Its id.
+    pub id: i64,
+    /// Where it is.
+    pub state: ReplayState,
+    /// Who started it.
+    pub operator: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// `operator` or `smtp_healed`.
+    pub trigger: String,
+    /// What it replays.
+    pub selection: serde_json::Value,
+    /// How.
+    pub pace: ReplayPace,
+    /// Poison letters included.
+    pub force: bool,
+    /// Letters it took.
+    pub total: u64,
+    /// Its letters by state.
+    pub counts: ReplayCounts,
+    /// Why it stopped (aborted or cancelled).
+    pub stop_reason: Option<String>,
+    /// The daemon running it.
+    pub owner: Option<String>,
+    /// When it started.
+    pub created_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}

@@ -13,6 +13,10 @@
 //!   the NAK).
 //! - transient failure on the last delivery, permanent failure, poison: dead-lettered, then
 //!   terminated (no further delivery).
+//! - the handler panicked (a crash, counted per message apart from failures; so is a worker
+//!   killed while its handler held the message): NAK with the backoff; after
+//!   [`QUARANTINE_AFTER`] crashes the message is quarantined — a `poison` dead letter,
+//!   never delivered again until an operator replays it. The worker goes on serving.
 //! - the dependency is down (SMTP breaker open, database unreachable): the message is held,
 //!   its ack deadline extended with progress acks, and retried once the handler is ready
 //!   again, so an outage burns no deliveries and sends nothing to the DLQ. New pulls wait
@@ -23,9 +27,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -74,7 +78,7 @@ impl Failure {
         }
     }
 
-    /// The message cannot be decoded.
+    /// The message cannot be decoded (or it crashed its workers: quarantined).
     pub fn poison(message: impl Into<String>) -> Self {
         Self {
             class: ErrorClass::Poison,
@@ -353,32 +357,191 @@ fn message_span(message: &Message) -> tracing::Span {
     span
 }
 
-fn processed(subject: &str, outcome: &str) {
-    // Subjects are the pipeline's few fixed ones; anything else is one label value.
-    let subject = match subject {
+/// A subject as a metric label: the pipeline's few fixed ones; anything else is one value.
+fn label(subject: &str) -> &str {
+    match subject {
         "primecheck.requested" | "email.send" => subject,
         _ => "other",
-    };
+    }
+}
+
+fn processed(subject: &str, outcome: &str) {
     crate::metrics::pipeline()
         .messages_processed
-        .with_label_values(&[subject, outcome])
+        .with_label_values(&[label(subject), outcome])
         .inc();
 }
 
-/// Handles one delivery to its end; returns the attempt's log rows.
+/// Crashes after which a message is quarantined (a `poison` dead letter) instead of being
+/// delivered again.
+pub const QUARANTINE_AFTER: u32 = 2;
+
+/// Handles one delivery to its end; returns the attempt's log rows. A message that crashed
+/// its workers [`QUARANTINE_AFTER`] times is quarantined before it is handled again; a
+/// panic in the handler is caught and counted as a crash; if this future is dropped while
+/// the handler holds the message (the worker was killed), that is counted as a crash too.
 async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptLog> {
+    let message = delivery.message();
+    if message.delivery > 1 && !message.event_id.is_empty() {
+        match args.store.crashes(&message.event_id).await {
+            Ok(Some((crashes, last))) if crashes >= QUARANTINE_AFTER => {
+                let started = Instant::now();
+                quarantine(args, &*delivery, crashes, &last).await;
+                return vec![attempt_log(
+                    message,
+                    AttemptStatus::Failed,
+                    Some(&last),
+                    started.elapsed(),
+                )];
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(worker = %args.name, event_id = %message.event_id, error = %err, "could not read the message's crashes; handling it");
+            }
+        }
+    }
+    let mut guard = CrashGuard {
+        store: args.store.clone(),
+        event_id: message.event_id.clone(),
+        subject: message.subject.clone(),
+        shutdown: args.shutdown.clone(),
+        armed: false,
+    };
+    let logs = handle_delivery(args, &*delivery, &mut guard).await;
+    guard.armed = false;
+    logs
+}
+
+/// Counts a crash if dropped while armed: the worker was killed (or its task aborted)
+/// while the handler held the message. Not armed while a message is only held for a
+/// dependency that is down, nor once the daemon is shutting down.
+struct CrashGuard {
+    store: Arc<dyn WorkerStore>,
+    event_id: String,
+    subject: String,
+    shutdown: watch::Receiver<bool>,
+    armed: bool,
+}
+
+impl Drop for CrashGuard {
+    fn drop(&mut self) {
+        if !self.armed || self.event_id.is_empty() || *self.shutdown.borrow() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        crashed(&self.subject);
+        tracing::warn!(event_id = %self.event_id, subject = %self.subject, "a worker stopped while handling this message (killed?); counted as a crash");
+        let store = self.store.clone();
+        let event_id = std::mem::take(&mut self.event_id);
+        runtime.spawn(async move {
+            if let Err(err) = store
+                .record_crash(&event_id, "the worker was killed while handling it")
+                .await
+            {
+                tracing::warn!(event_id = %event_id, error = %err, "could not count the crash");
+            }
+        });
+    }
+}
+
+fn crashed(subject: &str) {
+    crate::metrics::pipeline()
+        .worker_crashes
+        .with_label_values(&[label(subject)])
+        .inc();
+}
+
+/// The text of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+fn attempt_log(
+    message: &Message,
+    status: AttemptStatus,
+    error: Option<&str>,
+    took: Duration,
+) -> AttemptLog {
+    AttemptLog {
+        message_id: message.event_id.clone(),
+        subject: message.subject.clone(),
+        status,
+        error: error.map(str::to_string),
+        processing_time: took,
+    }
+}
+
+/// The dead letter of `message` failing as `class` with `error`.
+fn dead_letter_of(
+    args: &WorkerArgs,
+    message: &Message,
+    class: ErrorClass,
+    error: String,
+) -> NewDeadLetter {
+    NewDeadLetter {
+        original_subject: message.subject.clone(),
+        original_message_id: (!message.event_id.is_empty()).then(|| message.event_id.clone()),
+        payload: message.payload.clone(),
+        error,
+        error_type: class,
+        retry_count: message.delivery,
+        original_created_at: message.published_at,
+        request_id: args.handler.request_id(message),
+        dlq_id: message.dlq_id,
+    }
+}
+
+/// Dead-letters a message that crashed its workers `crashes` times as `poison` (never
+/// delivered again until an operator replays it), or leaves it to a later delivery if
+/// that cannot be written.
+async fn quarantine(args: &WorkerArgs, delivery: &dyn Delivery, crashes: u32, last: &str) {
+    let message = delivery.message();
+    let error = format!("crashed the worker {crashes} times; the last time: {last}");
+    let letter = dead_letter_of(args, message, ErrorClass::Poison, error.clone());
+    match args.store.dead_letter(letter).await {
+        Ok(id) => {
+            tracing::error!(worker = %args.name, event_id = %message.event_id, dlq_id = ?id, crashes, error = %last, "message quarantined: it crashed its workers");
+            settle(&args.name, "term", delivery.term().await);
+            args.stats.failed();
+            processed(&message.subject, "quarantined");
+            crate::metrics::pipeline()
+                .messages_quarantined
+                .with_label_values(&[label(&message.subject)])
+                .inc();
+        }
+        Err(err) => {
+            tracing::warn!(worker = %args.name, event_id = %message.event_id, error = %err, "could not quarantine the message; it will be delivered again");
+            let delay = args.policy.delay(message.delivery);
+            settle(&args.name, "nak", delivery.nak(delay).await);
+        }
+    }
+}
+
+/// [`process`] without its crash bookkeeping.
+async fn handle_delivery(
+    args: &WorkerArgs,
+    delivery: &dyn Delivery,
+    guard: &mut CrashGuard,
+) -> Vec<AttemptLog> {
     let mut logs = Vec::new();
     let mut shutdown = args.shutdown.clone();
     loop {
         let started = Instant::now();
         let message = delivery.message();
+        guard.armed = true;
         let outcome = {
             // A long test (a big number) keeps its ack deadline fresh while it runs. The
             // progress ack runs beside the work, never instead of it: the work may hold a
             // pooled connection that the ack needs (the embedded queue shares the store's
             // pool), and a work future not polled while the ack waits for a connection
             // would hold it until the ack gave up.
-            let work = args.handler.handle(message);
+            let work = std::panic::AssertUnwindSafe(args.handler.handle(message)).catch_unwind();
             tokio::pin!(work);
             let mut ticker = tokio::time::interval(args.policy.progress_interval());
             ticker.tick().await;
@@ -402,13 +565,40 @@ async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptL
                 }
             }
         };
+        guard.armed = false;
         let took = started.elapsed();
-        let log = |status, error: Option<&str>| AttemptLog {
-            message_id: message.event_id.clone(),
-            subject: message.subject.clone(),
-            status,
-            error: error.map(str::to_string),
-            processing_time: took,
+        let log = |status, error: Option<&str>| attempt_log(message, status, error, took);
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                // A crash, not a handler error: counted apart, and after QUARANTINE_AFTER
+                // of them (or on the last delivery) the message is quarantined.
+                let what = format!("the handler panicked: {}", panic_text(panic.as_ref()));
+                crashed(&message.subject);
+                tracing::error!(worker = %args.name, event_id = %message.event_id, delivery = message.delivery, error = %what, "a handler crashed; the worker goes on");
+                let crashes = if message.event_id.is_empty() {
+                    QUARANTINE_AFTER
+                } else {
+                    match args.store.record_crash(&message.event_id, &what).await {
+                        Ok(n) => n,
+                        Err(err) => {
+                            tracing::warn!(worker = %args.name, event_id = %message.event_id, error = %err, "could not count the crash");
+                            1
+                        }
+                    }
+                };
+                if crashes >= QUARANTINE_AFTER || message.delivery >= args.policy.max_deliver {
+                    quarantine(args, delivery, crashes, &what).await;
+                    logs.push(log(AttemptStatus::Failed, Some(&what)));
+                } else {
+                    let delay = args.policy.delay(message.delivery);
+                    settle(&args.name, "nak", delivery.nak(delay).await);
+                    args.stats.retried();
+                    processed(&message.subject, "crashed");
+                    logs.push(log(AttemptStatus::Retry, Some(&what)));
+                }
+                return logs;
+            }
         };
         match outcome {
             Ok(()) => {
@@ -457,18 +647,7 @@ async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptL
                     logs.push(log(AttemptStatus::Retry, Some(&failure.message)));
                     return logs;
                 }
-                let letter = NewDeadLetter {
-                    original_subject: message.subject.clone(),
-                    original_message_id: (!message.event_id.is_empty())
-                        .then(|| message.event_id.clone()),
-                    payload: message.payload.clone(),
-                    error: failure.message.clone(),
-                    error_type: failure.class,
-                    retry_count: message.delivery,
-                    original_created_at: message.published_at,
-                    request_id: args.handler.request_id(message),
-                    dlq_id: message.dlq_id,
-                };
+                let letter = dead_letter_of(args, message, failure.class, failure.message.clone());
                 match args.store.dead_letter(letter).await {
                     Ok(id) => {
                         tracing::warn!(worker = %args.name, event_id = %message.event_id, dlq_id = ?id, class = failure.class.as_str(), error = %failure.message, "message dead-lettered");
@@ -621,6 +800,19 @@ mod tests {
         fn resolve_dead_letter(&self, _: i64) -> BoxFuture<'_, Result<(), crate::StoreError>> {
             never()
         }
+        fn record_crash<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<u32, crate::StoreError>> {
+            never()
+        }
+        fn crashes<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<(u32, String)>, crate::StoreError>> {
+            never()
+        }
     }
 
     struct NoSource;
@@ -765,6 +957,233 @@ mod tests {
         assert_eq!(
             (1..=4).map(|n| p.delay(n).as_secs()).collect::<Vec<_>>(),
             vec![1, 2, 2, 2]
+        );
+    }
+
+    /// Panics on a payload of `boom`, waits forever on `hang`, holds (its dependency is
+    /// down) on `held`; succeeds on anything else. Counts the handlings it started.
+    #[derive(Default)]
+    struct Crashy {
+        started: std::sync::atomic::AtomicU32,
+        running: tokio::sync::Notify,
+    }
+
+    impl Handler for Crashy {
+        fn handle<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), Failure>> {
+            async move {
+                self.started
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.running.notify_one();
+                match message.payload.as_slice() {
+                    b"boom" => panic!("boom: index out of range"),
+                    b"hang" => std::future::pending().await,
+                    b"held" => Err(Failure::unavailable("SMTP is down")),
+                    _ => Ok(()),
+                }
+            }
+            .boxed()
+        }
+
+        fn request_id(&self, _: &Message) -> Option<String> {
+            None
+        }
+    }
+
+    /// A delivery that records what the worker answered.
+    struct Answered {
+        message: Message,
+        answers: Arc<std::sync::Mutex<Vec<&'static str>>>,
+    }
+
+    impl Answered {
+        fn new(
+            event_id: &str,
+            payload: &[u8],
+            delivery: u32,
+        ) -> (Box<Self>, Arc<std::sync::Mutex<Vec<&'static str>>>) {
+            let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let message = Message {
+                event_id: event_id.into(),
+                subject: "primecheck.requested".into(),
+                payload: payload.to_vec(),
+                delivery,
+                stream_seq: 1,
+                published_at: Utc::now(),
+                request_id: None,
+                traceparent: None,
+                dlq_id: None,
+            };
+            (
+                Box::new(Self {
+                    message,
+                    answers: answers.clone(),
+                }),
+                answers,
+            )
+        }
+
+        fn answer(&self, what: &'static str) -> BoxFuture<'_, Result<(), BrokerError>> {
+            self.answers.lock().unwrap().push(what);
+            async { Ok(()) }.boxed()
+        }
+    }
+
+    impl Delivery for Answered {
+        fn message(&self) -> &Message {
+            &self.message
+        }
+        fn ack(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+            self.answer("ack")
+        }
+        fn nak(&self, _: Duration) -> BoxFuture<'_, Result<(), BrokerError>> {
+            self.answer("nak")
+        }
+        fn term(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+            self.answer("term")
+        }
+        fn progress(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+            async { Ok(()) }.boxed()
+        }
+    }
+
+    fn crash_args(
+        handler: Arc<Crashy>,
+        store: Arc<crate::fakes::MemoryWorkers>,
+        shutdown: watch::Receiver<bool>,
+    ) -> WorkerArgs {
+        WorkerArgs {
+            name: "w".into(),
+            source: Arc::new(NoSource),
+            handler,
+            store,
+            policy: ConsumerPolicy {
+                max_deliver: 5,
+                backoff: vec![Duration::from_millis(10)],
+                ack_wait: Duration::from_secs(30),
+                ack_backoff: vec![],
+            },
+            batch: 1,
+            expires: Duration::from_secs(1),
+            shutdown,
+            stats: Default::default(),
+            paused: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_crash_and_the_second_quarantines_the_message_while_others_go_on() {
+        let store = Arc::new(crate::fakes::MemoryWorkers::default());
+        let handler = Arc::new(Crashy::default());
+        let (_stop, shutdown) = watch::channel(false);
+        let args = crash_args(handler.clone(), store.clone(), shutdown);
+
+        let (first, answers) = Answered::new("poison-pill", b"boom", 1);
+        let logs = process(&args, first).await;
+        assert_eq!(*answers.lock().unwrap(), ["nak"], "retried after one crash");
+        assert_eq!(logs[0].status, AttemptStatus::Retry);
+        assert!(
+            logs[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("boom: index out of range")
+        );
+        assert!(store.dead_letters.lock().unwrap().is_empty());
+
+        // Another message is served by the same worker meanwhile.
+        let (other, answers) = Answered::new("fine", b"7", 1);
+        process(&args, other).await;
+        assert_eq!(*answers.lock().unwrap(), ["ack"]);
+
+        let (second, answers) = Answered::new("poison-pill", b"boom", 2);
+        let logs = process(&args, second).await;
+        assert_eq!(*answers.lock().unwrap(), ["term"], "never delivered again");
+        assert_eq!(logs[0].status, AttemptStatus::Failed);
+        let letters = store.dead_letters.lock().unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].error_type, ErrorClass::Poison);
+        assert!(
+            letters[0].error.starts_with("crashed the worker 2 times")
+                && letters[0].error.contains("boom: index out of range"),
+            "{}",
+            letters[0].error
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_that_crashed_its_workers_twice_is_quarantined_before_it_runs_again() {
+        let store = Arc::new(crate::fakes::MemoryWorkers::default());
+        for _ in 0..QUARANTINE_AFTER {
+            store
+                .record_crash("pill", "the worker was killed while handling it")
+                .await
+                .unwrap();
+        }
+        let handler = Arc::new(Crashy::default());
+        let (_stop, shutdown) = watch::channel(false);
+        let args = crash_args(handler.clone(), store.clone(), shutdown);
+        let (delivery, answers) = Answered::new("pill", b"7", 3);
+        process(&args, delivery).await;
+        assert_eq!(*answers.lock().unwrap(), ["term"]);
+        assert_eq!(
+            handler.started.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "not handled again"
+        );
+        let letters = store.dead_letters.lock().unwrap();
+        assert_eq!(letters[0].error_type, ErrorClass::Poison);
+        assert!(
+            letters[0].error.contains("killed while handling it"),
+            "{}",
+            letters[0].error
+        );
+    }
+
+    /// Bounded wait for the crash count of `event_id` (written by a task the guard spawns).
+    async fn crashes_of(store: &crate::fakes::MemoryWorkers, event_id: &str, want: u32) -> bool {
+        for _ in 0..1000 {
+            if store.crashes(event_id).await.unwrap().map(|c| c.0) == Some(want) {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_worker_killed_while_handling_a_message_counts_a_crash_but_not_while_holding_it() {
+        let store = Arc::new(crate::fakes::MemoryWorkers::default());
+        let handler = Arc::new(Crashy::default());
+        let (_stop, shutdown) = watch::channel(false);
+        let args = crash_args(handler.clone(), store.clone(), shutdown);
+
+        // Killed in the handler: its task is aborted, as a killed actor's is.
+        let running = {
+            let args = args.clone();
+            let (delivery, _) = Answered::new("stuck", b"hang", 1);
+            tokio::spawn(async move { process(&args, delivery).await })
+        };
+        handler.running.notified().await;
+        running.abort();
+        assert!(running.await.unwrap_err().is_cancelled());
+        assert!(crashes_of(&store, "stuck", 1).await, "the kill is counted");
+
+        // Killed while only holding the message for a dependency that is down: not its fault.
+        let before = handler.started.load(std::sync::atomic::Ordering::SeqCst);
+        let holding = {
+            let args = args.clone();
+            let (delivery, _) = Answered::new("waiting", b"held", 1);
+            tokio::spawn(async move { process(&args, delivery).await })
+        };
+        // Its second try means it has been held (and the handler left) once already.
+        while handler.started.load(std::sync::atomic::Ordering::SeqCst) < before + 2 {
+            handler.running.notified().await;
+        }
+        holding.abort();
+        let _ = holding.await;
+        assert!(
+            !crashes_of(&store, "waiting", 1).await,
+            "a held message is not counted"
         );
     }
 }

@@ -96,6 +96,21 @@ impl<S: WorkerStore> WorkerStore for Timed<S> {
     fn resolve_dead_letter(&self, dlq_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
         timed("resolve_dead_letter", self.0.resolve_dead_letter(dlq_id))
     }
+
+    fn record_crash<'a>(
+        &'a self,
+        event_id: &'a str,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<u32, StoreError>> {
+        timed("record_crash", self.0.record_crash(event_id, error))
+    }
+
+    fn crashes<'a>(
+        &'a self,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(u32, String)>, StoreError>> {
+        timed("crashes", self.0.crashes(event_id))
+    }
 }
 
 impl<S: DlqStore> DlqStore for Timed<S> {

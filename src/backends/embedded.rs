@@ -27,6 +27,7 @@ pub(super) async fn open(config: &Config) -> Result<Backends, BackendError> {
         outbox: timed,
         broker: Arc::new(queue),
         dlq: Some(workers.dlq.clone()),
+        replays: Some(Arc::new(store.shared())),
         workers: Some(workers),
         health: Arc::new(store.shared()),
         gauges: store,

@@ -86,6 +86,9 @@ pub struct Backends {
     pub workers: Option<WorkerBackends>,
     /// The dead-letter queue (for the DLQ API), when the store has one.
     pub dlq: Option<Arc<dyn DlqStore>>,
+    /// Safe replay jobs (the DLQ API starts them; the replayer runs them where workers
+    /// run), with the dead-letter queue.
+    pub replays: Option<Arc<dyn actors::ReplayStore>>,
     /// Where heartbeats write `worker_health_checks`.
     pub health: Arc<dyn actors::HealthStore>,
     /// What the metrics gauges read from the store.

@@ -34,6 +34,7 @@ pub(super) async fn open(
         outbox: timed,
         broker: broker.clone(),
         dlq: Some(workers.dlq.clone()),
+        replays: Some(Arc::new(store.shared())),
         workers: Some(workers),
         health: Arc::new(store.shared()),
         gauges: store.clone(),

@@ -76,6 +76,12 @@ pub const KEYS: &[Key] = &[
         "true enables POST /admin/actors/{name}/kill for chaos testing",
     ),
     key(
+        "PRIMED_FAULT_PANIC_NUMBER",
+        false,
+        None,
+        "test systems only (needs PRIMED_FAULT_INJECTION=true): a prime check of exactly this number panics its handler",
+    ),
+    key(
         "PRIMED_MAX_DIGITS",
         false,
         Some("1000"),
@@ -176,6 +182,18 @@ pub const KEYS: &[Key] = &[
         false,
         Some("16"),
         "messages a worker pulls and handles at once",
+    ),
+    key(
+        "PRIMED_DLQ_REPLAY_ON_HEAL",
+        false,
+        Some("true"),
+        "when the SMTP circuit breaker closes after an outage, replay (canary first) the transient email dead letters the outage caused",
+    ),
+    key(
+        "PRIMED_DLQ_REPLAY_ON_HEAL_RATE",
+        false,
+        Some("5"),
+        "letters a second that replay sends at most",
     ),
     key(
         "PRIMED_PRIME_TIMEOUT_MS",

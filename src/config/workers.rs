@@ -117,6 +117,13 @@ pub struct Workers {
     pub dlq_rules: Vec<DlqRule>,
     /// Rule interval.
     pub dlq_rule_interval: Duration,
+    /// Replay the dead letters an SMTP outage caused when the breaker closes again.
+    pub replay_on_heal: bool,
+    /// Letters a second such a replay sends at most.
+    pub replay_on_heal_rate: u32,
+    /// A test-only fault hook: a prime check of exactly this number panics its handler
+    /// (`PRIMED_FAULT_PANIC_NUMBER`; refused unless `PRIMED_FAULT_INJECTION=true`).
+    pub panic_number: Option<String>,
 }
 
 impl Workers {
@@ -207,6 +214,21 @@ impl Workers {
             breaker_cool_down: secs("PRIMED_SMTP_BREAKER_COOLDOWN_SECONDS")?,
             dlq_rules,
             dlq_rule_interval: secs("PRIMED_DLQ_RULE_INTERVAL_SECONDS")?,
+            replay_on_heal: raw.boolean("PRIMED_DLQ_REPLAY_ON_HEAL")?,
+            replay_on_heal_rate: raw.positive(
+                "PRIMED_DLQ_REPLAY_ON_HEAL_RATE",
+                "a whole number of letters a second, at least 1",
+            )?,
+            panic_number: match raw.get("PRIMED_FAULT_PANIC_NUMBER").map(str::trim) {
+                None | Some("") => None,
+                Some(_) if !raw.boolean("PRIMED_FAULT_INJECTION")? => {
+                    return Err(raw.invalid(
+                        "PRIMED_FAULT_PANIC_NUMBER",
+                        "unset unless PRIMED_FAULT_INJECTION=true (a fault hook for test systems)",
+                    ));
+                }
+                Some(n) => Some(n.to_string()),
+            },
         })
     }
 }

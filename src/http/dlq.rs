@@ -133,7 +133,7 @@ pub struct DlqListParams {
 }
 
 /// An id as a number or a string of digits (the seed sends strings).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum MessageId {
     /// A number.
@@ -301,7 +301,7 @@ fn dlq(state: &AppState) -> Result<&dyn DlqStore, ApiError> {
     })
 }
 
-fn store_error(err: StoreError) -> ApiError {
+pub(super) fn store_error(err: StoreError) -> ApiError {
     match err {
         StoreError::Unavailable(reason) => {
             tracing::warn!(error = %reason, "DLQ store unavailable");
@@ -323,11 +323,11 @@ fn store_error(err: StoreError) -> ApiError {
     }
 }
 
-fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+pub(super) fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
-fn ids(input: Vec<MessageId>) -> Result<Vec<i64>, ApiError> {
+pub(super) fn ids(input: Vec<MessageId>) -> Result<Vec<i64>, ApiError> {
     if input.is_empty() {
         return Err(bad(
             "invalid_ids",
@@ -626,7 +626,7 @@ pub async fn stats(
 }
 
 /// A group's fingerprint from a path or a query, or a clear 400.
-fn group_key(text: &str) -> Result<String, ApiError> {
+pub(super) fn group_key(text: &str) -> Result<String, ApiError> {
     if is_fingerprint(text) {
         Ok(text.to_string())
     } else {
@@ -639,7 +639,10 @@ fn group_key(text: &str) -> Result<String, ApiError> {
 
 /// The operator an action is recorded under: a logged-in operator's session name,
 /// whatever the body says, else the body's `operator`.
-fn acting(session: Option<axum::Extension<Operator>>, given: &str) -> Result<String, ApiError> {
+pub(super) fn acting(
+    session: Option<axum::Extension<Operator>>,
+    given: &str,
+) -> Result<String, ApiError> {
     match session {
         Some(s) => Ok(s.0.0.clone()),
         None => operator(given),

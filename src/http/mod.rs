@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod ratelimit;
+pub mod replay;
 pub mod server;
 pub mod session;
 pub mod ui;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub dependencies: Arc<Vec<health::Dependency>>,
     /// The dead-letter queue.
     pub dlq: Option<Arc<dyn DlqStore>>,
+    /// Safe replay jobs, with the DLQ.
+    pub replays: Option<Arc<dyn actors::ReplayStore>>,
     /// The rate limiter of the public API; none: unlimited.
     pub limiter: Option<Arc<RateLimiter>>,
     /// Operators logged in to the web pages.
@@ -99,6 +102,7 @@ impl AppState {
             max_digits: 1000,
             dependencies: Arc::new(Vec::new()),
             dlq: None,
+            replays: None,
             limiter: None,
             sessions: session::Sessions::default(),
             controls: Controls::default(),
@@ -167,6 +171,12 @@ impl AppState {
         self.requests = Some(store);
         self.relay_wake = wake;
         self.max_digits = max_digits;
+        self
+    }
+
+    /// Serves the replay jobs of the DLQ API from `store`.
+    pub fn with_replays(mut self, store: Arc<dyn actors::ReplayStore>) -> Self {
+        self.replays = Some(store);
         self
     }
 
@@ -239,6 +249,11 @@ fn documented(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(dlq::discard_group))
         .routes(routes!(dlq::audit))
         .routes(routes!(dlq::edit))
+        .routes(routes!(replay::start, replay::list))
+        .routes(routes!(replay::get_one))
+        .routes(routes!(replay::pause))
+        .routes(routes!(replay::resume))
+        .routes(routes!(replay::cancel))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,

@@ -1,6 +1,7 @@
 // The DLQ dashboard's groups and edit-and-replay in a real headless Chromium: the page opens
 // on the groups, shows a group's letters, previews an edit as a diff (and a refused one with
-// its reason), replays it and sees it resolve, then discards another group at once.
+// its reason), replays it and sees it resolve, replays the rest of the group as a safe replay
+// job (its progress bar filling), then discards another group at once.
 // Usage: node dlq_groups_edit.mjs <daemon url> <admin token> <screenshot dir>. Prints one
 // JSON line; exits non-zero on any failed expectation. Run by tests/browser.rs.
 import { finish, launch, recorder, watchProblems } from "./common.mjs";
@@ -77,12 +78,23 @@ try {
   for (let i = 0; i < 60 && !done; i++) done = await resolved();
   expect(done, "the edited letter resolves");
 
+  report.step = "replay a group";
+  // The last pending letter of the email group, replayed safely from its group's button.
+  await page.locator(`#groups tr[data-fingerprint="${emailGroup}"]`).getByRole("button", { name: /Replay/ }).click();
+  await page.locator("#group-outcome", { hasText: "Replay job" }).waitFor({ timeout: 5000 });
+  await page.waitForFunction(() => document.querySelector("#jobs li")?.dataset.state === "done", null, { timeout: 20000 });
+  const progress = await page.locator("#jobs li progress").first().evaluate((p) => p.value);
+  expect(progress === 1, `the progress bar is full: ${progress}`);
+  const summary = await page.locator("#jobs li .job-summary").first().textContent();
+  expect(summary.includes("done: 1/1 done — 1 ok"), `job summary: ${summary}`);
+  await page.screenshot({ path: `${shots}/dlq-replay-done.png`, fullPage: true });
+  await page.waitForFunction((fp) => !document.querySelector(`#groups tr[data-fingerprint="${fp}"]`), emailGroup, { timeout: 5000 });
+
   report.step = "discard a group";
   await page.locator(`#groups tr[data-fingerprint="${otherGroup}"]`).getByRole("button", { name: /Discard/ }).click();
-  await page.locator("#group-outcome", { hasText: "Discarded 1 letters" }).waitFor({ timeout: 5000 });
+  await page.locator("#group-outcome", { hasText: "Discarded 1 letter of the group" }).waitFor({ timeout: 5000 });
   expect(!(await page.locator(`#groups tr[data-fingerprint="${otherGroup}"]`).count()), "the group is gone");
-  const left = await page.locator(`#groups tr[data-fingerprint="${emailGroup}"] td`).first().textContent();
-  expect(left === "1", `one pending letter left in the email group: ${left}`);
+  expect(await page.locator("#groups-empty").isVisible(), "no pending dead letter is left");
   await page.screenshot({ path: `${shots}/dlq-group-discarded.png`, fullPage: true });
 
   // The refused edit's 422 is the one error response expected.

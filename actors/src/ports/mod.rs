@@ -3,7 +3,7 @@
 //!
 //! - [`store`]: requests and their outbox ([`RequestStore`], [`OutboxStore`] with its
 //!   [`Claim`]s, [`OutboxMarks`]), the workers' records ([`WorkerStore`]), dead letters
-//!   ([`DlqStore`]) and the gauges ([`GaugeSource`]).
+//!   ([`DlqStore`]), safe replay jobs ([`ReplayStore`]) and the gauges ([`GaugeSource`]).
 //! - [`broker`]: durable, deduplicated publishing ([`Broker`]).
 //! - [`source`]: where workers pull messages from ([`Source`], [`Delivery`]).
 //! - [`advisories`]: messages whose last delivery was never acknowledged ([`AdvisoryFeed`]).
@@ -25,6 +25,6 @@ pub use health::{HealthSink, HealthSinkError, HealthStore, WorkerHealth};
 pub use mail::{Email, MailError, Mailer, OnAccepted, SendJournal};
 pub use source::{Delivery, Message, Source};
 pub use store::{
-    Claim, DlqStore, GaugeSource, OutboxMarks, OutboxStore, RequestStore, Settle, StoreError,
-    StoreGauges, WorkerStore,
+    Claim, DlqStore, GaugeSource, OutboxMarks, OutboxStore, ReplayControl, ReplayStore,
+    RequestStore, Settle, StoreError, StoreGauges, WorkerStore,
 };

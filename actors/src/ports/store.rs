@@ -7,8 +7,9 @@ use futures::future::BoxFuture;
 
 use crate::model::{
     AttemptLog, AuditEntry, AuditQuery, CreateOutcome, DeadLetter, DlqActionResult, DlqGroup,
-    DlqQuery, DlqStats, GroupQuery, LetterEdit, ListQuery, NewDeadLetter, NewRequest, OutboxEvent,
-    PrimeRequest, PrimeResult, PublishFailure, Reprocess, SentEmail,
+    DlqQuery, DlqStats, GroupQuery, LetterEdit, ListQuery, NewDeadLetter, NewReplay, NewRequest,
+    OutboxEvent, PrimeRequest, PrimeResult, PublishFailure, ReplayCounts, ReplayJob,
+    ReplaySelection, ReplayState, Reprocess, SentEmail,
 };
 
 /// A store operation failed.
@@ -141,6 +142,21 @@ pub trait WorkerStore: Send + Sync + 'static {
 
     /// A reprocessed message succeeded: its dead letter is resolved.
     fn resolve_dead_letter(&self, dlq_id: i64) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// One more crash of a worker holding the message `event_id` (a panic in its handler,
+    /// or the worker killed while holding it), with what it said; the crashes it has caused
+    /// so far, this one included.
+    fn record_crash<'a>(
+        &'a self,
+        event_id: &'a str,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<u32, StoreError>>;
+
+    /// The crashes the message `event_id` has caused so far and the last one's message.
+    fn crashes<'a>(
+        &'a self,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(u32, String)>, StoreError>>;
 }
 
 /// The dead-letter queue, as its actor, the API and the rules see it.
@@ -211,6 +227,80 @@ pub trait DlqStore: Send + Sync + 'static {
         subjects: &'a [String],
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>>;
+}
+
+/// What an operator's pause, resume or cancel of a replay job did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplayControl {
+    /// No such job.
+    NotFound,
+    /// Not in a state that allows it (why).
+    Refused(String),
+    /// Done: the job as it is now.
+    Changed(Box<ReplayJob>),
+}
+
+/// Safe replay jobs: started and controlled by operators (or by the SMTP breaker's
+/// healing), run by the [`crate::replay::Replayer`] of the daemon that holds a job's lease.
+pub trait ReplayStore: Send + Sync + 'static {
+    /// Starts a job over the pending letters `job.selection` matches (snapshotted now), with
+    /// its audit entry.
+    fn start_replay(&self, job: NewReplay) -> BoxFuture<'_, Result<ReplayJob, StoreError>>;
+
+    /// How many pending letters `selection` matches, and the first `limit` ids (oldest
+    /// first): what a job would replay.
+    fn preview_replay(
+        &self,
+        selection: ReplaySelection,
+        force: bool,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<(u64, Vec<i64>), StoreError>>;
+
+    /// The newest jobs first.
+    fn replays(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ReplayJob>, StoreError>>;
+
+    /// One job.
+    fn replay(&self, id: i64) -> BoxFuture<'_, Result<Option<ReplayJob>, StoreError>>;
+
+    /// Pauses (`Paused`), resumes (`Running`) or cancels (`Cancelled`) a job, audited.
+    fn control_replay<'a>(
+        &'a self,
+        id: i64,
+        to: ReplayState,
+        operator: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<ReplayControl, StoreError>>;
+
+    /// The running jobs `owner` may run now (their lease free, lapsed or its own), their
+    /// leases taken or renewed for `lease`.
+    fn claim_replays<'a>(
+        &'a self,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<ReplayJob>, StoreError>>;
+
+    /// Records the outcomes of the job's letters in flight (resolved: succeeded; pending
+    /// again: failed; discarded: skipped) and counts its letters by state.
+    fn settle_replay(&self, id: i64) -> BoxFuture<'_, Result<ReplayCounts, StoreError>>;
+
+    /// Up to `n` of the job's queued letters, oldest first.
+    fn queued_replay(&self, id: i64, n: u32) -> BoxFuture<'_, Result<Vec<i64>, StoreError>>;
+
+    /// Replays one queued letter of `job` (a reprocess through the outbox, in one
+    /// transaction with the item's state); false when it was skipped (no longer pending).
+    fn send_replay<'a>(
+        &'a self,
+        job: &'a ReplayJob,
+        dlq_id: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Ends a running job (done, or aborted with its reason), audited.
+    fn end_replay<'a>(
+        &'a self,
+        id: i64,
+        state: ReplayState,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// What the metrics gauges read from the store.

@@ -323,6 +323,21 @@ impl WorkerStore for MysqlStore {
     fn resolve_dead_letter(&self, dlq_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
         async move { self.shared().resolve_dead_letter(dlq_id).await }.boxed()
     }
+
+    fn record_crash<'a>(
+        &'a self,
+        event_id: &'a str,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<u32, StoreError>> {
+        async move { self.shared().record_crash(event_id, error).await }.boxed()
+    }
+
+    fn crashes<'a>(
+        &'a self,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(u32, String)>, StoreError>> {
+        async move { self.shared().crashes(event_id).await }.boxed()
+    }
 }
 
 /// The outbox backlog and the age of the oldest due pending row (the relay's lag), by the

@@ -593,7 +593,7 @@ pub(crate) fn refuse_reprocess(letter: &DeadLetter, force: bool) -> Option<DlqAc
     (letter.error_type == ErrorClass::Poison).then(|| {
         refused(
             letter.id,
-            "it is poison (it cannot be decoded); use force to republish it anyway",
+            "it is poison (it cannot be decoded, or it crashed its workers); fix the cause, then use force to republish it",
         )
     })
 }

@@ -16,6 +16,7 @@
 
 pub(crate) mod dlq;
 pub(crate) mod records;
+pub(crate) mod replay;
 pub(crate) mod rows;
 mod store;
 

@@ -214,6 +214,41 @@ pub(crate) fn health(row: &impl Columns) -> Result<super::rows::HealthRow, Store
     ))
 }
 
+/// One more crash caused by the message `event_id`, with its message.
+pub(crate) fn crash(d: Dialect, event_id: &str, error: &str) -> Sql {
+    let mut q = Sql::new(
+        d,
+        "INSERT INTO message_crashes (event_id, crashes, last_error, updated_at) VALUES (",
+    );
+    q.bind(event_id)
+        .push(", 1, ")
+        .bind(error)
+        .push(", ")
+        .now()
+        .push(")");
+    q.push(match d {
+        Dialect::Mysql => {
+            " ON DUPLICATE KEY UPDATE crashes = crashes + 1, last_error = VALUES(last_error), \
+             updated_at = VALUES(updated_at)"
+        }
+        Dialect::Sqlite => {
+            " ON CONFLICT (event_id) DO UPDATE SET crashes = crashes + 1, \
+             last_error = excluded.last_error, updated_at = excluded.updated_at"
+        }
+    });
+    q
+}
+
+/// The crashes caused by the message `event_id`, as a row `crashes`, `last_error`.
+pub(crate) fn crashes(d: Dialect, event_id: &str) -> Sql {
+    let mut q = Sql::new(
+        d,
+        "SELECT crashes, last_error FROM message_crashes WHERE event_id = ",
+    );
+    q.bind(event_id);
+    q
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ pub(crate) enum Inserted<DB: sqlx::Database> {
 /// A SQL store's pool, seen through what both backends share. Cheap to clone.
 #[derive(Debug)]
 pub struct Shared<DB: sqlx::Database> {
-    pool: Pool<DB>,
+    pub(super) pool: Pool<DB>,
 }
 
 impl<DB: sqlx::Database> Clone for Shared<DB> {
@@ -59,7 +59,11 @@ where
 {
     const D: Dialect = DB::DIALECT;
 
-    async fn execute(&self, conn: &mut DB::Connection, q: &Sql) -> Result<Done, StoreError> {
+    pub(super) async fn execute(
+        &self,
+        conn: &mut DB::Connection,
+        q: &Sql,
+    ) -> Result<Done, StoreError> {
         let done = q.query::<DB>().execute(conn).await.map_err(DB::error)?;
         Ok(Done {
             rows: DB::rows_affected(&done),
@@ -67,7 +71,7 @@ where
         })
     }
 
-    async fn fetch_all(&self, q: &Sql) -> Result<Vec<DB::Row>, StoreError> {
+    pub(super) async fn fetch_all(&self, q: &Sql) -> Result<Vec<DB::Row>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(DB::error)?;
         q.query::<DB>()
             .fetch_all(&mut *conn)
@@ -75,12 +79,12 @@ where
             .map_err(DB::error)
     }
 
-    async fn run(&self, q: &Sql) -> Result<Done, StoreError> {
+    pub(super) async fn run(&self, q: &Sql) -> Result<Done, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(DB::error)?;
         self.execute(&mut conn, q).await
     }
 
-    async fn letters(&self, q: &Sql) -> Result<Vec<DeadLetter>, StoreError> {
+    pub(super) async fn letters(&self, q: &Sql) -> Result<Vec<DeadLetter>, StoreError> {
         self.fetch_all(q).await?.iter().map(dlq::letter).collect()
     }
 
@@ -201,8 +205,61 @@ where
         self.run(&dlq::resolve(Self::D, dlq_id)).await.map(drop)
     }
 
+    /// One more crash caused by the message `event_id`; how many so far.
+    pub(crate) async fn record_crash(
+        &self,
+        event_id: &str,
+        error: &str,
+    ) -> Result<u32, StoreError> {
+        let mut tx = DB::begin(&self.pool).await?;
+        self.execute(&mut tx, &records::crash(Self::D, event_id, error))
+            .await?;
+        let row = records::crashes(Self::D, event_id)
+            .query::<DB>()
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(DB::error)?;
+        tx.commit().await.map_err(DB::error)?;
+        match row {
+            Some(row) => row.count("crashes"),
+            None => Ok(1),
+        }
+    }
+
+    /// The crashes caused by the message `event_id` and the last one's message.
+    pub(crate) async fn crashes(
+        &self,
+        event_id: &str,
+    ) -> Result<Option<(u32, String)>, StoreError> {
+        let rows = self.fetch_all(&records::crashes(Self::D, event_id)).await?;
+        rows.first()
+            .map(|row| {
+                Ok((
+                    row.count("crashes")?,
+                    row.text("last_error")?.unwrap_or_default(),
+                ))
+            })
+            .transpose()
+    }
+
     async fn reprocess_one(&self, id: i64, r: &Reprocess) -> Result<DlqActionResult, StoreError> {
         let mut tx = DB::begin(&self.pool).await?;
+        let result = self.reprocess_in(&mut tx, id, r).await?;
+        if result.ok {
+            tx.commit().await.map_err(DB::error)?;
+        }
+        Ok(result)
+    }
+
+    /// The statements of a reprocess of `id` (with its audit entry), in the transaction
+    /// `tx`, which the caller commits when the result is ok.
+    pub(super) async fn reprocess_in(
+        &self,
+        tx: &mut DB::Connection,
+        id: i64,
+        r: &Reprocess,
+    ) -> Result<DlqActionResult, StoreError> {
+        let tx = &mut *tx;
         let row = dlq::by_id(Self::D, id, true)
             .query::<DB>()
             .fetch_optional(&mut *tx)
@@ -217,7 +274,7 @@ where
         }
         let event_id = uuid::Uuid::now_v7().to_string();
         for q in dlq::reprocess(Self::D, &letter, r, &event_id) {
-            self.execute(&mut tx, &q).await?;
+            self.execute(tx, &q).await?;
         }
         let audit = Audit {
             operator: &r.operator,
@@ -236,8 +293,7 @@ where
                 "force": r.force,
             }),
         };
-        self.execute(&mut tx, &dlq::audit(Self::D, &audit)).await?;
-        tx.commit().await.map_err(DB::error)?;
+        self.execute(tx, &dlq::audit(Self::D, &audit)).await?;
         Ok(dlq::reprocessed(id, event_id))
     }
 

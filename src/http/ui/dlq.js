@@ -60,6 +60,10 @@ async function loadStats() {
   bars($("by-hour"), [...hours.entries()].sort());
 }
 
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
 async function loadGroups() {
   const page = await api(`/api/dlq/groups?sort=${$("group-sort").value}`);
   const rows = $("groups");
@@ -76,6 +80,12 @@ async function loadGroups() {
       $("group-filter").value = g.fingerprint;
       loadList(false).then(() => $("list-title").scrollIntoView()).catch((err) => showError(err.message));
     });
+    const replay = document.createElement("button");
+    replay.type = "button";
+    replay.className = "small";
+    replay.textContent = "Replay group";
+    replay.setAttribute("aria-label", `Replay the ${g.count} letters of this group safely`);
+    replay.addEventListener("click", () => replayGroup(g));
     const discard = document.createElement("button");
     discard.type = "button";
     discard.className = "small danger";
@@ -83,7 +93,7 @@ async function loadGroups() {
     discard.setAttribute("aria-label", `Discard the ${g.count} letters of this group`);
     discard.addEventListener("click", () => discardGroup(g));
     const actions = document.createElement("td");
-    actions.append(show, " ", discard);
+    actions.append(show, " ", replay, " ", discard);
     const signature = text("td", g.signature, "error-text");
     signature.title = g.example_error;
     tr.append(text("td", String(g.count)), text("td", g.original_subject), text("td", g.error_type),
@@ -103,14 +113,88 @@ async function discardGroup(g) {
       body: JSON.stringify({ operator: primed.session.operator, reason }),
     });
     await refresh();
-    $("group-outcome").replaceChildren(text("p", `Discarded ${out.discarded} letters of the group.`));
+    $("group-outcome").replaceChildren(text("p", `Discarded ${plural(out.discarded, "letter")} of the group.`));
   } catch (err) {
     showError(`discard of the group failed: ${err.message}`);
   }
 }
 
+async function replayGroup(g) {
+  const reason = $("reason").value.trim() || null;
+  try {
+    const job = await api("/api/dlq/replays", {
+      method: "POST",
+      body: JSON.stringify({
+        fingerprint: g.fingerprint,
+        canary: Number($("replay-canary").value) || 5,
+        rate_per_second: Number($("replay-rate").value) || 10,
+        operator: primed.session.operator,
+        reason,
+      }),
+    });
+    $("group-outcome").replaceChildren(text("p", `Replay job ${job.id} started: ${plural(job.total, "letter")}.`));
+    await loadJobs();
+  } catch (err) {
+    showError(`replay of the group failed: ${err.message}`);
+  }
+}
+
+let jobsTimer = null;
+
+function jobItem(job) {
+  const li = document.createElement("li");
+  li.dataset.job = job.id;
+  li.dataset.state = job.state;
+  const bar = document.createElement("progress");
+  bar.max = 1;
+  bar.value = job.progress;
+  bar.setAttribute("aria-label", `Replay job ${job.id}: ${Math.round(job.progress * 100)} %`);
+  const eta = job.eta_seconds === null ? "" : `, about ${Math.ceil(job.eta_seconds)} s left`;
+  const summary = `#${job.id} ${job.state}: ${job.done}/${job.total} done — ${job.succeeded} ok, `
+    + `${job.failed} failed, ${job.skipped} skipped, ${job.in_flight} in flight, `
+    + `${job.rate.toFixed(1)}/s${eta}`;
+  li.append(text("span", summary, "job-summary"), bar);
+  if (job.stop_reason) li.append(text("p", job.stop_reason, job.state === "aborted" ? "error" : ""));
+  const controls = [];
+  if (job.state === "running") controls.push(["pause", "Pause"], ["cancel", "Cancel"]);
+  if (job.state === "paused") controls.push(["resume", "Resume"], ["cancel", "Cancel"]);
+  for (const [action, label] of controls) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = action === "cancel" ? "small danger" : "small";
+    b.textContent = label;
+    b.setAttribute("aria-label", `${label} replay job ${job.id}`);
+    b.addEventListener("click", async () => {
+      try {
+        await api(`/api/dlq/replays/${job.id}/${action}`, {
+          method: "POST",
+          body: JSON.stringify({ operator: primed.session.operator, reason: $("reason").value.trim() || null }),
+        });
+        await loadJobs();
+      } catch (err) {
+        showError(`${action} of replay job ${job.id} failed: ${err.message}`);
+      }
+    });
+    li.append(" ", b);
+  }
+  return li;
+}
+
+// Lists the recent jobs; while one runs, looks again every second (and refreshes the rest
+// when one ends).
+async function loadJobs() {
+  const page = await api("/api/dlq/replays?limit=10");
+  const before = [...$("jobs").children].filter((li) => li.dataset.state === "running").length;
+  $("jobs").replaceChildren(...page.jobs.map(jobItem));
+  $("jobs-empty").hidden = page.jobs.length > 0;
+  const running = page.jobs.filter((j) => j.state === "running").length;
+  if (running < before) await Promise.all([loadGroups(), loadList(false), loadStats()]);
+  clearTimeout(jobsTimer);
+  if (running > 0) jobsTimer = setTimeout(() => loadJobs().catch((err) => showError(err.message)), 1000);
+}
+
 function refresh() {
-  return Promise.all([loadGroups(), loadList(false), loadStats()]);
+  return Promise.all([loadGroups(), loadJobs(), loadList(false), loadStats()]);
 }
 
 function filters() {
@@ -193,7 +277,11 @@ async function showDetail(id) {
     const li = text("li", `${new Date(a.at).toLocaleString()} — ${a.operator}: ${a.action}`
       + `${a.reason ? ` (${a.reason})` : ""}`);
     if (a.action === "edit") {
-      li.append(text("code", ` ${JSON.stringify(a.detail.before)} → ${JSON.stringify(a.detail.after)}`));
+      const changed = Object.keys(a.detail.after || {})
+        .filter((k) => JSON.stringify(a.detail.before[k]) !== JSON.stringify(a.detail.after[k]));
+      for (const k of changed) {
+        li.append(text("code", ` ${k}: ${JSON.stringify(a.detail.before[k])} → ${JSON.stringify(a.detail.after[k])}`));
+      }
     }
     return li;
   }) : [text("li", "No operator action yet.")]));
