@@ -352,6 +352,8 @@ fn pipeline(
             broker: w.dlq_broker.clone(),
             advisories: w.advisories.clone(),
             interval: Duration::from_secs(1),
+            reconcile_every: workers.reconcile_every,
+            reconcile_after: workers.reconcile_after,
         },
         timer: TimerArgs {
             store: w.dlq.clone(),

@@ -7,12 +7,14 @@
 
 mod support;
 
+use std::time::Duration;
+
 use actors::WorkerStore;
 use actors::model::{ErrorClass, NewDeadLetter};
 use serde_json::{Value, json};
 use support::pipeline::{
     TOKEN, admin_get, admin_send, client, daemon, dead_letters, dlq_cli as cli, migrated_store,
-    request, submit,
+    pull_and_drop, request, submit,
 };
 use support::{Daemon, NatsServer, SmtpStub, StubMode, TestDb};
 
@@ -827,4 +829,93 @@ async fn the_dead_letters_an_smtp_outage_caused_are_replayed_when_it_heals_and_n
             .any(|a| a["action"] == "replay_start" && a["operator"] == "auto:smtp-healed"),
         "{audit}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_max_deliveries_advisory_was_lost_is_dead_lettered_by_the_reconciler() {
+    use primed::adapters::nats::{JetStreamBroker, JetStreamSettings};
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let mut settings = JetStreamSettings::new("PRIME");
+    settings.max_deliver = 2;
+    settings.backoff = vec![Duration::from_millis(500)];
+    let (broker, client) = JetStreamBroker::connect(&nats.url(), &settings)
+        .await
+        .unwrap();
+    broker.ensure_topology(&settings).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "lost-event");
+    let payload = json!({"request_id": "lost-request", "number": "7", "email": "x@example.com"});
+    js.publish_with_headers(
+        "primecheck.requested",
+        headers,
+        payload.to_string().into_bytes().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // No daemon runs: two workers die holding it; the next pull makes JetStream give up on
+    // it and publish its advisory, which is then lost.
+    assert_eq!(
+        pull_and_drop(&js, Duration::from_secs(5)).await.as_deref(),
+        Some("lost-event")
+    );
+    assert_eq!(
+        pull_and_drop(&js, Duration::from_secs(5)).await.as_deref(),
+        Some("lost-event")
+    );
+    assert_eventually!(
+        {
+            pull_and_drop(&js, Duration::from_millis(300)).await;
+            support::stream_messages(&nats.url(), "PRIME_ADVISORIES").await == 1
+        },
+        "JetStream gives up on the message"
+    );
+    js.get_stream("PRIME_ADVISORIES")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+
+    let stub = SmtpStub::start(StubMode::Accept).await;
+    let d = daemon(
+        &db,
+        &nats,
+        stub.port,
+        &[
+            ("PRIMED_MAX_DELIVER", "2"),
+            ("PRIMED_RETRY_BACKOFF", "500ms"),
+            ("PRIMED_DLQ_RECONCILE_INTERVAL_SECONDS", "1"),
+            ("PRIMED_DLQ_RECONCILE_AFTER_SECONDS", "1"),
+        ],
+    );
+    // Work that goes through meanwhile is left alone.
+    let fine = submit(&d, "97", "fine@example.com").await;
+    assert_eventually!(
+        dead_letters(&d, "").await.len() == 1,
+        "the reconciler dead-letters the message that fell through"
+    );
+    let letter = &dead_letters(&d, "").await[0];
+    assert_eq!(letter["original_message_id"], "lost-event");
+    assert_eq!(letter["error_type"], "transient");
+    assert_eq!(letter["payload"]["number"], "7");
+    assert!(
+        letter["error_message"]
+            .as_str()
+            .unwrap()
+            .starts_with("advisory missed: primecheck-worker stopped delivering it"),
+        "{letter}"
+    );
+    assert_eventually!(
+        request(&d, &fine).await["status"] == "done" && stub.accepted().len() == 1,
+        "the other request is checked and emailed"
+    );
+    assert_eq!(
+        support::sample(&support::scrape(&d).await, "dlq_reconciled_total"),
+        1.0
+    );
+    assert_eq!(dead_letters(&d, "").await.len(), 1, "nothing else");
 }

@@ -13,7 +13,7 @@ use support::{Daemon, MailDev, NatsServer, SmtpStub, StubMode, TestDb};
 
 use support::pipeline::{
     TOKEN, admin_get, admin_send, client, daemon, daemon_env, dead_letters, dlq_cli,
-    migrated_store, reprocess, request, submit,
+    migrated_store, pull_and_drop, reprocess, request, submit,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,29 +445,9 @@ fn prime_request_payload(request_id: &str, number: &str) -> bytes::Bytes {
 /// Pulls one message from the prime-check consumer and drops it without an ack: a worker
 /// that died mid-message.
 async fn pull_and_die(js: &async_nats::jetstream::Context) -> String {
-    use futures::StreamExt;
-    let consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream("PRIME")
+    pull_and_drop(js, Duration::from_secs(5))
         .await
-        .unwrap()
-        .get_consumer("primecheck-worker")
-        .await
-        .unwrap();
-    let mut batch = consumer
-        .batch()
-        .max_messages(1)
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await
-        .unwrap();
-    let message = batch.next().await.expect("a message").unwrap();
-    message
-        .headers
-        .as_ref()
-        .unwrap()
-        .get("Nats-Msg-Id")
-        .unwrap()
-        .to_string()
+        .expect("a message")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,16 @@
 //! gives up on a message first writes its `dead_letter_messages` row (with its
 //! `dlq_statistics` count) in the database; the stream copy follows from the row, like the
 //! outbox, so a crash between the two loses nothing.
+//!
+//! A max-deliveries advisory is fire-and-forget (nats-server #7148): one that never
+//! reached the capture stream leaves its message in the stream, neither done nor
+//! dead-lettered. So every `reconcile_every` the actor also compares what the consumers
+//! report — the messages past their acknowledgement floor, and how many they still wait
+//! on — with the store: when more messages are neither done nor dead-lettered than the
+//! consumer has in flight, the oldest of them (older than `reconcile_after`) fell through,
+//! and become dead letters `advisory missed …` ([`reconcile`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +43,10 @@ pub struct DlqArgs {
     pub advisories: Option<Arc<dyn AdvisoryFeed>>,
     /// Time between rounds.
     pub interval: Duration,
+    /// Time between reconciliations of the consumers' state with the store.
+    pub reconcile_every: Duration,
+    /// A message is taken for fallen through only when published at least this long ago.
+    pub reconcile_after: Duration,
 }
 
 /// Messages the DLQ actor handles.
@@ -47,6 +60,9 @@ pub enum DlqMsg {
 pub struct DlqState {
     args: DlqArgs,
     failing_since: Option<Instant>,
+    /// Per consumer, the stream sequence up to which every message is settled.
+    settled: HashMap<String, u64>,
+    last_reconcile: Option<Instant>,
 }
 
 impl Actor for Dlq {
@@ -63,6 +79,8 @@ impl Actor for Dlq {
         Ok(DlqState {
             args,
             failing_since: None,
+            settled: HashMap::new(),
+            last_reconcile: None,
         })
     }
 
@@ -73,10 +91,20 @@ impl Actor for Dlq {
         state: &mut DlqState,
     ) -> Result<(), ActorProcessingErr> {
         let streamed = stream_copies(&state.args).await;
-        let advised = match &state.args.advisories {
+        let mut advised = match &state.args.advisories {
             Some(feed) => advisories(&state.args, feed.as_ref()).await,
             None => Ok(0),
         };
+        let due = state
+            .last_reconcile
+            .is_none_or(|at| at.elapsed() >= state.args.reconcile_every);
+        if let (Some(feed), true, Ok(_)) = (&state.args.advisories, due, &advised) {
+            state.last_reconcile = Some(Instant::now());
+            let feed = feed.clone();
+            if let Err(err) = reconcile(&state.args, feed.as_ref(), &mut state.settled).await {
+                advised = Err(err);
+            }
+        }
         match (streamed, advised) {
             (Ok(_), Ok(_)) => {
                 if let Some(since) = state.failing_since.take() {
@@ -184,6 +212,92 @@ pub async fn advisories(args: &DlqArgs, feed: &dyn AdvisoryFeed) -> Result<usize
     Ok(stored)
 }
 
+/// Whether the message `letter` is about is settled: its effect happened (the ack was
+/// lost), or it has a dead letter already.
+async fn settled(args: &DlqArgs, letter: &crate::model::NewDeadLetter) -> Result<bool, String> {
+    let Some(id) = &letter.original_message_id else {
+        // Without an event id nothing can be matched: a poison message, dead-lettered by
+        // its worker.
+        return Ok(true);
+    };
+    let done = match letter.original_subject.as_str() {
+        SUBJECT_PRIMECHECK_REQUESTED => args.workers.processed(id, PRIMECHECK_CONSUMER).await,
+        SUBJECT_EMAIL_SEND => args.workers.email_sent(id).await,
+        _ => Ok(false),
+    }
+    .map_err(|e| e.to_string())?;
+    if done {
+        return Ok(true);
+    }
+    args.store
+        .has_dead_letter(id)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Compares the consumers' state with the store and dead-letters what fell through (see
+/// the module's documentation); returns how many. `settled` keeps, per consumer, the
+/// stream sequence up to which everything was found settled, so each round reads only
+/// what is new or still open.
+pub async fn reconcile(
+    args: &DlqArgs,
+    feed: &dyn AdvisoryFeed,
+    settled_upto: &mut HashMap<String, u64>,
+) -> Result<usize, String> {
+    let consumers = feed
+        .unsettled(settled_upto, 2000)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stored = 0;
+    for consumer in consumers {
+        // At or below the acknowledgement floor JetStream holds nothing any more: a
+        // message there that is neither done nor dead-lettered fell through. Above it, the
+        // consumer still waits on `in_flight` messages; any more that are open fell through
+        // too, but which ones is not told: the oldest are taken.
+        let mut fallen = Vec::new();
+        let mut above = Vec::new();
+        let mut prefix_settled = true;
+        for (seq, published, letter) in consumer.messages {
+            if settled(args, &letter).await? {
+                if prefix_settled {
+                    settled_upto.insert(consumer.consumer.clone(), seq);
+                }
+                continue;
+            }
+            prefix_settled = false;
+            if seq <= consumer.acked_upto {
+                fallen.push((seq, published, letter));
+            } else {
+                above.push((seq, published, letter));
+            }
+        }
+        let extra = above.len().saturating_sub(consumer.in_flight as usize);
+        fallen.extend(above.into_iter().take(extra));
+        let old_enough = chrono::Utc::now()
+            - chrono::Duration::from_std(args.reconcile_after).unwrap_or(chrono::Duration::MAX);
+        for (seq, published, mut letter) in fallen {
+            // Only past `reconcile_after`: the consumer's state and the store are read at
+            // different moments.
+            if published > old_enough {
+                continue;
+            }
+            letter.error = format!(
+                "advisory missed: {} stopped delivering it (stream sequence {seq}) without an acknowledgement, and its max-deliveries advisory never arrived",
+                consumer.consumer
+            );
+            let id = args
+                .workers
+                .dead_letter(letter)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::warn!(consumer = %consumer.consumer, stream_seq = seq, dlq_id = ?id, "reconciler: a message fell through without its max-deliveries advisory; dead-lettered");
+            crate::metrics::pipeline().dlq_reconciled.inc();
+            stored += 1;
+        }
+    }
+    Ok(stored)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -209,6 +323,8 @@ mod tests {
             broker: broker.clone(),
             advisories: None,
             interval: Duration::from_secs(1),
+            reconcile_every: Duration::from_secs(60),
+            reconcile_after: Duration::from_secs(600),
         }
     }
 
@@ -309,5 +425,97 @@ mod tests {
                 "every advisory is acknowledged once"
             );
         }
+    }
+
+    /// A feed whose consumer reports these messages, in flight count and floor.
+    struct Reported(u64, u64, Vec<(u64, chrono::DateTime<Utc>, NewDeadLetter)>);
+
+    impl AdvisoryFeed for Reported {
+        fn poll(
+            &self,
+            _: usize,
+            _: Duration,
+        ) -> futures::future::BoxFuture<'_, Result<Vec<Advisory>, crate::ports::BrokerError>>
+        {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn unsettled<'a>(
+            &'a self,
+            _: &'a HashMap<String, u64>,
+            _: usize,
+        ) -> futures::future::BoxFuture<
+            'a,
+            Result<Vec<crate::ports::Unsettled>, crate::ports::BrokerError>,
+        > {
+            let u = crate::ports::Unsettled {
+                consumer: "primecheck-worker".into(),
+                in_flight: self.0,
+                acked_upto: self.1,
+                messages: self.2.clone(),
+            };
+            Box::pin(async move { Ok(vec![u]) })
+        }
+    }
+
+    fn check(event_id: &str) -> NewDeadLetter {
+        NewDeadLetter {
+            original_subject: SUBJECT_PRIMECHECK_REQUESTED.into(),
+            original_message_id: Some(event_id.into()),
+            payload: b"{}".to_vec(),
+            error: String::new(),
+            error_type: ErrorClass::Transient,
+            retry_count: 3,
+            original_created_at: Utc::now(),
+            request_id: None,
+            dlq_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_reconciler_dead_letters_what_fell_through_and_nothing_done_or_in_flight() {
+        let dlq = Arc::new(MemoryDlq::default());
+        let workers = Arc::new(MemoryWorkers::default());
+        let broker = Arc::new(MemoryBroker::default());
+        let args = args(&dlq, &workers, &broker);
+        workers
+            .processed
+            .lock()
+            .unwrap()
+            .insert(("done".into(), PRIMECHECK_CONSUMER.into()));
+        let old = Utc::now() - chrono::Duration::hours(1);
+        let feed = Reported(
+            1,
+            3,
+            vec![
+                (1, old, check("done")),
+                // Below the floor, open: given up on.
+                (2, old, check("below-floor")),
+                // Given up on too, but too recent to judge.
+                (3, Utc::now(), check("young")),
+                // Above the floor, the consumer waits on one of two: the older is taken.
+                (4, old, check("above-older")),
+                (5, old, check("in-flight")),
+            ],
+        );
+        let mut settled = HashMap::new();
+        let n = reconcile(&args, &feed, &mut settled).await.unwrap();
+        assert_eq!(n, 2);
+        let letters = workers.dead_letters.lock().unwrap();
+        let ids: Vec<&str> = letters
+            .iter()
+            .map(|l| l.original_message_id.as_deref().unwrap())
+            .collect();
+        assert_eq!(ids, ["below-floor", "above-older"]);
+        assert!(
+            letters[0].error.starts_with("advisory missed"),
+            "{}",
+            letters[0].error
+        );
+        assert_eq!(
+            settled.get("primecheck-worker"),
+            Some(&1),
+            "settled up to the first open"
+        );
     }
 }

@@ -327,6 +327,14 @@ impl DlqStore for MemoryDlq {
         .boxed()
     }
 
+    fn has_dead_letter<'a>(&'a self, event_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let found = lock(&self.0)
+            .letters
+            .iter()
+            .any(|(l, _, _)| l.original_message_id.as_deref() == Some(event_id));
+        async move { Ok(found) }.boxed()
+    }
+
     fn groups(&self, _query: GroupQuery) -> BoxFuture<'_, Result<Vec<DlqGroup>, StoreError>> {
         async { Ok(Vec::new()) }.boxed()
     }
@@ -519,5 +527,13 @@ impl AdvisoryFeed for MemoryAdvisories {
         let n = queue.len().min(max);
         let batch: Vec<Advisory> = queue.drain(..n).collect();
         async { Ok(batch) }.boxed()
+    }
+
+    fn unsettled<'a>(
+        &'a self,
+        _settled: &'a std::collections::HashMap<String, u64>,
+        _max: usize,
+    ) -> BoxFuture<'a, Result<Vec<crate::ports::Unsettled>, BrokerError>> {
+        async { Ok(Vec::new()) }.boxed()
     }
 }

@@ -43,6 +43,9 @@ pub struct PipelineMetrics {
     pub replay_jobs_ended: IntCounterVec,
     /// `dlq_replay_messages_total{outcome}`: letters replay jobs `sent` or `skipped`.
     pub replay_messages: IntCounterVec,
+    /// `dlq_reconciled_total`: messages the reconciler dead-lettered because they fell
+    /// through without their max-deliveries advisory.
+    pub dlq_reconciled: prometheus::IntCounter,
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -124,6 +127,10 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
         ),
         &["outcome"],
     )?;
+    let dlq_reconciled = prometheus::IntCounter::new(
+        "dlq_reconciled_total",
+        "Messages dead-lettered by the reconciler (their max-deliveries advisory was missed)",
+    )?;
     let r = registry();
     r.register(Box::new(prime_check_requests.clone()))?;
     r.register(Box::new(prime_check_duration.clone()))?;
@@ -136,6 +143,7 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
     r.register(Box::new(messages_quarantined.clone()))?;
     r.register(Box::new(replay_jobs_ended.clone()))?;
     r.register(Box::new(replay_messages.clone()))?;
+    r.register(Box::new(dlq_reconciled.clone()))?;
     Ok(PipelineMetrics {
         prime_check_requests,
         prime_check_duration,
@@ -148,6 +156,7 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
         messages_quarantined,
         replay_jobs_ended,
         replay_messages,
+        dlq_reconciled,
     })
 }
 

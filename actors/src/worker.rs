@@ -401,10 +401,9 @@ async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptL
         }
     }
     let mut guard = CrashGuard {
-        store: args.store.clone(),
-        event_id: message.event_id.clone(),
-        subject: message.subject.clone(),
-        shutdown: args.shutdown.clone(),
+        store: &args.store,
+        message,
+        shutdown: &args.shutdown,
         armed: false,
     };
     let logs = handle_delivery(args, &*delivery, &mut guard).await;
@@ -415,26 +414,26 @@ async fn process(args: &WorkerArgs, delivery: Box<dyn Delivery>) -> Vec<AttemptL
 /// Counts a crash if dropped while armed: the worker was killed (or its task aborted)
 /// while the handler held the message. Not armed while a message is only held for a
 /// dependency that is down, nor once the daemon is shutting down.
-struct CrashGuard {
-    store: Arc<dyn WorkerStore>,
-    event_id: String,
-    subject: String,
-    shutdown: watch::Receiver<bool>,
+struct CrashGuard<'a> {
+    store: &'a Arc<dyn WorkerStore>,
+    message: &'a Message,
+    shutdown: &'a watch::Receiver<bool>,
     armed: bool,
 }
 
-impl Drop for CrashGuard {
+impl Drop for CrashGuard<'_> {
     fn drop(&mut self) {
-        if !self.armed || self.event_id.is_empty() || *self.shutdown.borrow() {
+        if !self.armed || self.message.event_id.is_empty() || *self.shutdown.borrow() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        crashed(&self.subject);
-        tracing::warn!(event_id = %self.event_id, subject = %self.subject, "a worker stopped while handling this message (killed?); counted as a crash");
+        let (event_id, subject) = (&self.message.event_id, &self.message.subject);
+        crashed(subject);
+        tracing::warn!(event_id = %event_id, subject = %subject, "a worker stopped while handling this message (killed?); counted as a crash");
         let store = self.store.clone();
-        let event_id = std::mem::take(&mut self.event_id);
+        let event_id = event_id.clone();
         runtime.spawn(async move {
             if let Err(err) = store
                 .record_crash(&event_id, "the worker was killed while handling it")
@@ -527,7 +526,7 @@ async fn quarantine(args: &WorkerArgs, delivery: &dyn Delivery, crashes: u32, la
 async fn handle_delivery(
     args: &WorkerArgs,
     delivery: &dyn Delivery,
-    guard: &mut CrashGuard,
+    guard: &mut CrashGuard<'_>,
 ) -> Vec<AttemptLog> {
     let mut logs = Vec::new();
     let mut shutdown = args.shutdown.clone();

@@ -160,6 +160,10 @@ impl<S: DlqStore> DlqStore for Timed<S> {
         timed("dlq_history", self.0.history(message_id))
     }
 
+    fn has_dead_letter<'a>(&'a self, event_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        timed("dlq_has_dead_letter", self.0.has_dead_letter(event_id))
+    }
+
     fn groups(&self, query: GroupQuery) -> BoxFuture<'_, Result<Vec<DlqGroup>, StoreError>> {
         timed("dlq_groups", self.0.groups(query))
     }

@@ -184,6 +184,18 @@ pub const KEYS: &[Key] = &[
         "messages a worker pulls and handles at once",
     ),
     key(
+        "PRIMED_DLQ_RECONCILE_INTERVAL_SECONDS",
+        false,
+        Some("60"),
+        "seconds between comparisons of the JetStream consumers' state with the DLQ (for messages whose max-deliveries advisory was lost)",
+    ),
+    key(
+        "PRIMED_DLQ_RECONCILE_AFTER_SECONDS",
+        false,
+        Some("600"),
+        "how long ago a message must have been published before the reconciler takes it for fallen through",
+    ),
+    key(
         "PRIMED_DLQ_REPLAY_ON_HEAL",
         false,
         Some("true"),

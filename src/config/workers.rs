@@ -117,6 +117,10 @@ pub struct Workers {
     pub dlq_rules: Vec<DlqRule>,
     /// Rule interval.
     pub dlq_rule_interval: Duration,
+    /// Time between reconciliations of the consumers' state with the DLQ.
+    pub reconcile_every: Duration,
+    /// How old a message must be before the reconciler takes it for fallen through.
+    pub reconcile_after: Duration,
     /// Replay the dead letters an SMTP outage caused when the breaker closes again.
     pub replay_on_heal: bool,
     /// Letters a second such a replay sends at most.
@@ -214,6 +218,8 @@ impl Workers {
             breaker_cool_down: secs("PRIMED_SMTP_BREAKER_COOLDOWN_SECONDS")?,
             dlq_rules,
             dlq_rule_interval: secs("PRIMED_DLQ_RULE_INTERVAL_SECONDS")?,
+            reconcile_every: secs("PRIMED_DLQ_RECONCILE_INTERVAL_SECONDS")?,
+            reconcile_after: secs("PRIMED_DLQ_RECONCILE_AFTER_SECONDS")?,
             replay_on_heal: raw.boolean("PRIMED_DLQ_REPLAY_ON_HEAL")?,
             replay_on_heal_rate: raw.positive(
                 "PRIMED_DLQ_REPLAY_ON_HEAL_RATE",

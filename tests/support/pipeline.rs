@@ -149,3 +149,33 @@ pub fn dlq_cli(d: &Daemon, args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Pulls one message from the prime-check consumer within `wait` and drops it without an
+/// ack (a worker that died holding it); its event id, or None when none came.
+pub async fn pull_and_drop(js: &async_nats::jetstream::Context, wait: Duration) -> Option<String> {
+    use futures::StreamExt;
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("PRIME")
+        .await
+        .unwrap()
+        .get_consumer("primecheck-worker")
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(wait)
+        .messages()
+        .await
+        .unwrap();
+    let message = batch.next().await?.unwrap();
+    Some(
+        message
+            .headers
+            .as_ref()
+            .unwrap()
+            .get("Nats-Msg-Id")
+            .unwrap()
+            .to_string(),
+    )
+}

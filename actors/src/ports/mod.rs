@@ -19,7 +19,7 @@ pub mod mail;
 pub mod source;
 pub mod store;
 
-pub use advisories::{Advisory, AdvisoryFeed};
+pub use advisories::{Advisory, AdvisoryFeed, Unsettled};
 pub use broker::{Broker, BrokerError, OutgoingMessage};
 pub use health::{HealthSink, HealthSinkError, HealthStore, WorkerHealth};
 pub use mail::{Email, MailError, Mailer, OnAccepted, SendJournal};

@@ -198,6 +198,9 @@ pub trait DlqStore: Send + Sync + 'static {
         message_id: &'a str,
     ) -> BoxFuture<'a, Result<crate::model::LetterHistory, StoreError>>;
 
+    /// Whether the message `event_id` has a dead letter (of any status).
+    fn has_dead_letter<'a>(&'a self, event_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
     /// Dead letters grouped by error fingerprint.
     fn groups(&self, query: GroupQuery) -> BoxFuture<'_, Result<Vec<DlqGroup>, StoreError>>;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actors::BrokerError;
 use actors::model::{ErrorClass, NewDeadLetter};
-use actors::ports::{Advisory, AdvisoryFeed, Delivery, Message, Source};
+use actors::ports::{Advisory, AdvisoryFeed, Delivery, Message, Source, Unsettled};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use chrono::Utc;
@@ -196,26 +196,14 @@ impl JetStreamAdvisories {
             adv.stream, adv.consumer, adv.stream_seq, adv.deliveries
         );
         let letter = match self.stream.get_raw_message(adv.stream_seq).await {
-            Ok(original) => Some(NewDeadLetter {
-                original_subject: original.subject.to_string(),
-                original_message_id: header(Some(&original.headers), "Nats-Msg-Id"),
-                payload: original.payload.to_vec(),
-                error: format!(
+            Ok(original) => Some(letter_of(
+                &original,
+                adv.deliveries,
+                format!(
                     "delivered {} times without an acknowledgement (the worker died, hung or ran past the ack wait)",
                     adv.deliveries
                 ),
-                error_type: ErrorClass::Transient,
-                retry_count: adv.deliveries,
-                original_created_at: original.time,
-                request_id: serde_json::from_slice::<serde_json::Value>(&original.payload)
-                    .ok()
-                    .and_then(|v| {
-                        v.get("request_id")
-                            .and_then(|r| r.as_str())
-                            .map(str::to_string)
-                    }),
-                dlq_id: header(Some(&original.headers), HEADER_DLQ_ID).and_then(|v| v.parse().ok()),
-            }),
+            )),
             Err(_) => None,
         };
         Advisory {
@@ -223,6 +211,75 @@ impl JetStreamAdvisories {
             summary,
             delivery,
         }
+    }
+}
+
+/// The dead letter of a stream message delivered `deliveries` times, failing with `error`.
+fn letter_of(
+    original: &jetstream::message::StreamMessage,
+    deliveries: u32,
+    error: String,
+) -> NewDeadLetter {
+    NewDeadLetter {
+        original_subject: original.subject.to_string(),
+        original_message_id: header(Some(&original.headers), "Nats-Msg-Id"),
+        payload: original.payload.to_vec(),
+        error,
+        error_type: ErrorClass::Transient,
+        retry_count: deliveries,
+        original_created_at: original.time,
+        request_id: serde_json::from_slice::<serde_json::Value>(&original.payload)
+            .ok()
+            .and_then(|v| {
+                v.get("request_id")
+                    .and_then(|r| r.as_str())
+                    .map(str::to_string)
+            }),
+        dlq_id: header(Some(&original.headers), HEADER_DLQ_ID).and_then(|v| v.parse().ok()),
+    }
+}
+
+impl JetStreamAdvisories {
+    /// One consumer's messages after `settled` (at most `max` below its acknowledgement
+    /// floor) up to the last it delivered, at most `max`.
+    async fn unsettled_of(
+        &self,
+        consumer: &str,
+        settled: u64,
+        max: usize,
+    ) -> Result<Unsettled, BrokerError> {
+        let info = self
+            .stream
+            .consumer_info(consumer)
+            .await
+            .map_err(|e| BrokerError(format!("consumer {consumer}: {e}")))?;
+        let floor = info.ack_floor.stream_sequence;
+        let from = settled.max(floor.saturating_sub(max as u64)) + 1;
+        let to = info
+            .delivered
+            .stream_sequence
+            .min(from.saturating_add(max as u64).saturating_sub(1));
+        let filter = info.config.filter_subject.clone();
+        let deliveries = u32::try_from(info.config.max_deliver.max(1)).unwrap_or(u32::MAX);
+        let mut messages = Vec::new();
+        for seq in from..=to {
+            // Gone (removed by the stream's limits): nothing left to dead-letter.
+            let Ok(original) = self.stream.get_raw_message(seq).await else {
+                continue;
+            };
+            if !filter.is_empty() && original.subject.as_str() != filter {
+                continue;
+            }
+            let time = original.time;
+            let letter = letter_of(&original, deliveries, String::new());
+            messages.push((seq, time, letter));
+        }
+        Ok(Unsettled {
+            consumer: consumer.to_string(),
+            in_flight: info.num_ack_pending as u64,
+            acked_upto: floor,
+            messages,
+        })
     }
 }
 
@@ -241,6 +298,22 @@ impl AdvisoryFeed for JetStreamAdvisories {
             let mut out = Vec::with_capacity(deliveries.len());
             for d in deliveries {
                 out.push(self.advisory(d).await);
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn unsettled<'a>(
+        &'a self,
+        settled: &'a std::collections::HashMap<String, u64>,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<Unsettled>, BrokerError>> {
+        async move {
+            let mut out = Vec::new();
+            for consumer in [super::CONSUMER_PRIMECHECK, super::CONSUMER_EMAIL] {
+                let after = settled.get(consumer).copied().unwrap_or(0);
+                out.push(self.unsettled_of(consumer, after, max).await?);
             }
             Ok(out)
         }

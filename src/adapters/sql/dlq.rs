@@ -371,6 +371,16 @@ pub(crate) fn streamed(d: Dialect, id: i64, version: u32) -> Sql {
     q
 }
 
+/// A dead letter of the message `event_id`, of any status (rows `id`).
+pub(crate) fn of_message(d: Dialect, event_id: &str) -> Sql {
+    let mut q = Sql::new(
+        d,
+        "SELECT id FROM dead_letter_messages WHERE original_message_id = ",
+    );
+    q.bind(event_id).push(" LIMIT 1");
+    q
+}
+
 /// Dead letters written before fingerprints, to be given theirs.
 pub(crate) fn unfingerprinted(d: Dialect, limit: u32) -> Sql {
     let mut q = select(d);

@@ -523,6 +523,14 @@ where
         .boxed()
     }
 
+    fn has_dead_letter<'a>(&'a self, event_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let rows = self.fetch_all(&dlq::of_message(Self::D, event_id)).await?;
+            Ok(!rows.is_empty())
+        }
+        .boxed()
+    }
+
     fn groups(&self, query: GroupQuery) -> BoxFuture<'_, Result<Vec<DlqGroup>, StoreError>> {
         async move {
             self.backfill_fingerprints().await?;

@@ -360,4 +360,14 @@ impl AdvisoryFeed for EmbeddedAdvisories {
         }
         .boxed()
     }
+
+    /// Nothing to reconcile: the embedded advisories are read from the queue table itself
+    /// (messages past their delivery budget), so none can be missed.
+    fn unsettled<'a>(
+        &'a self,
+        _settled: &'a std::collections::HashMap<String, u64>,
+        _max: usize,
+    ) -> BoxFuture<'a, Result<Vec<actors::ports::Unsettled>, BrokerError>> {
+        async { Ok(Vec::new()) }.boxed()
+    }
 }
