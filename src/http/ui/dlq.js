@@ -150,6 +150,8 @@ function jobItem(job) {
   bar.value = job.progress;
   bar.setAttribute("aria-label", `Replay job ${job.id}: ${Math.round(job.progress * 100)} %`);
   const eta = job.eta_seconds === null ? "" : `, about ${Math.ceil(job.eta_seconds)} s left`;
+  const by = job.trigger === "smtp_healed" ? "started when SMTP healed" : `by ${job.operator}`;
+  li.append(text("small", `#${job.id} ${by}${job.reason ? ` (${job.reason})` : ""}`, "help"), document.createElement("br"));
   const summary = `#${job.id} ${job.state}: ${job.done}/${job.total} done — ${job.succeeded} ok, `
     + `${job.failed} failed, ${job.skipped} skipped, ${job.in_flight} in flight, `
     + `${job.rate.toFixed(1)}/s${eta}`;
