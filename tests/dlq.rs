@@ -1,6 +1,8 @@
 //! The DLQ's operator tools end to end (issue 20): error fingerprints and groups, group
-//! discard, edit and retry, and the audit trail — over the API and the `primed dlq` CLI,
-//! against MariaDB, NATS and a scripted SMTP server, and in embedded mode.
+//! discard, edit and retry, the audit trail, safe replay jobs (canary, ramp, auto-abort,
+//! restart, pause/resume/cancel), replay when the SMTP breaker heals, crash-loop quarantine
+//! and the reconciler for lost max-deliveries advisories — over the API and the `primed dlq`
+//! CLI, against MariaDB, NATS and a scripted SMTP server, and in embedded mode.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -918,4 +920,41 @@ async fn a_message_whose_max_deliveries_advisory_was_lost_is_dead_lettered_by_th
         1.0
     );
     assert_eq!(dead_letters(&d, "").await.len(), 1, "nothing else");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_daemon_replays_an_smtp_outages_dead_letters_when_it_heals_too() {
+    let stub = SmtpStub::start(StubMode::Defer).await;
+    let mut env = support::smtp_env(stub.port);
+    env.extend([
+        ("ADMIN_API_KEYS".to_string(), TOKEN.to_string()),
+        ("PRIMED_MAX_DELIVER".into(), "2".into()),
+        ("PRIMED_RETRY_BACKOFF".into(), "200ms".into()),
+        ("PRIMED_SMTP_BREAKER_THRESHOLD".into(), "2".into()),
+        ("PRIMED_SMTP_BREAKER_COOLDOWN_SECONDS".into(), "1".into()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let d = Daemon::start(&env);
+    for (n, email) in [("3", "a@example.com"), ("5", "b@example.com")] {
+        submit(&d, n, email).await;
+    }
+    assert_eventually!(
+        dead_letters(&d, "q=mailbox busy&status=pending")
+            .await
+            .len()
+            == 2,
+        "the outage dead-letters both emails"
+    );
+    stub.set_mode(StubMode::Accept);
+    submit(&d, "7", "c@example.com").await;
+    assert_eventually!(
+        admin_get(&d, "/api/dlq/replays").await["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["trigger"] == "smtp_healed" && j["state"] == "done" && j["succeeded"] == 2),
+        "the healing replays both"
+    );
+    assert_eventually!(stub.accepted().len() == 3, "each request emailed once");
+    assert!(dead_letters(&d, "status=pending").await.is_empty());
 }
