@@ -958,3 +958,43 @@ async fn the_embedded_daemon_replays_an_smtp_outages_dead_letters_when_it_heals_
     assert_eventually!(stub.accepted().len() == 3, "each request emailed once");
     assert!(dead_letters(&d, "status=pending").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_daemons_sharing_a_database_one_runs_a_replay_job() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Reject).await;
+    let a = daemon(&db, &nats, stub.port, &[("PRIMED_INSTANCE", "node-a")]);
+    let b = daemon(&db, &nats, stub.port, &[("PRIMED_INSTANCE", "node-b")]);
+    rejected_letters(&a, 5).await;
+    stub.set_mode(StubMode::Accept);
+    let (status, job) = replay(&a, json!({"canary": 1, "ramp": 2, "rate_per_second": 2})).await;
+    assert_eq!(status, 201, "{job}");
+    let path = format!("/api/dlq/replays/{}", job["id"]);
+    // Both daemons' replayers look at the job four times a second; the one holding the
+    // lease renews it, the other leaves the job alone, so its owner never changes.
+    let mut owners = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + support::WAIT;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the job ends in time");
+        let job = admin_get(&b, &path).await;
+        if let Some(owner) = job["owner"].as_str() {
+            owners.insert(owner.to_string());
+        }
+        if job["state"] == "done" {
+            assert_eq!(job["succeeded"], 5, "{job}");
+            break;
+        }
+        assert!(
+            ["running", "done"].contains(&job["state"].as_str().unwrap()),
+            "{job}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(owners.len(), 1, "one daemon ran it: {owners:?}");
+    assert_eq!(
+        db.count("SELECT MAX(reprocess_count) FROM dead_letter_messages"),
+        1
+    );
+    assert_eq!(stub.accepted().len(), 5);
+}
