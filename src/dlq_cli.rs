@@ -308,6 +308,16 @@ impl Client {
         self.send(self.http.get(format!("{}{path}", self.base)).query(query))
             .await
     }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, DlqCliError> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    async fn delete(&self, path: &str, body: &Value) -> Result<Value, DlqCliError> {
+        self.send(self.http.delete(format!("{}{path}", self.base)).json(body))
+            .await
+    }
 }
 
 fn token(args: &DlqArgs, config: &Config) -> Result<String, DlqCliError> {
@@ -530,17 +540,15 @@ pub async fn run(args: DlqArgs, config: &Config) -> Result<(), DlqCliError> {
             reason,
         } => {
             let body = client
-                .send(
-                    client
-                        .http
-                        .post(format!("{}/api/dlq/replays", client.base))
-                        .json(&json!({
+                .post(
+                    "/api/dlq/replays",
+                    &json!({
                             "ids": ids, "subject": subject, "error_type": error_type,
                             "fingerprint": group, "since": since, "until": until,
                             "canary": canary, "ramp": ramp, "rate_per_second": rate,
                             "max_failure_ratio": max_failure_ratio, "force": force,
                             "dry_run": dry_run, "operator": operator(who), "reason": reason,
-                        })),
+                    }),
                 )
                 .await?;
             if *dry_run {
@@ -598,11 +606,9 @@ pub async fn run(args: DlqArgs, config: &Config) -> Result<(), DlqCliError> {
             let body = match action {
                 Some(what) => {
                     client
-                        .send(
-                            client
-                                .http
-                                .post(format!("{}/api/dlq/replays/{id}/{what}", client.base))
-                                .json(&json!({"operator": operator(who), "reason": reason})),
+                        .post(
+                            &format!("/api/dlq/replays/{id}/{what}"),
+                            &json!({"operator": operator(who), "reason": reason}),
                         )
                         .await?
                 }
@@ -662,12 +668,10 @@ pub async fn run(args: DlqArgs, config: &Config) -> Result<(), DlqCliError> {
                 fields.insert(field.trim().to_string(), Value::String(value.to_string()));
             }
             let body = client
-                .send(
-                    client
-                        .http
-                        .post(format!("{}/api/dlq/messages/{id}/edit", client.base))
-                        .json(&json!({"set": fields, "dry_run": dry_run,
-                                      "operator": operator(who), "reason": reason})),
+                .post(
+                    &format!("/api/dlq/messages/{id}/edit"),
+                    &json!({"set": fields, "dry_run": dry_run,
+                            "operator": operator(who), "reason": reason}),
                 )
                 .await?;
             if args.json {
@@ -698,11 +702,9 @@ pub async fn run(args: DlqArgs, config: &Config) -> Result<(), DlqCliError> {
             ..
         } => {
             let body = client
-                .send(
-                    client
-                        .http
-                        .post(format!("{}/api/dlq/groups/{group}/discard", client.base))
-                        .json(&json!({"operator": operator(who), "reason": reason})),
+                .post(
+                    &format!("/api/dlq/groups/{group}/discard"),
+                    &json!({"operator": operator(who), "reason": reason}),
                 )
                 .await?;
             println!("discarded {} of group {group}", body["discarded"]);
@@ -714,11 +716,9 @@ pub async fn run(args: DlqArgs, config: &Config) -> Result<(), DlqCliError> {
             reason,
         } => {
             let body = client
-                .send(
-                    client
-                        .http
-                        .delete(format!("{}/api/dlq/discard", client.base))
-                        .json(&json!({"message_ids": ids, "operator": operator(who), "reason": reason})),
+                .delete(
+                    "/api/dlq/discard",
+                    &json!({"message_ids": ids, "operator": operator(who), "reason": reason}),
                 )
                 .await?;
             let (ok, failed) = summary_line("not discarded", &body);
@@ -752,10 +752,11 @@ pub async fn run(args: DlqArgs, config: &Config) -> Result<(), DlqCliError> {
             let (mut done, mut refused) = (0u64, 0u64);
             for chunk in ids.chunks(*batch) {
                 let body = client
-                    .send(client.http.post(format!("{}/api/dlq/reprocess", client.base)).json(
+                    .post(
+                        "/api/dlq/reprocess",
                         &json!({"message_ids": chunk, "override_delay": delay, "force": force,
                                 "operator": operator(who), "reason": reason}),
-                    ))
+                    )
                     .await?;
                 let (ok, failed) = summary_line("not reprocessed", &body);
                 done += ok;

@@ -396,15 +396,7 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(p): ApiQuery<DlqListParams>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
-    let error_type = match p.error_type.as_deref() {
-        None | Some("") => None,
-        Some(t) => Some(ErrorClass::parse(t).ok_or_else(|| {
-            bad(
-                "invalid_error_type",
-                "error_type must be transient, permanent or poison",
-            )
-        })?),
-    };
+    let error_type = error_class(p.error_type.as_deref())?;
     let status = match p.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(DlqStatus::parse(s).ok_or_else(|| {
@@ -414,23 +406,8 @@ pub async fn list(
             )
         })?),
     };
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(bad("invalid_limit", "limit must be between 1 and 500"));
-    }
-    let before_id = match p.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(c.parse::<i64>().map_err(|_| {
-            bad(
-                "invalid_cursor",
-                "cursor must be the next_cursor of a previous page",
-            )
-        })?),
-    };
-    let fingerprint = match p.fingerprint.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(f) => Some(group_key(f)?),
-    };
+    let (limit, before_id) = page(p.limit, p.cursor.as_deref())?;
+    let fingerprint = optional_group(p.fingerprint.as_deref())?;
     let items = dlq(&state)?
         .list(DlqQuery {
             subject: p.subject.filter(|s| !s.is_empty()),
@@ -623,6 +600,46 @@ pub async fn stats(
     let since = Utc::now() - chrono::Duration::hours(i64::from(hours));
     let stats = dlq(&state)?.stats(since).await.map_err(store_error)?;
     Ok(Json(stats.into()))
+}
+
+/// An optional `error_type` filter, or a clear 400.
+pub(super) fn error_class(text: Option<&str>) -> Result<Option<ErrorClass>, ApiError> {
+    match text.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => ErrorClass::parse(t).map(Some).ok_or_else(|| {
+            bad(
+                "invalid_error_type",
+                "error_type must be transient, permanent or poison",
+            )
+        }),
+    }
+}
+
+/// A page's size (default 50, 1 to 500) and the id its cursor says to start below, or a
+/// clear 400.
+fn page(limit: Option<u32>, cursor: Option<&str>) -> Result<(u32, Option<i64>), ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(bad("invalid_limit", "limit must be between 1 and 500"));
+    }
+    let before_id = match cursor {
+        None | Some("") => None,
+        Some(c) => Some(c.parse::<i64>().map_err(|_| {
+            bad(
+                "invalid_cursor",
+                "cursor must be the next_cursor of a previous page",
+            )
+        })?),
+    };
+    Ok((limit, before_id))
+}
+
+/// An optional group filter, or a clear 400.
+pub(super) fn optional_group(text: Option<&str>) -> Result<Option<String>, ApiError> {
+    match text.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(f) => group_key(f).map(Some),
+    }
 }
 
 /// A group's fingerprint from a path or a query, or a clear 400.
@@ -877,19 +894,7 @@ pub async fn audit(
     State(state): State<AppState>,
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> Result<Json<AuditList>, ApiError> {
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(bad("invalid_limit", "limit must be between 1 and 500"));
-    }
-    let before_id = match p.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(c.parse::<i64>().map_err(|_| {
-            bad(
-                "invalid_cursor",
-                "cursor must be the next_cursor of a previous page",
-            )
-        })?),
-    };
+    let (limit, before_id) = page(p.limit, p.cursor.as_deref())?;
     let items = dlq(&state)?
         .audit(AuditQuery {
             dlq_id: p.dlq_id,

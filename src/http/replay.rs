@@ -2,7 +2,7 @@
 //! (or see what it would take, `dry_run`), follow its progress, pause, resume or cancel it.
 //! The [`actors::replay::Replayer`] of the daemon holding a job's lease runs it.
 
-use actors::model::{ErrorClass, NewReplay, ReplayJob, ReplayPace, ReplaySelection, ReplayState};
+use actors::model::{NewReplay, ReplayJob, ReplayPace, ReplaySelection, ReplayState};
 use actors::{ReplayControl, ReplayStore};
 use axum::Json;
 use axum::extract::State;
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::dlq::{MessageId, acting, bad, group_key, ids, store_error};
+use super::dlq::{MessageId, acting, bad, error_class, ids, optional_group, store_error};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::session::Operator;
@@ -248,19 +248,8 @@ fn selection(body: &ReplayBody) -> Result<ReplaySelection, ApiError> {
     } else {
         ids(body.ids.clone())?
     };
-    let error_type = match body.error_type.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(t) => Some(ErrorClass::parse(t).ok_or_else(|| {
-            bad(
-                "invalid_error_type",
-                "error_type must be transient, permanent or poison",
-            )
-        })?),
-    };
-    let fingerprint = match body.fingerprint.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(f) => Some(group_key(f)?),
-    };
+    let error_type = error_class(body.error_type.as_deref())?;
+    let fingerprint = optional_group(body.fingerprint.as_deref())?;
     if let (Some(since), Some(until)) = (body.since, body.until)
         && since >= until
     {
