@@ -4,6 +4,7 @@
 //! primed (one_for_one, 10 restarts / 60 s, backoff 10 ms → 5 s)
 //! ├── heartbeat           permanent  tree liveness → systemd watchdog, worker_health_checks, actor metrics
 //! ├── metrics-collector   permanent  gauges: outbox backlog and lag, DLQ, queues, pools, Redis
+//! ├── retention           permanent  deletes rows past their retention, in small batches
 //! ├── rate-limit-monitor  permanent  Redis probes while the limiter is on its fallback; bucket sweeps
 //! ├── outbox-relay        permanent  outbox rows → broker (JetStream, or the embedded queue)
 //! ├── dlq                 permanent  dead letters → DEAD_LETTER_QUEUE stream; max-deliveries advisories
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use actors::dlq::{Dlq, DlqArgs};
 use actors::replay::{Replayer, ReplayerArgs};
+use actors::retention::{Retention, RetentionArgs};
 use actors::retry_timer::{RetryTimer, TimerArgs};
 use actors::worker::{Worker, WorkerArgs};
 use actors::{HealthSink, Heartbeat, HeartbeatArgs, OutboxRelay, RelayArgs};
@@ -51,6 +53,8 @@ pub const RETRY_TIMER: &str = "retry-timer";
 pub const REPLAYER: &str = "dlq-replayer";
 /// Registered name of the rate-limit monitor.
 pub const RATE_LIMIT_MONITOR: &str = "rate-limit-monitor";
+/// Registered name of the retention actor.
+pub const RETENTION: &str = "retention";
 /// Registered name of the metrics collector.
 pub const METRICS_COLLECTOR: &str = "metrics-collector";
 /// The prime-check workers' supervisor.
@@ -136,6 +140,8 @@ pub struct TreeDeps {
     pub pipeline: Option<PipelineDeps>,
     /// The gauges' sources, when there is a store to read.
     pub collector: Option<crate::collector::CollectorArgs>,
+    /// The retention actor's store and settings, when there is a store.
+    pub retention: Option<RetentionArgs>,
 }
 
 /// The root of the tree.
@@ -167,6 +173,12 @@ pub fn root(deps: &TreeDeps) -> SupervisorSpec {
             ChildSpec::actor(METRICS_COLLECTOR, crate::collector::MetricsCollector, args)
                 .restart(Restart::Permanent)
                 .shutdown(Duration::from_secs(2))
+        }))
+        .children(deps.retention.clone().map(|args| {
+            // One statement at a time: a stop waits for at most one batch.
+            ChildSpec::actor(RETENTION, Retention, args)
+                .restart(Restart::Permanent)
+                .shutdown(Duration::from_secs(5))
         }))
         .children(deps.app.limiter.clone().map(|limiter| {
             ChildSpec::actor(

@@ -211,6 +211,14 @@ pub async fn wire(
             limiter: app.limiter.clone(),
             interval: config.metrics_interval,
         }),
+        retention: Some(actors::retention::RetentionArgs {
+            store: backends.retention.clone(),
+            keep: config.retention.keep.clone(),
+            interval: config.retention.interval,
+            batch: config.retention.batch,
+            // Long enough for the hot path's statements to pass between two batches.
+            pause: Duration::from_millis(100),
+        }),
     };
     Ok(Wired {
         deps,

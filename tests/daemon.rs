@@ -71,6 +71,7 @@ async fn with_no_configuration_it_serves_the_admin_tree_and_exits_0_on_sigterm()
         [
             "heartbeat",
             "metrics-collector",
+            "retention",
             "rate-limit-monitor",
             "outbox-relay",
             "dlq",

@@ -62,6 +62,7 @@ async fn every_actor_of_every_daemon_heartbeats_into_its_own_row() {
         "primecheck-worker-1",
         "primecheck-worker-2",
         "rate-limit-monitor",
+        "retention",
         "retry-timer",
     ];
     for instance in ["daemon-a", "daemon-b"] {
@@ -165,9 +166,9 @@ async fn the_embedded_mode_heartbeats_into_its_sqlite_file() {
         .await
         .unwrap()
     };
-    // heartbeat, metrics collector, rate-limit monitor, relay, dlq, retry timer, replayer,
-    // 2 + 2 workers, http.
-    assert_eventually!(healthy().await == 12, "{} healthy rows", healthy().await);
+    // heartbeat, metrics collector, retention, rate-limit monitor, relay, dlq, retry timer,
+    // replayer, 2 + 2 workers, http.
+    assert_eventually!(healthy().await == 13, "{} healthy rows", healthy().await);
     let first: i64 = sqlx::query_scalar(
         "SELECT last_heartbeat FROM worker_health_checks WHERE worker_name = 'solo/heartbeat'",
     )
@@ -188,7 +189,7 @@ async fn the_embedded_mode_heartbeats_into_its_sqlite_file() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(rows, 12);
+    assert_eq!(rows, 13);
 }
 
 async fn get(d: &Daemon, path: &str) -> (u16, Value) {

@@ -32,6 +32,7 @@ async fn peers_reach_restarted_actors_by_name_and_http_keeps_its_socket() {
         relay: None,
         pipeline: None,
         collector: None,
+        retention: None,
     };
     let (root, handle) = Supervisor::start(tree::root(&deps)).await.unwrap();
     let http = reqwest::Client::builder()

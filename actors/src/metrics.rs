@@ -46,6 +46,9 @@ pub struct PipelineMetrics {
     /// `dlq_reconciled_total`: messages the reconciler dead-lettered because they fell
     /// through without their max-deliveries advisory.
     pub dlq_reconciled: prometheus::IntCounter,
+    /// `retention_pruned_rows_total{table}`: rows the retention actor deleted because they
+    /// outlived their retention setting.
+    pub retention_pruned: IntCounterVec,
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -131,6 +134,13 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
         "dlq_reconciled_total",
         "Messages dead-lettered by the reconciler (their max-deliveries advisory was missed)",
     )?;
+    let retention_pruned = IntCounterVec::new(
+        Opts::new(
+            "retention_pruned_rows_total",
+            "Rows deleted because they outlived their retention setting, by table",
+        ),
+        &["table"],
+    )?;
     let r = registry();
     r.register(Box::new(prime_check_requests.clone()))?;
     r.register(Box::new(prime_check_duration.clone()))?;
@@ -144,6 +154,7 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
     r.register(Box::new(replay_jobs_ended.clone()))?;
     r.register(Box::new(replay_messages.clone()))?;
     r.register(Box::new(dlq_reconciled.clone()))?;
+    r.register(Box::new(retention_pruned.clone()))?;
     Ok(PipelineMetrics {
         prime_check_requests,
         prime_check_duration,
@@ -157,6 +168,7 @@ fn build() -> Result<PipelineMetrics, prometheus::Error> {
         replay_jobs_ended,
         replay_messages,
         dlq_reconciled,
+        retention_pruned,
     })
 }
 

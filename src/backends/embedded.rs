@@ -30,6 +30,7 @@ pub(super) async fn open(config: &Config) -> Result<Backends, BackendError> {
         replays: Some(Arc::new(store.shared())),
         workers: Some(workers),
         health: Arc::new(store.shared()),
+        retention: Arc::new(store.shared()),
         gauges: store,
         consumer_gauges: None,
         background_settle: false,

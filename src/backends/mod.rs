@@ -91,6 +91,8 @@ pub struct Backends {
     pub replays: Option<Arc<dyn actors::ReplayStore>>,
     /// Where heartbeats write `worker_health_checks`.
     pub health: Arc<dyn actors::HealthStore>,
+    /// Where the retention actor deletes rows past their retention.
+    pub retention: Arc<dyn actors::RetentionStore>,
     /// What the metrics gauges read from the store.
     pub gauges: Arc<dyn actors::GaugeSource>,
     /// The JetStream consumers' pending counts, with NATS.

@@ -37,6 +37,7 @@ pub(super) async fn open(
         replays: Some(Arc::new(store.shared())),
         workers: Some(workers),
         health: Arc::new(store.shared()),
+        retention: Arc::new(store.shared()),
         gauges: store.clone(),
         consumer_gauges: Some(consumer_gauges),
         background_settle: true,

@@ -29,6 +29,7 @@ pub mod keys;
 pub mod policy;
 mod rate_limit;
 mod raw;
+mod retention;
 mod secret;
 mod smtp;
 mod store;
@@ -42,6 +43,7 @@ pub use http::HttpLimits;
 pub use keys::{KEYS, Key};
 pub use rate_limit::{RateLimitConfig, RedisConfig};
 pub use raw::Origin;
+pub use retention::RetentionConfig;
 pub use secret::{Secret, redact_url_credentials};
 pub use smtp::{SmtpConfig, SmtpTls};
 pub use store::{BrokerConfig, StoreConfig};
@@ -74,6 +76,8 @@ pub struct Config {
     pub instance: Option<String>,
     /// Pipeline tuning: limits, pools, outbox and retries.
     pub tuning: Tuning,
+    /// How long the tables that only grow keep their rows.
+    pub retention: RetentionConfig,
     /// Consumers, their retries, SMTP limits, DLQ rules.
     pub workers: Workers,
     /// Store.
@@ -177,6 +181,7 @@ impl Config {
             Some(v) => Some(v.to_string()),
         };
         let tuning = Tuning::read(&raw)?;
+        let retention = RetentionConfig::read(&raw, tuning.outbox_retention)?;
         let workers = Workers::read(&raw)?;
         let store = StoreConfig::read(&raw)?;
         let broker = BrokerConfig::read(&raw)?;
@@ -253,6 +258,7 @@ impl Config {
             auth_failures_per_minute,
             instance,
             tuning,
+            retention,
             workers,
             store,
             broker,

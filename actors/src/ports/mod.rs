@@ -3,7 +3,8 @@
 //!
 //! - [`store`]: requests and their outbox ([`RequestStore`], [`OutboxStore`] with its
 //!   [`Claim`]s, [`OutboxMarks`]), the workers' records ([`WorkerStore`]), dead letters
-//!   ([`DlqStore`]), safe replay jobs ([`ReplayStore`]) and the gauges ([`GaugeSource`]).
+//!   ([`DlqStore`]), safe replay jobs ([`ReplayStore`]), the gauges ([`GaugeSource`]) and
+//!   retention ([`RetentionStore`]).
 //! - [`broker`]: durable, deduplicated publishing ([`Broker`]).
 //! - [`source`]: where workers pull messages from ([`Source`], [`Delivery`]).
 //! - [`advisories`]: messages whose last delivery was never acknowledged ([`AdvisoryFeed`]).
@@ -26,5 +27,5 @@ pub use mail::{Email, MailError, Mailer, OnAccepted, SendJournal};
 pub use source::{Delivery, Message, Source};
 pub use store::{
     Claim, DlqStore, GaugeSource, OutboxMarks, OutboxStore, ReplayControl, ReplayStore,
-    RequestStore, Settle, StoreError, StoreGauges, WorkerStore,
+    RequestStore, Retained, RetentionStore, Settle, StoreError, StoreGauges, WorkerStore,
 };

@@ -337,3 +337,61 @@ pub trait OutboxMarks: Send + Sync + 'static {
         event_ids: &'a [String],
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
 }
+
+/// What the retention actor prunes: each a table, or the part of one, that only grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Retained {
+    /// `message_processing_logs`, by `created_at`.
+    ProcessingLogs,
+    /// `processed_events` (the consumers' record of applied events), by `processed_at`.
+    ProcessedEvents,
+    /// `message_crashes` (crashes per message), by `updated_at`.
+    MessageCrashes,
+    /// `sent_emails`, by `sent_at`.
+    SentEmails,
+    /// Resolved and discarded rows of `dead_letter_messages`, by `resolved_at`.
+    DeadLetters,
+    /// `dlq_statistics`, by `date_hour`.
+    DlqStatistics,
+    /// `worker_health_checks` rows of daemons gone (no heartbeat), by `last_heartbeat`.
+    HealthRows,
+}
+
+impl Retained {
+    /// Every kind, in the order a round prunes them.
+    pub const ALL: [Retained; 7] = [
+        Retained::ProcessingLogs,
+        Retained::ProcessedEvents,
+        Retained::MessageCrashes,
+        Retained::SentEmails,
+        Retained::DeadLetters,
+        Retained::DlqStatistics,
+        Retained::HealthRows,
+    ];
+
+    /// The table it prunes (the `table` label of `retention_pruned_rows_total`).
+    pub fn table(self) -> &'static str {
+        match self {
+            Retained::ProcessingLogs => "message_processing_logs",
+            Retained::ProcessedEvents => "processed_events",
+            Retained::MessageCrashes => "message_crashes",
+            Retained::SentEmails => "sent_emails",
+            Retained::DeadLetters => "dead_letter_messages",
+            Retained::DlqStatistics => "dlq_statistics",
+            Retained::HealthRows => "worker_health_checks",
+        }
+    }
+}
+
+/// Deletes rows past their retention.
+pub trait RetentionStore: Send + Sync + 'static {
+    /// Deletes at most `limit` rows of `what` older than `before`, oldest first, in one
+    /// short statement; returns how many it deleted (fewer than `limit`: nothing older is
+    /// left).
+    fn prune(
+        &self,
+        what: Retained,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<u64, StoreError>>;
+}

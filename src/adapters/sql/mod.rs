@@ -8,6 +8,7 @@
 //! - [`dlq`]: the dead-letter queue's statements, and a dead letter read from its row.
 //! - [`records`]: the request listing, the workers' records (processed events, attempt
 //!   logs) and the health rows.
+//! - [`retention`]: deleting rows past their retention, in bounded batches.
 //! - [`rows`]: small helpers on what was read (duplicate keys, payloads, histories).
 //! - [`Shared`]: the dead-letter queue, health rows and records on either store, run
 //!   through its [`Backend`] (`MySql` or `Sqlite`, implemented in their folders).
@@ -17,6 +18,7 @@
 pub(crate) mod dlq;
 pub(crate) mod records;
 pub(crate) mod replay;
+pub(crate) mod retention;
 pub(crate) mod rows;
 mod store;
 
