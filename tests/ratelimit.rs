@@ -95,6 +95,20 @@ fn header(r: &reqwest::Response, name: &str) -> Option<String> {
         .map(|v| v.to_str().unwrap().to_string())
 }
 
+/// `r` and `t` of a `RateLimit` field (`"<policy>";r=<n>;t=<s>`).
+fn ietf_fields(field: &str) -> (u64, u64) {
+    let param = |name: &str| -> u64 {
+        field
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {field}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(field.starts_with('"'), "the policy name first: {field}");
+    (param("r="), param("t="))
+}
+
 fn num(r: &reqwest::Response, name: &str) -> u64 {
     header(r, name)
         .unwrap_or_else(|| panic!("no {name} header"))
@@ -157,6 +171,24 @@ async fn exactly_the_limit_passes_under_concurrency_and_other_clients_are_unaffe
     let r = list(&client_from("127.0.0.3"), &d).await;
     assert_eq!(r.status(), 200);
     assert_eq!(num(&r, "x-ratelimit-remaining"), 19);
+    // The IETF draft's fields carry the same numbers: the quota and its window (20 at one
+    // per 180 s: an hour), what is left and the seconds until the bucket is full.
+    assert_eq!(
+        header(&r, "ratelimit-policy").unwrap(),
+        r#""per-ip";q=20;w=3600"#
+    );
+    let ietf = header(&r, "ratelimit").unwrap();
+    let (left, reset_in) = ietf_fields(&ietf);
+    assert_eq!(left, 19, "{ietf}");
+    let reset = num(&r, "x-ratelimit-reset");
+    let now_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        reset.abs_diff(now_s + reset_in) <= 1 && (170..=181).contains(&reset_in),
+        "RateLimit t={reset_in} against X-RateLimit-Reset {reset} at {now_s}"
+    );
 
     // A refusal says who refused, for how long, and when the bucket is full again.
     let now = SystemTime::now()
@@ -174,6 +206,16 @@ async fn exactly_the_limit_passes_under_concurrency_and_other_clients_are_unaffe
         "one request per 180 s: {retry}"
     );
     let reset = num(&r, "x-ratelimit-reset");
+    let (left, reset_in) = ietf_fields(&header(&r, "ratelimit").unwrap());
+    assert_eq!(left, 0);
+    assert!(
+        (now + reset_in).abs_diff(reset) <= 1,
+        "RateLimit t={reset_in} against X-RateLimit-Reset {reset} at {now}"
+    );
+    assert_eq!(
+        header(&r, "ratelimit-policy").unwrap(),
+        r#""per-ip";q=20;w=3600"#
+    );
     assert!(
         (now + 3500..=now + 3602).contains(&reset),
         "20 tokens at one per 180 s: full in an hour, got {reset} at {now}"
@@ -472,6 +514,7 @@ async fn whitelisted_networks_admin_tokens_and_service_keys_bypass_the_limits() 
         let r = list(&whitelisted, &d).await;
         assert_eq!(r.status(), 200);
         assert!(header(&r, "x-ratelimit-remaining").is_none());
+        assert!(header(&r, "ratelimit").is_none() && header(&r, "ratelimit-policy").is_none());
         let r = service
             .get(d.url("/prime-check-list"))
             .header("x-service-key", SERVICE_KEY)

@@ -1,6 +1,6 @@
 //! The rate-limit middleware on the public API: identifies the client, asks the limiter
 //! (`crate::ratelimit`, which knows nothing of HTTP), and answers with `X-RateLimit-*`
-//! headers, a 429 with `Retry-After`, or a 401 for a credential that is not valid. Its state
+//! headers (and the IETF draft's `RateLimit` and `RateLimit-Policy`), a 429 with `Retry-After`, or a 401 for a credential that is not valid. Its state
 //! is the limiter alone.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -55,18 +55,48 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The policy as `RateLimit-Policy` names it (draft-ietf-httpapi-ratelimit-headers):
+/// `"<name>";q=<burst>;w=<seconds>`, the quota a full bucket holds and the seconds the
+/// sustained rate takes to grant that many.
+fn policy_field(policy: &Policy) -> String {
+    let per = policy.per.as_secs_f64();
+    let window = (f64::from(policy.burst) * per / f64::from(policy.limit.max(1))).ceil();
+    format!(
+        "\"{}\";q={};w={}",
+        policy.scope.policy_name(),
+        policy.burst,
+        (window as u64).max(1)
+    )
+}
+
+/// The `X-RateLimit-*` headers of seed §4.2.3, and the same numbers in the IETF draft's
+/// `RateLimit-Policy` and `RateLimit` (`r`: remaining; `t`: seconds until the bucket is
+/// full, the `X-RateLimit-Reset` instant as a delay).
 fn set_headers(headers: &mut HeaderMap, policy: &Policy, verdict: &Verdict) {
-    let reset = unix_now() + verdict.reset_after_ms.div_ceil(1000);
+    let reset_in = verdict.reset_after_ms.div_ceil(1000);
     headers.insert("x-ratelimit-limit", HeaderValue::from(policy.burst));
     headers.insert(
         "x-ratelimit-remaining",
         HeaderValue::from(verdict.remaining),
     );
-    headers.insert("x-ratelimit-reset", HeaderValue::from(reset));
+    headers.insert(
+        "x-ratelimit-reset",
+        HeaderValue::from(unix_now() + reset_in),
+    );
     headers.insert(
         "x-ratelimit-policy",
         HeaderValue::from_static(policy.scope.policy_name()),
     );
+    if let Ok(v) = HeaderValue::from_str(&policy_field(policy)) {
+        headers.insert("ratelimit-policy", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "\"{}\";r={};t={reset_in}",
+        policy.scope.policy_name(),
+        verdict.remaining
+    )) {
+        headers.insert("ratelimit", v);
+    }
 }
 
 /// Limits one request (a `route_layer` on the public routes); no limiter: unlimited.
@@ -178,5 +208,19 @@ mod tests {
             "prime-check-list"
         );
         assert_eq!(endpoint_name(&Method::GET, "/things/{id}"), "things--id");
+    }
+
+    #[test]
+    fn the_ietf_policy_is_the_burst_and_the_time_the_rate_takes_to_grant_it() {
+        use std::time::Duration;
+
+        use crate::config::policy::Scope;
+        let p = Policy::new(Scope::Ip, 60, Duration::from_secs(60));
+        assert_eq!(policy_field(&p), "\"per-ip\";q=60;w=60");
+        let p = Policy {
+            burst: 3,
+            ..Policy::new(Scope::User, 2, Duration::from_secs(1))
+        };
+        assert_eq!(policy_field(&p), "\"per-user\";q=3;w=2");
     }
 }
