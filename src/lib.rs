@@ -6,7 +6,7 @@
 //! [`wiring`] (each child's arguments) → [`tree`] (the one place the running supervision
 //! tree is declared). Around them: [`config`] (environment and TOML, one file per
 //! subsystem), [`http`] (API, DLQ API, admin, health, rate-limit middleware), [`ratelimit`],
-//! [`metrics`] and [`collector`], [`logging`], and [`adapters`] (backends behind the ports of
+//! [`metrics`] (with [`process_metrics`]) and [`collector`], [`logging`], and [`adapters`] (backends behind the ports of
 //! the `actors` crate).
 
 pub mod adapters;
@@ -20,6 +20,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
+pub mod process_metrics;
 pub mod ratelimit;
 pub mod tree;
 pub mod wiring;

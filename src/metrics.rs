@@ -13,9 +13,10 @@ use prometheus::{
 
 /// The daemon's instruments.
 pub struct Metrics {
-    /// `http_requests_total{method,route,status}`: route is the route template.
+    /// `http_requests_total{method,endpoint,status}`: endpoint is the route template (the
+    /// label seed 001 names).
     pub http_requests: IntCounterVec,
-    /// `http_request_duration_seconds{method,route}`.
+    /// `http_request_duration_seconds{method,endpoint}`.
     pub http_request_duration: HistogramVec,
     /// `http_connections_open`: client connections the server holds.
     pub http_connections_open: IntGauge,
@@ -72,15 +73,15 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let http_requests = IntCounterVec::new(
         Opts::new(
             "http_requests_total",
-            "HTTP requests by method, route and status",
+            "HTTP requests by method, endpoint (route template) and status",
         ),
-        &["method", "route", "status"],
+        &["method", "endpoint", "status"],
     )?;
     let http_request_duration = HistogramVec::new(
         HistogramOpts::new("http_request_duration_seconds", "HTTP request duration").buckets(vec![
             0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ]),
-        &["method", "route"],
+        &["method", "endpoint"],
     )?;
     let http_connections_open = IntGauge::new(
         "http_connections_open",
@@ -235,6 +236,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     ] {
         registry.register(c)?;
     }
+    registry.register(Box::new(crate::process_metrics::ProcessCollector::new()?))?;
     Ok(Metrics {
         http_requests,
         http_request_duration,

@@ -118,19 +118,19 @@ async fn the_scrape_shows_what_the_pipeline_did() {
     let m = scrape(&d).await;
     for (series, want) in [
         (
-            r#"http_requests_total{method="POST",route="/prime-check",status="202"}"#,
+            r#"http_requests_total{endpoint="/prime-check",method="POST",status="202"}"#,
             1.0,
         ),
         (
-            r#"http_requests_total{method="POST",route="/prime-check",status="422"}"#,
+            r#"http_requests_total{endpoint="/prime-check",method="POST",status="422"}"#,
             1.0,
         ),
         (
-            r#"http_requests_total{method="GET",route="unmatched",status="404"}"#,
+            r#"http_requests_total{endpoint="unmatched",method="GET",status="404"}"#,
             1.0,
         ),
         (
-            r#"http_request_duration_seconds_count{method="POST",route="/prime-check"}"#,
+            r#"http_request_duration_seconds_count{endpoint="/prime-check",method="POST"}"#,
             2.0,
         ),
         (
@@ -171,6 +171,11 @@ async fn the_scrape_shows_what_the_pipeline_did() {
         assert_eq!(sample(&m, series), Some(want), "{series}");
     }
     assert!(sample(&m, "redis_connected_clients").unwrap() >= 1.0);
+    // The process metrics of the Prometheus client libraries.
+    assert!(sample(&m, "process_resident_memory_bytes").unwrap() > 1e6);
+    assert!(sample(&m, "process_open_fds").unwrap() >= 3.0);
+    assert!(sample(&m, "process_cpu_seconds_total").unwrap() > 0.0);
+    assert!(sample(&m, "process_start_time_seconds").unwrap() > 1.7e9);
     assert!(sample(&m, r#"database_connections{state="idle"}"#).is_some());
     assert!(sample(&m, "outbox_relay_lag_seconds").unwrap() >= 0.0);
     // The accepted request was stored by a transaction of the group commit.
@@ -191,7 +196,7 @@ async fn the_scrape_shows_what_the_pipeline_did() {
     ] {
         assert!(wanted.contains(name), "{name} not found in {wanted:?}");
     }
-    for label in ["status", "route", "le", "actor", "instance", "job"] {
+    for label in ["status", "endpoint", "le", "actor", "instance", "job"] {
         assert!(!wanted.contains(label), "label {label} taken for a metric");
     }
     let missing: Vec<&String> = wanted
@@ -317,10 +322,23 @@ fn monitoring_metrics() -> BTreeSet<String> {
             out.insert(name.to_string());
         }
     }
-    // `up` is Prometheus's own.
+    // `up` is Prometheus's own; the exporters compose runs beside the daemon export these.
     out.remove("up");
+    for name in EXPORTED_BY_EXPORTERS {
+        out.remove(name);
+    }
     out
 }
+
+/// What the alerts query from the exporters (mysqld-exporter, node-exporter), not from the
+/// daemon.
+const EXPORTED_BY_EXPORTERS: [&str; 5] = [
+    "mysql_up",
+    "node_memory_MemTotal_bytes",
+    "node_memory_MemAvailable_bytes",
+    "node_filesystem_size_bytes",
+    "node_filesystem_avail_bytes",
+];
 
 fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
     match v {

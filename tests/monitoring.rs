@@ -56,8 +56,39 @@ fn amtool(args: &[&str]) -> String {
 fn alertmanager_routes_alerts_by_severity() {
     let out = amtool(&["check-config", "alertmanager.yml"]);
     assert!(out.contains("SUCCESS"), "{out}");
+    // Critical alerts page through PagerDuty; warnings go to Slack (seed 000 §7.1.2).
+    let config: serde_json::Value = serde_json::to_value(
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(
+            &std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring/alertmanager.yml"),
+            )
+            .unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let receiver = |name: &str| {
+        config["receivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert!(receiver("critical")["pagerduty_configs"][0]["routing_key"].is_string());
+    assert_eq!(
+        receiver("warning")["slack_configs"][0]["channel"],
+        "#alerts"
+    );
     for (labels, receiver) in [
         (["severity=critical", "alertname=WorkerDown"], "critical"),
+        (["severity=critical", "alertname=QueueBacklog"], "critical"),
+        (["severity=critical", "alertname=DatabaseDown"], "critical"),
+        (
+            ["severity=warning", "alertname=ElevatedErrorRate"],
+            "warning",
+        ),
         (["severity=warning", "alertname=OutboxLag"], "warning"),
         (["severity=info", "alertname=Other"], "warning"),
     ] {
@@ -159,10 +190,13 @@ fn compose_runs_the_whole_stack_with_files_that_exist() {
             "jaeger",
             "mailpit",
             "mysql",
+            "mysqld-exporter",
             "nats",
+            "node-exporter",
             "primed",
             "prometheus",
-            "redis"
+            "redis",
+            "redis-exporter"
         ]
     );
     let volumes = doc["volumes"].as_object().unwrap();
@@ -171,6 +205,9 @@ fn compose_runs_the_whole_stack_with_files_that_exist() {
             let source = mount.as_str().unwrap().split(':').next().unwrap();
             if let Some(path) = source.strip_prefix("./") {
                 assert!(root.join(path).exists(), "{name} mounts missing {source}");
+            } else if source.starts_with('/') {
+                // The host's own file system (node-exporter reads it).
+                assert_eq!(name, "node-exporter", "{name} mounts the host's {source}");
             } else {
                 assert!(
                     volumes.contains_key(source),
@@ -194,6 +231,49 @@ fn compose_runs_the_whole_stack_with_files_that_exist() {
         .keys()
     {
         assert!(known.contains(&key.as_str()), "primed does not know {key}");
+    }
+    // Grafana: no self-service accounts.
+    assert_eq!(
+        services["grafana"]["environment"]["GF_USERS_ALLOW_SIGN_UP"],
+        "false"
+    );
+    // Every exporter compose runs is scraped, and every scraped target runs.
+    let prometheus: serde_json::Value = serde_json::to_value(
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(
+            &std::fs::read_to_string(root.join("monitoring/prometheus.yml")).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut scraped: Vec<String> = prometheus["scrape_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|job| job["static_configs"].as_array().unwrap().clone())
+        .flat_map(|c| c["targets"].as_array().unwrap().clone())
+        .map(|t| t.as_str().unwrap().split(':').next().unwrap().to_string())
+        .collect();
+    scraped.sort();
+    assert_eq!(
+        scraped,
+        [
+            "mysqld-exporter",
+            "node-exporter",
+            "primed",
+            "redis-exporter"
+        ]
+    );
+    // Every secret placeholder of the Alertmanager config is replaced from the environment.
+    let am = std::fs::read_to_string(root.join("monitoring/alertmanager.yml")).unwrap();
+    let command = services["alertmanager"]["command"][0].as_str().unwrap();
+    let placeholder = regex::Regex::new(r"[a-z:/-]*[a-z-]+\.invalid/?").unwrap();
+    let placeholders: Vec<&str> = placeholder.find_iter(&am).map(|m| m.as_str()).collect();
+    assert_eq!(placeholders.len(), 4, "{placeholders:?}");
+    for p in placeholders {
+        assert!(
+            command.contains(&format!("s|{p}|")),
+            "compose does not replace {p}"
+        );
     }
     assert!(root.join("Dockerfile").exists());
     // Where the compose plugin is installed, it validates the file too.
