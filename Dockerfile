@@ -13,5 +13,8 @@ USER primed
 WORKDIR /var/lib/primed
 ENV PRIMED_HTTP_ADDR=0.0.0.0:8080 PRIMED_DATA_DIR=/var/lib/primed
 EXPOSE 8080
+# Ready means the tree is up and the database and NATS answer (GET /ready).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["/usr/local/bin/primed", "health"]
 ENTRYPOINT ["/usr/local/bin/primed"]
 CMD ["run"]

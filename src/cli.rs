@@ -49,6 +49,15 @@ pub enum Command {
         #[command(subcommand)]
         action: RatelimitAction,
     },
+    /// Ask a running daemon whether it is ready (`GET /ready`): exit 0 when it is, 1 when it
+    /// answers that it is not, 69 when it cannot be reached. For container health checks
+    /// and scripts.
+    Health {
+        /// The daemon's base URL (default: http://PRIMED_HTTP_ADDR, a wildcard address
+        /// asked on loopback).
+        #[arg(long, env = "PRIMED_URL")]
+        url: Option<String>,
+    },
     /// Print the version.
     Version,
 }

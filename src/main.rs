@@ -43,6 +43,14 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Health { url } => {
+            let config = match load() {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            let url = ops::ready_url(&config, url.as_deref());
+            report(block_on(ops::health(&url)).map(|body| println!("ready: {body}")))
+        }
         Command::Migrate => {
             let config = match load() {
                 Ok(config) => config,

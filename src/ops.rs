@@ -1,5 +1,6 @@
 //! Operator commands that work on the backends without running the daemon:
-//! `primed migrate`, `primed outbox replay` and `primed ratelimit reset`.
+//! `primed migrate`, `primed outbox replay` and `primed ratelimit reset`; and
+//! `primed health`, which asks a running daemon whether it is ready.
 
 use chrono::{DateTime, Utc};
 
@@ -21,6 +22,26 @@ pub enum OpsError {
     /// The command line is wrong.
     #[error("{0}")]
     Usage(String),
+    /// The daemon answered that it is not ready.
+    #[error("the daemon at {url} is not ready ({status}): {body}")]
+    NotReady {
+        /// Where it was asked.
+        url: String,
+        /// Its HTTP status.
+        status: u16,
+        /// What it said.
+        body: String,
+    },
+    /// The daemon cannot be reached.
+    #[error(
+        "cannot reach the daemon at {url}: {message}; is it running, and is PRIMED_HTTP_ADDR (or --url) its address?"
+    )]
+    Unreachable {
+        /// Where it was asked.
+        url: String,
+        /// Why not.
+        message: String,
+    },
     /// Redis failed.
     #[error(
         "Redis at {addr} failed: {message}; check that it runs and REDIS_HOST/REDIS_PORT/REDIS_PASSWORD"
@@ -38,8 +59,54 @@ impl OpsError {
     pub fn exit_code(&self) -> u8 {
         match self {
             OpsError::NotConfigured(_) | OpsError::Usage(_) => 64,
-            OpsError::Backend(_) | OpsError::Store(_) | OpsError::Redis { .. } => 69,
+            OpsError::NotReady { .. } => 1,
+            OpsError::Backend(_)
+            | OpsError::Store(_)
+            | OpsError::Redis { .. }
+            | OpsError::Unreachable { .. } => 69,
         }
+    }
+}
+
+/// The `/ready` URL of the daemon at `url`, or at the configured HTTP address (a wildcard
+/// address is asked on loopback).
+pub fn ready_url(config: &Config, url: Option<&str>) -> String {
+    match url {
+        Some(url) => format!("{}/ready", url.trim_end_matches('/')),
+        None => {
+            let mut addr = config.http_addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("http://{addr}/ready")
+        }
+    }
+}
+
+/// Asks the daemon at `url` (a `/ready` URL) whether it is ready; its answer when it is.
+pub async fn health(url: &str) -> Result<String, OpsError> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+        .map_err(|e| OpsError::Usage(e.to_string()))?;
+    let unreachable = |e: reqwest::Error| OpsError::Unreachable {
+        url: url.to_string(),
+        message: e.to_string(),
+    };
+    let response = client.get(url).send().await.map_err(unreachable)?;
+    let status = response.status().as_u16();
+    let body = response.text().await.map_err(unreachable)?;
+    if status == 200 {
+        Ok(body)
+    } else {
+        Err(OpsError::NotReady {
+            url: url.to_string(),
+            status,
+            body,
+        })
     }
 }
 

@@ -1,4 +1,5 @@
-//! Operator commands against a real MariaDB: `primed migrate`, `primed outbox replay`.
+//! Operator commands against a real MariaDB: `primed migrate`, `primed outbox replay`;
+//! and `primed health` against a running daemon.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -123,4 +124,77 @@ fn outbox_replay_makes_recent_published_events_due_again() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--since must be"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_exits_by_the_daemons_readiness_as_the_image_health_check_uses_it() {
+    let d = support::Daemon::start(&[]);
+    assert_eventually!(
+        reqwest::get(d.url("/ready"))
+            .await
+            .is_ok_and(|r| r.status() == 200),
+        "not ready"
+    );
+    // By the daemon's own PRIMED_HTTP_ADDR (a wildcard address is asked on loopback).
+    let wildcard = format!("0.0.0.0:{}", d.addr.port());
+    let out = support::primed()
+        .arg("health")
+        .env("PRIMED_HTTP_ADDR", &wildcard)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ready: "));
+
+    // Nothing listening: 69 and what to check.
+    let out = support::primed()
+        .args([
+            "health",
+            "--url",
+            &format!("http://{}", support::free_addr()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the daemon") && err.contains("PRIMED_HTTP_ADDR"),
+        "{err}"
+    );
+
+    // The image and compose check health with it.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("HEALTHCHECK")
+            && dockerfile.contains(r#"CMD ["/usr/local/bin/primed", "health"]"#)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_exits_1_while_the_daemon_is_not_ready() {
+    // An HTTP server that answers /ready with 503, as a daemon does while it starts or
+    // while its database does not answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 21\r\nconnection: close\r\n\r\n{\"ready\":false,\"x\":1}")
+                .await;
+        }
+    });
+    let out = tokio::task::spawn_blocking(move || {
+        support::primed()
+            .args(["health", "--url", &format!("http://{addr}")])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not ready (503)"), "{err}");
 }
