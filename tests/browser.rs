@@ -19,6 +19,7 @@ fn artifacts() -> PathBuf {
 }
 
 fn node_script(script: &str, args: &[&str]) -> serde_json::Value {
+    support::setup::ensure();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let playwright =
         std::env::var("PLAYWRIGHT_PREFIX").unwrap_or_else(|_| "/opt/playwright".into());

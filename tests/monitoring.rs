@@ -5,10 +5,14 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/setup.rs"]
+mod setup;
+
 use std::path::Path;
 use std::process::Command;
 
 fn promtool(args: &[&str]) -> String {
+    setup::ensure();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring");
     let out = Command::new("promtool")
         .args(args)
@@ -37,6 +41,7 @@ fn the_alert_rules_pass_their_unit_tests() {
 }
 
 fn amtool(args: &[&str]) -> String {
+    setup::ensure();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring");
     let out = Command::new("amtool")
         .args(args)

@@ -14,6 +14,7 @@ use std::process::{Command, Output};
 use support::{Daemon, TestDb, free_addr};
 
 fn script(name: &str, args: &[&str], env: &[(&str, &str)]) -> (Output, String) {
+    support::setup::ensure();
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("scripts/ops")
         .join(name);

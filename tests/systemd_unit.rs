@@ -2,6 +2,9 @@
 // Test and benchmark code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/setup.rs"]
+mod setup;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -18,6 +21,7 @@ fn unit_with_built_binary(dir: &Path) -> std::path::PathBuf {
 }
 
 fn analyze(args: &[&str]) -> std::process::Output {
+    setup::ensure();
     Command::new("systemd-analyze")
         .args(args)
         .output()

@@ -7,6 +7,9 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../tests/support/setup.rs"]
+mod setup;
+
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -44,6 +47,7 @@ fn primed() -> std::path::PathBuf {
 
 /// Runs the harness and returns its JSON report.
 fn chaos(default_seed: u64, extra: &[&str]) -> serde_json::Value {
+    setup::ensure();
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod pipeline;
+pub mod setup;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -273,6 +274,7 @@ pub struct TestDb {
 impl TestDb {
     /// Creates `primed_t_<random>`.
     pub fn create() -> Self {
+        setup::ensure();
         let name = format!("primed_t_{:016x}", rand::random::<u64>());
         mariadb(&format!("CREATE DATABASE {name}"));
         if is_mysql() {
@@ -317,6 +319,7 @@ impl Drop for TestDb {
 
 /// The mariadb client, connected to the server at `port` as root.
 fn client_at(port: u16) -> Command {
+    setup::ensure();
     let mut client = Command::new("mariadb");
     client.args(["-h", "127.0.0.1", "-u", "root", "-P"]);
     client.arg(port.to_string());
@@ -354,6 +357,7 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts one and waits until it greets clients.
     pub fn start() -> Self {
+        setup::ensure();
         let mut server = Self {
             child: None,
             port: free_addr().port(),
@@ -428,6 +432,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one and waits until it answers PING.
     pub fn start() -> Self {
+        setup::ensure();
         let mut server = Self {
             child: None,
             port: free_addr().port(),
@@ -487,6 +492,7 @@ impl Drop for RedisServer {
 /// Runs one redis-cli command against 127.0.0.1:`port`; its trimmed output, or None when
 /// the server did not answer.
 pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    setup::ensure();
     let out = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
@@ -555,6 +561,7 @@ impl MailDev {
 
     /// Starts one with its SMTP server on `smtp_port`.
     pub fn start_on(smtp_port: u16) -> Self {
+        setup::ensure();
         let web_port = free_addr().port();
         let child = Command::new(maildev_bin())
             .args(["--ip", "127.0.0.1", "--silent", "-s"])
