@@ -140,6 +140,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
                 url: nats,
                 stream,
                 replicas,
+                ..
             },
         ) => production::open(config, url, nats, stream, *replicas).await?,
         (StoreConfig::Embedded, BrokerConfig::Embedded) => embedded::open(config).await?,
@@ -152,6 +153,7 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
                 url,
                 stream,
                 replicas,
+                ..
             },
         ) => mixed::sqlite_with_nats(config, url, stream, *replicas).await?,
     };
@@ -170,6 +172,9 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
 /// The JetStream settings the configuration describes.
 pub fn jetstream_settings(config: &Config, stream: &str) -> JetStreamSettings {
     let mut settings = JetStreamSettings::new(stream);
+    if let BrokerConfig::Nats { subject_prefix, .. } = &config.broker {
+        settings.subjects = crate::adapters::nats::Subjects::new(subject_prefix);
+    }
     settings.max_deliver = i64::from(config.workers.max_deliver);
     settings.ack_wait = config.workers.ack_wait;
     settings.backoff = config.workers.backoff.clone();

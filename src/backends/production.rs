@@ -86,6 +86,10 @@ pub(super) async fn open_nats(
     loop {
         match broker.ensure_topology(&settings).await {
             Ok(()) => break,
+            // Another stream holds the subjects: waiting changes nothing.
+            Err(err @ crate::adapters::nats::NatsSetupError::Overlap { .. }) => {
+                return Err(err.into());
+            }
             Err(err) if Instant::now() < deadline => {
                 tracing::warn!(error = %err, "JetStream is not ready yet; trying again in 1 s (up to 30 s)");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -109,17 +113,18 @@ async fn worker_backends(
     settings: JetStreamSettings,
 ) -> Result<WorkerBackends, BackendError> {
     let stream = settings.stream.as_str();
+    let subjects = &settings.subjects;
     use crate::adapters::nats::source::{JetStreamAdvisories, JetStreamSource};
     use crate::adapters::nats::{CONSUMER_EMAIL, CONSUMER_PRIMECHECK};
     let js = broker.context();
     let bind = |durable: &'static str| async move {
-        JetStreamSource::bind(js, stream, durable)
+        JetStreamSource::bind(js, stream, durable, subjects)
             .await
             .map_err(|e| BackendError::Consumer(e.to_string()))
     };
     let primecheck = bind(CONSUMER_PRIMECHECK).await?;
     let email = bind(CONSUMER_EMAIL).await?;
-    let advisories = JetStreamAdvisories::bind(js, stream)
+    let advisories = JetStreamAdvisories::bind(js, stream, subjects)
         .await
         .map_err(|e| BackendError::Consumer(e.to_string()))?;
     Ok(WorkerBackends {

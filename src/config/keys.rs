@@ -392,6 +392,12 @@ pub const KEYS: &[Key] = &[
         Some("PRIME"),
         "main JetStream stream name",
     ),
+    key(
+        "NATS_SUBJECT_PREFIX",
+        false,
+        None,
+        "put in front of every subject (staging → staging.primecheck.requested, staging.dlq.*, stream STAGING_DEAD_LETTER_QUEUE), so deployments can share a NATS account",
+    ),
     key("REDIS_HOST", false, None, "Redis host for rate limiting"),
     key("REDIS_PORT", false, Some("6379"), "Redis port"),
     key("REDIS_PASSWORD", true, None, "Redis password"),

@@ -29,6 +29,8 @@ pub enum BrokerConfig {
         stream: String,
         /// Replicas of each stream (more than 1 needs a JetStream cluster).
         replicas: usize,
+        /// Put in front of every subject (`NATS_SUBJECT_PREFIX`); empty: none.
+        subject_prefix: String,
     },
 }
 
@@ -41,11 +43,13 @@ impl std::fmt::Debug for BrokerConfig {
                 url,
                 stream,
                 replicas,
+                subject_prefix,
             } => f
                 .debug_struct("Nats")
                 .field("url", &redact_url_credentials(url))
                 .field("stream", stream)
                 .field("replicas", replicas)
+                .field("subject_prefix", subject_prefix)
                 .finish(),
         }
     }
@@ -141,6 +145,24 @@ impl BrokerConfig {
             return Err(raw.invalid("NATS_REPLICAS", "1, 3 or 5 (replicas of each stream)"));
         }
         let replicas = replicas as usize;
+        let subject_prefix = raw
+            .get("NATS_SUBJECT_PREFIX")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let token = |t: &str| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !subject_prefix.is_empty()
+            && (subject_prefix.len() > 64 || !subject_prefix.split('.').all(token))
+        {
+            return Err(raw.invalid(
+                "NATS_SUBJECT_PREFIX",
+                "dot-separated tokens of letters, digits, '-' and '_' (no wildcards), at most 64 characters, e.g. staging",
+            ));
+        }
         if let Some(url) = raw.get("NATS_URL") {
             if raw.is_set("NATS_HOST") {
                 return Err(ConfigError::Conflict {
@@ -161,6 +183,7 @@ impl BrokerConfig {
                 url: url.to_string(),
                 stream,
                 replicas,
+                subject_prefix,
             });
         }
         match raw.host("NATS_HOST")? {
@@ -168,6 +191,7 @@ impl BrokerConfig {
                 url: format!("nats://{host}:{}", raw.port("NATS_PORT")?),
                 stream,
                 replicas,
+                subject_prefix,
             }),
             None => Ok(BrokerConfig::Embedded),
         }

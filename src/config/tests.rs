@@ -147,6 +147,7 @@ fn the_seeds_production_variables_select_production_mode() {
             url: "nats://nats:4222".into(),
             stream: "PRIME".into(),
             replicas: 1,
+            subject_prefix: String::new(),
         }
     );
     assert_eq!(

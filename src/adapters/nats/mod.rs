@@ -32,11 +32,77 @@ pub const CONSUMER_EMAIL: &str = "email-worker";
 /// each other.
 const PUBLISH_WINDOW: usize = 1000;
 
+/// The subjects of one deployment on the wire: the pipeline's own (`primecheck.requested`,
+/// `email.send`, `dlq.*`) under an optional prefix (`NATS_SUBJECT_PREFIX`), so that several
+/// deployments (staging and production) can share one NATS account. Everything past the
+/// adapter sees the subjects without it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// Subjects under `prefix` (none when empty).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.trim_matches('.').to_string(),
+        }
+    }
+
+    /// The subject on the wire.
+    pub fn outer(&self, subject: &str) -> String {
+        if self.prefix.is_empty() {
+            subject.to_string()
+        } else {
+            format!("{}.{subject}", self.prefix)
+        }
+    }
+
+    /// The pipeline's subject of one on the wire.
+    pub fn inner<'a>(&self, subject: &'a str) -> &'a str {
+        if self.prefix.is_empty() {
+            return subject;
+        }
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .unwrap_or(subject)
+    }
+
+    /// The dead-letter stream's name: the seed's `DEAD_LETTER_QUEUE`, with the prefix
+    /// (upper case, dots as `_`) in front when there is one.
+    pub fn dlq_stream(&self) -> String {
+        if self.prefix.is_empty() {
+            DLQ_STREAM.to_string()
+        } else {
+            format!(
+                "{}_{DLQ_STREAM}",
+                self.prefix.to_ascii_uppercase().replace(['.', '-'], "_")
+            )
+        }
+    }
+}
+
+/// Whether two subject patterns (with `*` and `>` wildcards) can match one subject.
+pub fn subjects_overlap(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == y || x == "*" || y == "*" => {}
+            _ => return false,
+        }
+    }
+}
+
 /// Stream and consumer settings (seed §2.1.1, §3.1.1).
 #[derive(Debug, Clone)]
 pub struct JetStreamSettings {
     /// Main stream name (`NATS_STREAM`).
     pub stream: String,
+    /// The subjects on the wire (`NATS_SUBJECT_PREFIX`).
+    pub subjects: Subjects,
     /// Deliveries before a message is given up (then dead-lettered).
     pub max_deliver: i64,
     /// How long a worker may hold a message before it is redelivered.
@@ -66,6 +132,7 @@ impl JetStreamSettings {
             publish_timeout: Duration::from_secs(5),
             overrides: Vec::new(),
             replicas: 1,
+            subjects: Subjects::default(),
         }
     }
 
@@ -73,7 +140,10 @@ impl JetStreamSettings {
     pub fn main_stream(&self) -> stream::Config {
         stream::Config {
             name: self.stream.clone(),
-            subjects: vec!["primecheck.*".into(), "email.*".into()],
+            subjects: vec![
+                self.subjects.outer("primecheck.*"),
+                self.subjects.outer("email.*"),
+            ],
             storage: stream::StorageType::File,
             num_replicas: self.replicas,
             max_age: Duration::from_secs(24 * 3600),
@@ -89,8 +159,8 @@ impl JetStreamSettings {
     /// The dead-letter stream.
     pub fn dlq_stream(&self) -> stream::Config {
         stream::Config {
-            name: DLQ_STREAM.into(),
-            subjects: vec!["dlq.*".into()],
+            name: self.subjects.dlq_stream(),
+            subjects: vec![self.subjects.outer("dlq.*")],
             storage: stream::StorageType::File,
             num_replicas: self.replicas,
             max_age: Duration::from_secs(7 * 24 * 3600),
@@ -128,7 +198,7 @@ impl JetStreamSettings {
             .unwrap_or((self.max_deliver, self.ack_wait, &self.backoff));
         consumer::pull::Config {
             durable_name: Some(durable.into()),
-            filter_subject: subject.into(),
+            filter_subject: self.subjects.outer(subject),
             ack_policy: consumer::AckPolicy::Explicit,
             max_deliver,
             ack_wait,
@@ -156,6 +226,20 @@ pub enum NatsSetupError {
         /// Why.
         reason: String,
     },
+    /// The stream's subjects are another stream's (another deployment on this account).
+    #[error(
+        "JetStream stream {stream} cannot take the subjects {subjects}: stream {holder} already holds {held}. Another deployment shares this NATS account: give this one its own NATS_SUBJECT_PREFIX (e.g. staging), or set NATS_STREAM={holder} if that stream is this deployment's"
+    )]
+    Overlap {
+        /// The stream being created.
+        stream: String,
+        /// Its subjects.
+        subjects: String,
+        /// The stream that holds them.
+        holder: String,
+        /// The subjects it holds.
+        held: String,
+    },
     /// A stream or consumer could not be created or updated.
     #[error("cannot create or update JetStream {what}: {reason}")]
     Setup {
@@ -182,6 +266,8 @@ pub struct JetStreamBroker {
     disconnects: tokio::sync::watch::Receiver<u64>,
     /// The main stream, whose info answers [`Broker::available`].
     stream: String,
+    /// The subjects on the wire.
+    subjects: Subjects,
 }
 
 impl JetStreamBroker {
@@ -229,6 +315,7 @@ impl JetStreamBroker {
                 js,
                 disconnects,
                 stream: settings.stream.clone(),
+                subjects: settings.subjects.clone(),
             },
             client,
         ))
@@ -246,13 +333,24 @@ impl JetStreamBroker {
             settings.advisory_stream(),
         ] {
             let name = config.name.clone();
-            self.js
-                .create_or_update_stream(config)
-                .await
-                .map_err(|e| NatsSetupError::Setup {
+            let subjects = config.subjects.clone();
+            if let Err(e) = self.js.create_or_update_stream(config).await {
+                let reason = e.to_string();
+                if reason.contains("overlap")
+                    && let Some((holder, held)) = self.holder_of(&name, &subjects).await
+                {
+                    return Err(NatsSetupError::Overlap {
+                        stream: name,
+                        subjects: subjects.join(", "),
+                        holder,
+                        held: held.join(", "),
+                    });
+                }
+                return Err(NatsSetupError::Setup {
                     what: format!("stream {name}"),
-                    reason: e.to_string(),
-                })?;
+                    reason,
+                });
+            }
         }
         let stream =
             self.js
@@ -300,6 +398,22 @@ impl JetStreamBroker {
         Ok(())
     }
 
+    /// Another stream than `name` whose subjects overlap `subjects`, with its subjects.
+    async fn holder_of(&self, name: &str, subjects: &[String]) -> Option<(String, Vec<String>)> {
+        let mut streams = self.js.streams();
+        while let Some(Ok(info)) = streams.next().await {
+            let theirs = &info.config.subjects;
+            if info.config.name != name
+                && theirs
+                    .iter()
+                    .any(|t| subjects.iter().any(|s| subjects_overlap(s, t)))
+            {
+                return Some((info.config.name.clone(), theirs.clone()));
+            }
+        }
+        None
+    }
+
     /// The JetStream context, for tests and tools.
     pub fn context(&self) -> &jetstream::Context {
         &self.js
@@ -337,7 +451,10 @@ impl Broker for JetStreamBroker {
             // its acknowledgement is awaited, so a round that sent everything before awaiting
             // anything could wait for a permit held by its own (or another round's) unawaited
             // acknowledgements, forever.
-            let publishes: Vec<_> = messages.iter().map(|m| publish_one(&self.js, m)).collect();
+            let publishes: Vec<_> = messages
+                .iter()
+                .map(|m| publish_one(&self.js, &self.subjects, m))
+                .collect();
             let acks = futures::stream::iter(publishes)
                 .buffered(PUBLISH_WINDOW)
                 .collect::<Vec<_>>();
@@ -370,11 +487,12 @@ impl Broker for JetStreamBroker {
 /// Publishes one message and awaits its acknowledgement.
 async fn publish_one(
     js: &jetstream::Context,
+    subjects: &Subjects,
     message: &OutgoingMessage,
 ) -> Result<(), BrokerError> {
     let ack = js
         .publish_with_headers(
-            message.subject.clone(),
+            subjects.outer(&message.subject),
             headers(message),
             bytes::Bytes::copy_from_slice(&message.payload),
         )
@@ -422,5 +540,65 @@ impl ConsumerGauges {
             out.push((name, info.num_pending, info.num_ack_pending as u64));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_is_put_on_the_wire_and_taken_off_on_the_way_in() {
+        let none = Subjects::new("");
+        assert_eq!(none.outer("email.send"), "email.send");
+        assert_eq!(none.dlq_stream(), "DEAD_LETTER_QUEUE");
+        let staging = Subjects::new("staging.eu-1");
+        assert_eq!(
+            staging.outer("primecheck.requested"),
+            "staging.eu-1.primecheck.requested"
+        );
+        assert_eq!(
+            staging.inner("staging.eu-1.primecheck.requested"),
+            "primecheck.requested"
+        );
+        assert_eq!(staging.inner("email.send"), "email.send");
+        assert_eq!(staging.inner("staging.eu-10.x"), "staging.eu-10.x");
+        assert_eq!(staging.dlq_stream(), "STAGING_EU_1_DEAD_LETTER_QUEUE");
+        let mut settings = JetStreamSettings::new("STAGING");
+        settings.subjects = staging;
+        assert_eq!(
+            settings.main_stream().subjects,
+            ["staging.eu-1.primecheck.*", "staging.eu-1.email.*"]
+        );
+        assert_eq!(settings.dlq_stream().subjects, ["staging.eu-1.dlq.*"]);
+        assert_eq!(
+            settings
+                .consumer(CONSUMER_EMAIL, "email.send")
+                .filter_subject,
+            "staging.eu-1.email.send"
+        );
+    }
+
+    #[test]
+    fn overlapping_subject_patterns_are_found() {
+        for (a, b) in [
+            ("primecheck.*", "primecheck.*"),
+            ("primecheck.*", "primecheck.requested"),
+            ("primecheck.*", ">"),
+            ("staging.>", "staging.email.*"),
+            ("*.email.*", "staging.email.send"),
+        ] {
+            assert!(subjects_overlap(a, b), "{a} {b}");
+            assert!(subjects_overlap(b, a), "{b} {a}");
+        }
+        for (a, b) in [
+            ("primecheck.*", "staging.primecheck.*"),
+            ("primecheck.*", "primecheck.a.b"),
+            ("email.*", "primecheck.*"),
+            ("staging.>", "staging"),
+        ] {
+            assert!(!subjects_overlap(a, b), "{a} {b}");
+            assert!(!subjects_overlap(b, a), "{b} {a}");
+        }
     }
 }

@@ -16,12 +16,15 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
+use super::Subjects;
 use super::headers::{HEADER_DLQ_ID, HEADER_EVENT_ID, HEADER_REQUEST_ID, HEADER_TRACEPARENT};
 
 /// A durable pull consumer as a worker's source.
 #[derive(Clone)]
 pub struct JetStreamSource {
     consumer: PullConsumer,
+    /// The subjects on the wire; messages are handed on with the pipeline's own.
+    subjects: Subjects,
 }
 
 impl JetStreamSource {
@@ -30,6 +33,7 @@ impl JetStreamSource {
         js: &jetstream::Context,
         stream: &str,
         durable: &str,
+        subjects: &Subjects,
     ) -> Result<Self, BrokerError> {
         let consumer = js
             .get_stream(stream)
@@ -38,7 +42,10 @@ impl JetStreamSource {
             .get_consumer::<jetstream::consumer::pull::Config>(durable)
             .await
             .map_err(|e| BrokerError(format!("consumer {durable}: {e}")))?;
-        Ok(Self { consumer })
+        Ok(Self {
+            consumer,
+            subjects: subjects.clone(),
+        })
     }
 }
 
@@ -54,7 +61,7 @@ struct JsDelivery {
 }
 
 impl JsDelivery {
-    fn new(inner: jetstream::Message) -> Self {
+    fn new(inner: jetstream::Message, subjects: &Subjects) -> Self {
         let headers = inner.headers.as_ref();
         let (delivery, stream_seq, published_at) = match inner.info() {
             Ok(info) => (
@@ -69,7 +76,7 @@ impl JsDelivery {
             .unwrap_or_default();
         let message = Message {
             event_id,
-            subject: inner.subject.to_string(),
+            subject: subjects.inner(&inner.subject).to_string(),
             payload: inner.payload.to_vec(),
             delivery,
             stream_seq,
@@ -119,6 +126,7 @@ impl Source for JetStreamSource {
         expires: Duration,
     ) -> BoxStream<'static, Result<Box<dyn Delivery>, BrokerError>> {
         let consumer = self.consumer.clone();
+        let subjects = self.subjects.clone();
         // The server ends a pull at `expires` with a status message. When the connection
         // drops, that message never comes and the client's own timer waits 5 s more,
         // stalling the worker after every broker restart; end the pull ourselves soon after
@@ -134,9 +142,10 @@ impl Source for JetStreamSource {
                 .await
                 .map_err(|e| BrokerError(e.to_string()))
         })
-        .map_ok(|batch| {
-            batch.map(|m| {
-                m.map(|m| Box::new(JsDelivery::new(m)) as Box<dyn Delivery>)
+        .map_ok(move |batch| {
+            let subjects = subjects.clone();
+            batch.map(move |m| {
+                m.map(|m| Box::new(JsDelivery::new(m, &subjects)) as Box<dyn Delivery>)
                     .map_err(|e| BrokerError(e.to_string()))
             })
         })
@@ -161,18 +170,34 @@ pub const CONSUMER_ADVISORIES: &str = "dlq-advisories";
 pub struct JetStreamAdvisories {
     source: JetStreamSource,
     stream: jetstream::stream::Stream,
+    /// The main stream's subjects on the wire.
+    subjects: Subjects,
 }
 
 impl JetStreamAdvisories {
     /// Binds to the advisory stream's durable consumer.
-    pub async fn bind(js: &jetstream::Context, stream: &str) -> Result<Self, BrokerError> {
-        let source =
-            JetStreamSource::bind(js, &advisory_stream(stream), CONSUMER_ADVISORIES).await?;
+    pub async fn bind(
+        js: &jetstream::Context,
+        stream: &str,
+        subjects: &Subjects,
+    ) -> Result<Self, BrokerError> {
+        // Advisory subjects name the stream, not the pipeline's subjects.
+        let source = JetStreamSource::bind(
+            js,
+            &advisory_stream(stream),
+            CONSUMER_ADVISORIES,
+            &Subjects::default(),
+        )
+        .await?;
         let stream = js
             .get_stream(stream)
             .await
             .map_err(|e| BrokerError(format!("stream {stream}: {e}")))?;
-        Ok(Self { source, stream })
+        Ok(Self {
+            source,
+            stream,
+            subjects: subjects.clone(),
+        })
     }
 
     async fn advisory(&self, delivery: Box<dyn Delivery>) -> Advisory {
@@ -198,6 +223,7 @@ impl JetStreamAdvisories {
         let letter = match self.stream.get_raw_message(adv.stream_seq).await {
             Ok(original) => Some(letter_of(
                 &original,
+                &self.subjects,
                 adv.deliveries,
                 format!(
                     "delivered {} times without an acknowledgement (the worker died, hung or ran past the ack wait)",
@@ -217,11 +243,12 @@ impl JetStreamAdvisories {
 /// The dead letter of a stream message delivered `deliveries` times, failing with `error`.
 fn letter_of(
     original: &jetstream::message::StreamMessage,
+    subjects: &Subjects,
     deliveries: u32,
     error: String,
 ) -> NewDeadLetter {
     NewDeadLetter {
-        original_subject: original.subject.to_string(),
+        original_subject: subjects.inner(&original.subject).to_string(),
         original_message_id: header(Some(&original.headers), "Nats-Msg-Id"),
         payload: original.payload.to_vec(),
         error,
@@ -271,7 +298,7 @@ impl JetStreamAdvisories {
                 continue;
             }
             let time = original.time;
-            let letter = letter_of(&original, deliveries, String::new());
+            let letter = letter_of(&original, &self.subjects, deliveries, String::new());
             messages.push((seq, time, letter));
         }
         Ok(Unsettled {
