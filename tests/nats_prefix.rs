@@ -42,6 +42,7 @@ async fn deployments_with_their_own_prefix_share_a_nats_account() {
     );
     let letter = &dead_letters(&staging, "status=pending").await[0];
     assert_eq!(letter["original_subject"], "email.send");
+    assert_eq!(letter["request_id"], failed.as_str());
     assert!(dead_letters(&prod, "status=pending").await.is_empty());
     assert_eventually!(
         subject_messages(
