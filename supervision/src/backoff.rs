@@ -7,8 +7,9 @@ use std::time::Duration;
 /// A supervisor restarts a child's first failure at once; the n-th consecutive restart after
 /// that (counting from 0) waits `min(initial * multiplier^n, max)`, spread by ±`jitter` (a
 /// fraction), so children whose dependency is down do not restart in lock-step. A child
-/// that stayed up for at least `reset_after` is restarted at once again. Retry policies use
-/// [`Backoff::delay`] directly.
+/// that stayed up for at least `reset_after` is restarted at once again, and its earlier
+/// restarts leave the supervisor's intensity window (they no longer count towards giving
+/// up). Retry policies use [`Backoff::delay`] directly.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// Delay before the first restart.
@@ -19,7 +20,8 @@ pub struct Backoff {
     pub multiplier: f64,
     /// Fraction of the delay added or removed at random, between 0 and 1.
     pub jitter: f64,
-    /// Uptime after which a child's consecutive-restart count is forgotten.
+    /// Uptime after which a child's consecutive-restart count, and its restarts in the
+    /// intensity window, are forgotten.
     pub reset_after: Duration,
 }
 

@@ -13,7 +13,11 @@
 //! ractor kills the linked children of an actor that terminates; doing the ordered, timed
 //! stop ourselves (in `post_stop`, and before failing) is what gives OTP's shutdown order.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+// The tokio clock: the same as the system's monotonic clock in a running daemon, and the
+// paused clock of tests, so uptimes and the intensity window follow it there too.
+use tokio::time::Instant;
 
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RactorErr, RpcReplyPort,
@@ -507,7 +511,9 @@ impl SupervisorState {
         if let (Some(backoff), Some(uptime)) = (&self.backoff, uptime)
             && uptime >= backoff.reset_after
         {
+            // A stable run: restarted at once again, and its earlier restarts forgiven.
             child.backoff_attempt = 0;
+            self.window.forget(idx);
         }
         let restart = match child.spec.restart {
             Restart::Permanent => true,
@@ -539,7 +545,7 @@ impl SupervisorState {
         mut failed: usize,
     ) -> Result<(), SupervisorError> {
         loop {
-            if !self.window.record(&self.intensity, Instant::now()) {
+            if !self.window.record(&self.intensity, Instant::now(), failed) {
                 return Err(self.give_up(failed).await);
             }
             let plan = self.plan(failed);

@@ -698,6 +698,65 @@ async fn backoff_delays_restarts_and_grows() {
     sup.stop_and_wait(None, Some(WAIT)).await.unwrap();
 }
 
+// The paused clock: "stays up past reset_after" is a sleep of the paused clock, exact.
+#[tokio::test(start_paused = true)]
+async fn a_child_up_past_reset_after_is_restarted_at_once_with_its_restarts_forgiven() {
+    let mut fx = Fx::new();
+    let backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+        multiplier: 2.0,
+        jitter: 0.0,
+        reset_after: Duration::from_secs(5),
+    };
+    let spec = fx
+        .spec("sup", Strategy::OneForOne)
+        .intensity(2, Duration::from_secs(60))
+        .backoff(backoff)
+        .child(fx.worker("w", Restart::Permanent));
+    let (sup, handle) = Supervisor::start(spec).await.unwrap();
+    let mut w = fx.started(&["w"]).await.remove(0);
+
+    // A crash loop: at once, then after 100 ms. Two restarts: the intensity is full.
+    exit(&w, Exit::Panic).await;
+    w = fx.started(&["w"]).await.remove(0);
+    exit(&w, Exit::Panic).await;
+    fx.event(|e| matches!(e, SupervisorEvent::ChildRestartScheduled { .. }))
+        .await;
+    w = fx.started(&["w"]).await.remove(0);
+
+    // Up past reset_after, well inside the intensity's 60 s: a failure now is restarted at
+    // once (nothing scheduled), and the supervisor does not give up on a third restart.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    exit(&w, Exit::Panic).await;
+    w = fx.started(&["w"]).await.remove(0);
+    assert!(
+        fx.seen(|e| matches!(e, SupervisorEvent::ChildRestartScheduled { .. }))
+            .is_none(),
+        "restarted at once after a stable run"
+    );
+    assert!(
+        fx.seen(|e| matches!(e, SupervisorEvent::GaveUp { .. }))
+            .is_none()
+    );
+    assert_eq!(child(&tree(&sup).await, "w").restart_count, 3);
+
+    // The window counts again from there: one more quick restart fits (after the first
+    // backoff step), the one after it is one too many.
+    exit(&w, Exit::Panic).await;
+    let scheduled = fx
+        .event(|e| matches!(e, SupervisorEvent::ChildRestartScheduled { .. }))
+        .await;
+    assert!(
+        matches!(scheduled, SupervisorEvent::ChildRestartScheduled { delay, .. } if delay == Duration::from_millis(100))
+    );
+    w = fx.started(&["w"]).await.remove(0);
+    exit(&w, Exit::Panic).await;
+    fx.event(|e| matches!(e, SupervisorEvent::GaveUp { .. }))
+        .await;
+    tokio::time::timeout(WAIT, handle).await.unwrap().unwrap();
+}
+
 // The paused clock: the sleep below passes the backoff for certain (the restart timer, had
 // it survived, would fire first), without waiting real time.
 #[tokio::test(start_paused = true)]
