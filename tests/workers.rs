@@ -975,3 +975,36 @@ async fn an_email_sent_but_not_recorded_is_recorded_on_its_retry_not_sent_again(
     assert_eq!(stub.accepted().len(), 1, "sent once: {:?}", stub.accepted());
     assert_eq!(request(&d, &id).await["status"], "done");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smtp_concurrency_limit_holds_under_load() {
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Accept).await;
+    // A slow server and more work than the limit: 4 email workers pulling 16 each could
+    // send 64 at once; the limit says 3.
+    stub.slow_replies(Duration::from_millis(40));
+    let d = daemon(
+        &db,
+        &nats,
+        stub.port,
+        &[
+            ("PRIMED_SMTP_CONCURRENCY", "3"),
+            ("PRIMED_EMAIL_WORKERS", "4"),
+        ],
+    );
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(submit(&d, &(1000 + i).to_string(), &format!("load{i}@example.com")).await);
+    }
+    assert_eventually!(
+        stub.accepted().len() == 60,
+        "{} of 60 emails accepted",
+        stub.accepted().len()
+    );
+    // The limit was reached (the load was there) and never passed.
+    assert_eq!(stub.most_in_flight(), 3, "sends in flight at once");
+    for id in &ids {
+        assert_eq!(request(&d, id).await["status"], "done");
+    }
+}

@@ -646,7 +646,30 @@ pub struct SmtpStub {
     /// Message-IDs of accepted messages.
     pub accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     hold: std::sync::Arc<Hold>,
+    /// Mail transactions (from MAIL FROM to the reply to their data, or their abort) open
+    /// now, the most ever open at once, and how long each accepted message's `250` waits.
+    load: std::sync::Arc<Load>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What [`SmtpStub`] counts of its concurrent transactions.
+#[derive(Default)]
+struct Load {
+    open: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    reply_delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Load {
+    fn begin(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.open.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+    }
+
+    fn end(&self) {
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Holds back the `250` of accepted messages: the moment between the server's acceptance
@@ -671,78 +694,104 @@ impl SmtpStub {
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let hold = Arc::new(Hold::default());
-        let (m, a, acc, h) = (
+        let load = Arc::new(Load::default());
+        let (m, a, acc, h, l) = (
             mode.clone(),
             attempts.clone(),
             accepted.clone(),
             hold.clone(),
+            load.clone(),
         );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
                     return;
                 };
-                let (m, a, acc, h) = (m.clone(), a.clone(), acc.clone(), h.clone());
+                let (m, a, acc, h, l) = (m.clone(), a.clone(), acc.clone(), h.clone(), l.clone());
                 tokio::spawn(async move {
-                    let mode = *m.lock().unwrap();
-                    if mode == StubMode::Drop {
-                        return;
-                    }
-                    let (read, mut write) = socket.into_split();
-                    if mode == StubMode::Unavailable {
-                        a.lock().unwrap().push((Instant::now(), mode));
-                        let _ = write
-                            .write_all(b"421 4.3.2 service not available\r\n")
-                            .await;
-                        return;
-                    }
-                    let mut lines = BufReader::new(read).lines();
-                    let _ = write.write_all(b"220 stub ESMTP\r\n").await;
-                    let mut in_data = false;
-                    let mut message_id = String::new();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        if in_data {
-                            if line == "." {
-                                in_data = false;
-                                acc.lock().unwrap().push(std::mem::take(&mut message_id));
-                                if h.on.load(std::sync::atomic::Ordering::SeqCst) {
-                                    let released = h.release.notified();
-                                    h.arrived.notify_one();
-                                    released.await;
-                                }
-                                let _ = write.write_all(b"250 2.0.0 queued\r\n").await;
-                            } else if let Some(id) = line
-                                .strip_prefix("Message-ID: ")
-                                .or_else(|| line.strip_prefix("Message-Id: "))
-                            {
-                                message_id = id.trim().to_string();
-                            }
-                            continue;
+                    let mut in_tx = false;
+                    let served = async {
+                        let mode = *m.lock().unwrap();
+                        if mode == StubMode::Drop {
+                            return;
                         }
-                        let upper = line.to_ascii_uppercase();
-                        let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO")
-                        {
-                            b"250 stub\r\n"
-                        } else if upper.starts_with("RCPT") {
-                            let mode = *m.lock().unwrap();
+                        let (read, mut write) = socket.into_split();
+                        if mode == StubMode::Unavailable {
                             a.lock().unwrap().push((Instant::now(), mode));
-                            match mode {
-                                StubMode::Defer => b"451 4.3.0 mailbox busy, deferred\r\n",
-                                StubMode::Reject => b"550 5.1.1 no such user here\r\n",
-                                _ => b"250 2.1.5 ok\r\n",
-                            }
-                        } else if upper.starts_with("DATA") {
-                            in_data = true;
-                            b"354 go ahead\r\n"
-                        } else if upper.starts_with("QUIT") {
-                            let _ = write.write_all(b"221 bye\r\n").await;
-                            return;
-                        } else {
-                            b"250 ok\r\n"
-                        };
-                        if write.write_all(reply).await.is_err() {
+                            let _ = write
+                                .write_all(b"421 4.3.2 service not available\r\n")
+                                .await;
                             return;
                         }
+                        let mut lines = BufReader::new(read).lines();
+                        let _ = write.write_all(b"220 stub ESMTP\r\n").await;
+                        let mut in_data = false;
+                        let mut message_id = String::new();
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            if in_data {
+                                if line == "." {
+                                    in_data = false;
+                                    acc.lock().unwrap().push(std::mem::take(&mut message_id));
+                                    if h.on.load(std::sync::atomic::Ordering::SeqCst) {
+                                        let released = h.release.notified();
+                                        h.arrived.notify_one();
+                                        released.await;
+                                    }
+                                    let delay =
+                                        l.reply_delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+                                    if delay > 0 {
+                                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                                    }
+                                    let _ = write.write_all(b"250 2.0.0 queued\r\n").await;
+                                    if std::mem::take(&mut in_tx) {
+                                        l.end();
+                                    }
+                                } else if let Some(id) = line
+                                    .strip_prefix("Message-ID: ")
+                                    .or_else(|| line.strip_prefix("Message-Id: "))
+                                {
+                                    message_id = id.trim().to_string();
+                                }
+                                continue;
+                            }
+                            let upper = line.to_ascii_uppercase();
+                            if upper.starts_with("MAIL") && !in_tx {
+                                in_tx = true;
+                                l.begin();
+                            } else if (upper.starts_with("RSET") || upper.starts_with("QUIT"))
+                                && std::mem::take(&mut in_tx)
+                            {
+                                l.end();
+                            }
+                            let reply: &[u8] =
+                                if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                                    b"250 stub\r\n"
+                                } else if upper.starts_with("RCPT") {
+                                    let mode = *m.lock().unwrap();
+                                    a.lock().unwrap().push((Instant::now(), mode));
+                                    match mode {
+                                        StubMode::Defer => b"451 4.3.0 mailbox busy, deferred\r\n",
+                                        StubMode::Reject => b"550 5.1.1 no such user here\r\n",
+                                        _ => b"250 2.1.5 ok\r\n",
+                                    }
+                                } else if upper.starts_with("DATA") {
+                                    in_data = true;
+                                    b"354 go ahead\r\n"
+                                } else if upper.starts_with("QUIT") {
+                                    let _ = write.write_all(b"221 bye\r\n").await;
+                                    return;
+                                } else {
+                                    b"250 ok\r\n"
+                                };
+                            if write.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    served.await;
+                    // The connection ended inside a transaction: it is not open any more.
+                    if in_tx {
+                        l.end();
                     }
                 });
             }
@@ -753,8 +802,22 @@ impl SmtpStub {
             attempts,
             accepted,
             hold,
+            load,
             task,
         }
+    }
+
+    /// Delays the `250` of each accepted message by this much from now on (a slow server).
+    pub fn slow_replies(&self, delay: Duration) {
+        self.load.reply_delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// The most mail transactions that were ever open at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.load.most.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// From now on, holds the `250` of each accepted message until [`Self::release`].
