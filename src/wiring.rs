@@ -192,7 +192,7 @@ pub async fn wire(
     if let Some(period) = systemd::watchdog_period() {
         // Pet the watchdog at least twice per period.
         heartbeat_interval = heartbeat_interval.min(period / 2);
-        health_sinks.push(Arc::new(systemd::WatchdogSink));
+        health_sinks.push(Arc::new(systemd::WatchdogSink::default()));
         tracing::info!(
             watchdog_ms = period.as_millis() as u64,
             "systemd watchdog enabled"

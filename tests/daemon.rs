@@ -527,3 +527,93 @@ async fn a_store_and_a_broker_of_different_modes_accept_and_publish_but_run_no_w
         "the event was not published to NATS"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_is_not_fed_while_the_tree_is_unhealthy_and_is_fed_again_after() {
+    let (_dir, path) = temp_path("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let path = path.to_string_lossy().into_owned();
+    let d = Daemon::start(&[
+        ("NOTIFY_SOCKET", &path),
+        ("WATCHDOG_USEC", "1000000"),
+        ("PRIMED_FAULT_INJECTION", "true"),
+    ]);
+    // Every datagram, in the order the daemon sent them.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (seen, done) = (seen.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut buf = [0u8; 4096];
+                if let Ok(n) = sock.recv(&mut buf) {
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+        })
+    };
+    let pets = |seen: &[String]| seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert_eventually!(pets(&seen.lock().unwrap()) >= 1, "no watchdog pet");
+
+    // Killed again and again, a worker's restarts back off (10 ms doubling): the later ones
+    // leave it down for a second or more, the tree unhealthy meanwhile.
+    let worker = |t: &Value| {
+        t["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "email-workers")
+            .unwrap()["children"][0]
+            .clone()
+    };
+    for _ in 0..10 {
+        let (status, _) = admin(
+            &d,
+            reqwest::Method::POST,
+            "/admin/actors/email-worker-1/kill",
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eventually!(
+            worker(&admin_tree(&d).await)["state"] == "running",
+            "email-worker-1 did not come back"
+        );
+    }
+    // And the watchdog is fed again afterwards.
+    let after = pets(&seen.lock().unwrap());
+    assert_eventually!(
+        pets(&seen.lock().unwrap()) >= after + 2,
+        "the watchdog is not fed again"
+    );
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    reader.join().unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    let down = seen
+        .iter()
+        .position(|m| m.contains("STATUS=unhealthy"))
+        .unwrap_or_else(|| panic!("the tree was never reported unhealthy: {seen:?}"));
+    assert!(
+        seen[down].contains("email-workers/email-worker-1") && !seen[down].contains("WATCHDOG=1"),
+        "{}",
+        seen[down]
+    );
+    // Between each "unhealthy" and the "healthy again" after it, not one pet.
+    let mut unhealthy = false;
+    for m in &seen {
+        if m.contains("STATUS=unhealthy") {
+            unhealthy = true;
+        } else if m.contains("STATUS=healthy again") {
+            assert!(unhealthy, "healthy again without being unhealthy: {seen:?}");
+            assert!(m.contains("WATCHDOG=1"), "{m}");
+            unhealthy = false;
+        } else if m.contains("WATCHDOG=1") {
+            assert!(!unhealthy, "the watchdog was fed while unhealthy: {seen:?}");
+        }
+    }
+    assert!(!unhealthy, "never healthy again: {seen:?}");
+}

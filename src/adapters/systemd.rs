@@ -35,9 +35,26 @@ pub fn watchdog_period() -> Option<Duration> {
 
 /// A heartbeat sink that pets the systemd watchdog, only while the tree is healthy (and
 /// once READY=1 was sent): a tree stuck restarting lets the watchdog fire and systemd
-/// restart the whole process.
+/// restart the whole process. When the tree turns unhealthy it says so in the unit's
+/// status line (`systemctl status`: which actors are down), and again when it recovers.
 #[derive(Debug, Default)]
-pub struct WatchdogSink;
+pub struct WatchdogSink {
+    /// Whether the last report after READY=1 was unhealthy.
+    unhealthy: AtomicBool,
+}
+
+/// The status line while the tree is unhealthy.
+fn unhealthy_status(report: &HealthReport) -> String {
+    let down = if report.unhealthy.is_empty() {
+        report
+            .error
+            .clone()
+            .unwrap_or_else(|| "the tree cannot be read".into())
+    } else {
+        report.unhealthy.join(", ")
+    };
+    format!("unhealthy: {down} not running; the watchdog is not fed until it recovers")
+}
 
 impl HealthSink for WatchdogSink {
     fn name(&self) -> &str {
@@ -48,11 +65,26 @@ impl HealthSink for WatchdogSink {
         &'a self,
         report: &'a HealthReport,
     ) -> BoxFuture<'a, Result<(), HealthSinkError>> {
-        let result = if report.healthy && READY.load(Ordering::Acquire) {
-            sd_notify::notify(&[NotifyState::Watchdog]).map_err(|err| HealthSinkError {
-                sink: self.name().into(),
-                reason: err.to_string(),
-            })
+        let failed = |err: std::io::Error| HealthSinkError {
+            sink: self.name().into(),
+            reason: err.to_string(),
+        };
+        let result = if !READY.load(Ordering::Acquire) {
+            Ok(())
+        } else if report.healthy {
+            if self.unhealthy.swap(false, Ordering::AcqRel) {
+                sd_notify::notify(&[
+                    NotifyState::Status("healthy again: every actor runs"),
+                    NotifyState::Watchdog,
+                ])
+                .map_err(failed)
+            } else {
+                sd_notify::notify(&[NotifyState::Watchdog]).map_err(failed)
+            }
+        } else if !self.unhealthy.swap(true, Ordering::AcqRel) {
+            let status = unhealthy_status(report);
+            tracing::warn!(status = %status, "the supervision tree is unhealthy: not feeding the systemd watchdog");
+            sd_notify::notify(&[NotifyState::Status(&status)]).map_err(failed)
         } else {
             Ok(())
         };
