@@ -1008,3 +1008,97 @@ async fn the_smtp_concurrency_limit_holds_under_load() {
         assert_eq!(request(&d, id).await["status"], "done");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_under_load_loses_and_doubles_nothing() {
+    use nix::sys::signal::Signal;
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let stub = SmtpStub::start(StubMode::Accept).await;
+    // A slow SMTP server (8 sends at once, 50 ms each): emails are being sent and more wait
+    // in the stream when the stop comes.
+    stub.slow_replies(Duration::from_millis(50));
+    let env = daemon_env(&db, &nats, stub.port, &[]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut first = Daemon::start(&env);
+    let url = first.url("/prime-check");
+
+    // Four clients submit without pause; each remembers what was accepted (202).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let mut accepted = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    i += 1;
+                    let email = format!("c{c}-{i}@example.com");
+                    let sent = http
+                        .post(&url)
+                        .json(&json!({"number": (1_000_003 + i).to_string(), "email": email}))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 202 => {
+                            let id = r.json::<Value>().await.unwrap()["id"]
+                                .as_str()
+                                .unwrap()
+                                .to_string();
+                            accepted.push((id, email));
+                        }
+                        // Refused while stopping (503), or nobody listening any more.
+                        _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+
+    // Stop in the middle of it: requests arriving, messages handled, emails being sent.
+    assert_eventually!(stub.accepted().len() >= 20, "the pipeline is not busy yet");
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait_exit().code(), Some(0), "a clean stop");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut accepted = Vec::new();
+    for c in clients {
+        accepted.extend(c.await.unwrap());
+    }
+    assert!(accepted.len() >= 10, "{} accepted", accepted.len());
+    let emailed_before = stub.recipients().len();
+    eprintln!("accepted {}, emailed before the restart {emailed_before}", accepted.len());
+
+    // Started again on the same database, stream and data directory, it finishes the rest.
+    let second = Daemon::start_in(&first.data_dir, &env);
+    assert_eventually!(
+        stub.recipients().len() >= accepted.len(),
+        "{} of {} accepted requests emailed",
+        stub.recipients().len(),
+        accepted.len()
+    );
+    for (id, _) in &accepted {
+        assert_eventually!(
+            request(&second, id).await["status"] == "done",
+            "{id}: {}",
+            request(&second, id).await
+        );
+    }
+    let mut sent = std::collections::HashMap::<String, usize>::new();
+    for to in stub.recipients() {
+        *sent.entry(to).or_default() += 1;
+    }
+    let doubled: Vec<_> = sent.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "emailed twice: {doubled:?}");
+    let lost: Vec<_> = accepted
+        .iter()
+        .filter(|(_, email)| !sent.contains_key(email))
+        .collect();
+    assert!(lost.is_empty(), "accepted but never emailed: {lost:?}");
+    assert!(
+        emailed_before < accepted.len(),
+        "the stop left work for the restart ({emailed_before} of {} emailed before it)",
+        accepted.len()
+    );
+}

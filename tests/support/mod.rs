@@ -645,6 +645,8 @@ pub struct SmtpStub {
     pub attempts: std::sync::Arc<std::sync::Mutex<Vec<(Instant, StubMode)>>>,
     /// Message-IDs of accepted messages.
     pub accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The recipient of each accepted message, in the same order.
+    recipients: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     hold: std::sync::Arc<Hold>,
     /// Mail transactions (from MAIL FROM to the reply to their data, or their abort) open
     /// now, the most ever open at once, and how long each accepted message's `250` waits.
@@ -695,19 +697,28 @@ impl SmtpStub {
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let hold = Arc::new(Hold::default());
         let load = Arc::new(Load::default());
-        let (m, a, acc, h, l) = (
+        let recipients = Arc::new(Mutex::new(Vec::new()));
+        let (m, a, acc, h, l, r) = (
             mode.clone(),
             attempts.clone(),
             accepted.clone(),
             hold.clone(),
             load.clone(),
+            recipients.clone(),
         );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
                     return;
                 };
-                let (m, a, acc, h, l) = (m.clone(), a.clone(), acc.clone(), h.clone(), l.clone());
+                let (m, a, acc, h, l, r) = (
+                    m.clone(),
+                    a.clone(),
+                    acc.clone(),
+                    h.clone(),
+                    l.clone(),
+                    r.clone(),
+                );
                 tokio::spawn(async move {
                     let mut in_tx = false;
                     let served = async {
@@ -727,11 +738,13 @@ impl SmtpStub {
                         let _ = write.write_all(b"220 stub ESMTP\r\n").await;
                         let mut in_data = false;
                         let mut message_id = String::new();
+                        let mut recipient = String::new();
                         while let Ok(Some(line)) = lines.next_line().await {
                             if in_data {
                                 if line == "." {
                                     in_data = false;
                                     acc.lock().unwrap().push(std::mem::take(&mut message_id));
+                                    r.lock().unwrap().push(std::mem::take(&mut recipient));
                                     if h.on.load(std::sync::atomic::Ordering::SeqCst) {
                                         let released = h.release.notified();
                                         h.arrived.notify_one();
@@ -763,26 +776,31 @@ impl SmtpStub {
                             {
                                 l.end();
                             }
-                            let reply: &[u8] =
-                                if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-                                    b"250 stub\r\n"
-                                } else if upper.starts_with("RCPT") {
-                                    let mode = *m.lock().unwrap();
-                                    a.lock().unwrap().push((Instant::now(), mode));
-                                    match mode {
-                                        StubMode::Defer => b"451 4.3.0 mailbox busy, deferred\r\n",
-                                        StubMode::Reject => b"550 5.1.1 no such user here\r\n",
-                                        _ => b"250 2.1.5 ok\r\n",
-                                    }
-                                } else if upper.starts_with("DATA") {
-                                    in_data = true;
-                                    b"354 go ahead\r\n"
-                                } else if upper.starts_with("QUIT") {
-                                    let _ = write.write_all(b"221 bye\r\n").await;
-                                    return;
-                                } else {
-                                    b"250 ok\r\n"
-                                };
+                            let reply: &[u8] = if upper.starts_with("EHLO")
+                                || upper.starts_with("HELO")
+                            {
+                                b"250 stub\r\n"
+                            } else if upper.starts_with("RCPT") {
+                                recipient = line
+                                    .split_once(':')
+                                    .map(|(_, to)| to.trim().trim_matches(['<', '>']).to_string())
+                                    .unwrap_or_default();
+                                let mode = *m.lock().unwrap();
+                                a.lock().unwrap().push((Instant::now(), mode));
+                                match mode {
+                                    StubMode::Defer => b"451 4.3.0 mailbox busy, deferred\r\n",
+                                    StubMode::Reject => b"550 5.1.1 no such user here\r\n",
+                                    _ => b"250 2.1.5 ok\r\n",
+                                }
+                            } else if upper.starts_with("DATA") {
+                                in_data = true;
+                                b"354 go ahead\r\n"
+                            } else if upper.starts_with("QUIT") {
+                                let _ = write.write_all(b"221 bye\r\n").await;
+                                return;
+                            } else {
+                                b"250 ok\r\n"
+                            };
                             if write.write_all(reply).await.is_err() {
                                 return;
                             }
@@ -801,10 +819,16 @@ impl SmtpStub {
             mode,
             attempts,
             accepted,
+            recipients,
             hold,
             load,
             task,
         }
+    }
+
+    /// The recipient of each accepted message.
+    pub fn recipients(&self) -> Vec<String> {
+        self.recipients.lock().unwrap().clone()
     }
 
     /// Delays the `250` of each accepted message by this much from now on (a slow server).
