@@ -7,14 +7,22 @@
 //! Traces: every span of the pipeline (HTTP request, prime check, email) belongs to the
 //! W3C trace its request started (see `actors::trace`); its `trace_id` and `span_id` are
 //! fields of the span, so JSON log lines inside it carry them under `span`. With an OTLP
-//! endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or `JAEGER_HOST`), the spans are exported over
-//! OTLP/HTTP (protobuf) to `<endpoint>/v1/traces` in batches.
+//! endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` or `JAEGER_HOST`), the spans are exported in
+//! batches over `OTEL_EXPORTER_OTLP_PROTOCOL`: OTLP/HTTP (protobuf) to
+//! `<endpoint>/v1/traces`, or OTLP/gRPC to the endpoint. The gRPC client needs a tokio
+//! runtime where the batch processor's own thread has none: it gets a small one of its own
+//! ([`OnRuntime`]).
+
+use std::sync::Arc;
 
 use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+
+use crate::config::OtlpProtocol;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -44,21 +52,95 @@ pub fn traces_url(endpoint: &str) -> String {
     }
 }
 
-/// Installs the global subscriber (logs, and spans for `otlp_endpoint` when given) and the
-/// panic hook. Call once, early.
-pub fn init(otlp_endpoint: Option<&str>) -> Telemetry {
+/// An exporter whose calls run on a tokio runtime of its own: the batch processor drives
+/// exports from a plain thread, and the gRPC client (tonic, hyper) needs a reactor.
+#[derive(Debug)]
+pub struct OnRuntime<E> {
+    inner: E,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl<E: SpanExporter> SpanExporter for OnRuntime<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let handle = self.runtime.handle().clone();
+        handle.block_on(self.inner.export(batch))
+    }
+
+    fn shutdown_with_timeout(&mut self, timeout: std::time::Duration) -> OTelSdkResult {
+        let _entered = self.runtime.enter();
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&mut self) -> OTelSdkResult {
+        let _entered = self.runtime.enter();
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Adds the OTLP exporter for `endpoint` over `protocol` to `builder`.
+fn with_exporter(
+    builder: opentelemetry_sdk::trace::TracerProviderBuilder,
+    endpoint: &str,
+    protocol: OtlpProtocol,
+) -> Result<opentelemetry_sdk::trace::TracerProviderBuilder, String> {
+    use opentelemetry_otlp::WithExportConfig;
+    match protocol {
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(traces_url(endpoint))
+            .build()
+            .map(|exporter| builder.with_batch_exporter(exporter))
+            .map_err(|e| e.to_string()),
+        OtlpProtocol::Grpc => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("otlp-grpc")
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the gRPC exporter's runtime: {e}"))?;
+            let inner = {
+                let _entered = runtime.enter();
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint.trim_end_matches('/'))
+                    .build()
+                    .map_err(|e| e.to_string())?
+            };
+            Ok(builder.with_batch_exporter(OnRuntime {
+                inner,
+                runtime: Arc::new(runtime),
+            }))
+        }
+    }
+}
+
+/// Where spans go, as the start-up log says it.
+fn destination(endpoint: &str, protocol: OtlpProtocol) -> String {
+    match protocol {
+        OtlpProtocol::HttpProtobuf => traces_url(endpoint),
+        OtlpProtocol::Grpc => endpoint.trim_end_matches('/').to_string(),
+    }
+}
+
+/// Installs the global subscriber (logs, and spans for `otlp_endpoint` when given, sent
+/// over `protocol`) and the panic hook. Call once, early, outside any tokio runtime.
+pub fn init(otlp_endpoint: Option<&str>, protocol: OtlpProtocol) -> Telemetry {
     let mut builder = SdkTracerProvider::builder()
         .with_resource(Resource::builder().with_service_name("primed").build());
     let mut export_error = None;
     if let Some(endpoint) = otlp_endpoint {
-        use opentelemetry_otlp::WithExportConfig;
-        match opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(traces_url(endpoint))
-            .build()
-        {
-            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
-            Err(e) => export_error = Some(e.to_string()),
+        let plain = SdkTracerProvider::builder()
+            .with_resource(Resource::builder().with_service_name("primed").build());
+        match with_exporter(builder, endpoint, protocol) {
+            Ok(b) => builder = b,
+            Err(e) => {
+                builder = plain;
+                export_error = Some(e);
+            }
         }
     }
     let provider = builder.build();
@@ -87,9 +169,11 @@ pub fn init(otlp_endpoint: Option<&str>) -> Telemetry {
         return telemetry;
     }
     match (otlp_endpoint, export_error) {
-        (Some(endpoint), None) => {
-            tracing::info!(url = %traces_url(endpoint), "exporting traces over OTLP/HTTP")
-        }
+        (Some(endpoint), None) => tracing::info!(
+            url = %destination(endpoint, protocol),
+            protocol = protocol.name(),
+            "exporting traces over OTLP"
+        ),
         (Some(endpoint), Some(e)) => {
             tracing::warn!(endpoint, error = %e, "cannot export traces; continuing without")
         }

@@ -111,7 +111,7 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(code) => return code,
             };
-            let telemetry = logging::init(config.otlp_endpoint.as_deref());
+            let telemetry = logging::init(config.otlp_endpoint.as_deref(), config.otlp_protocol);
             let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
                 Ok(rt) => rt,
                 Err(code) => return code,

@@ -1068,7 +1068,10 @@ async fn a_graceful_stop_under_load_loses_and_doubles_nothing() {
     }
     assert!(accepted.len() >= 10, "{} accepted", accepted.len());
     let emailed_before = stub.recipients().len();
-    eprintln!("accepted {}, emailed before the restart {emailed_before}", accepted.len());
+    eprintln!(
+        "accepted {}, emailed before the restart {emailed_before}",
+        accepted.len()
+    );
 
     // Started again on the same database, stream and data directory, it finishes the rest.
     let second = Daemon::start_in(&first.data_dir, &env);

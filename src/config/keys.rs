@@ -487,7 +487,13 @@ pub const KEYS: &[Key] = &[
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         false,
         None,
-        "OTLP/HTTP trace endpoint (http://host:4318; spans go to <endpoint>/v1/traces)",
+        "OTLP trace endpoint: http://host:4318 for http/protobuf (spans go to <endpoint>/v1/traces), http://host:4317 for grpc",
+    ),
+    key(
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        false,
+        None,
+        "grpc or http/protobuf; unset: grpc when JAEGER_PORT is 4317, else http/protobuf",
     ),
     key(
         "JAEGER_HOST",
@@ -495,7 +501,12 @@ pub const KEYS: &[Key] = &[
         None,
         "Jaeger OTLP host (alternative to OTEL_EXPORTER_OTLP_ENDPOINT)",
     ),
-    key("JAEGER_PORT", false, Some("4318"), "Jaeger OTLP/HTTP port"),
+    key(
+        "JAEGER_PORT",
+        false,
+        None,
+        "Jaeger's OTLP port (unset: 4317 for grpc, 4318 for http/protobuf)",
+    ),
     key(
         "ADMIN_API_KEYS",
         true,

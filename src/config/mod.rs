@@ -53,6 +53,33 @@ pub use workers::{DEFAULT_DLQ_RULES, DlqRule, SubjectRetry, Workers, parse_dlq_r
 use keys::lookup;
 use raw::{Raw, read_file};
 
+/// The OTLP protocol spans are exported with (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318), to `<endpoint>/v1/traces`.
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// The collector's usual port for it.
+    pub fn default_port(self) -> u16 {
+        match self {
+            OtlpProtocol::Grpc => 4317,
+            OtlpProtocol::HttpProtobuf => 4318,
+        }
+    }
+
+    /// Its name in `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -96,6 +123,8 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     /// OTLP endpoint; None = tracing export off.
     pub otlp_endpoint: Option<String>,
+    /// How spans are sent to it.
+    pub otlp_protocol: OtlpProtocol,
     /// Admin tokens; empty = generate one in the data directory.
     pub admin_api_keys: Vec<Secret>,
     /// JWT secret.
@@ -209,16 +238,34 @@ impl Config {
                 b: "JAEGER_HOST",
             });
         }
+        let jaeger_port = match raw.get("JAEGER_PORT") {
+            Some(_) => Some(raw.port("JAEGER_PORT")?),
+            None => None,
+        };
+        let otlp_protocol = match raw.get("OTEL_EXPORTER_OTLP_PROTOCOL").map(str::trim) {
+            Some("grpc") => OtlpProtocol::Grpc,
+            Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+            Some(_) => {
+                return Err(raw.invalid(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    "grpc or http/protobuf (http/json is not supported)",
+                ));
+            }
+            // The seed's JAEGER_PORT 4317 is OTLP/gRPC's port.
+            None if jaeger_port == Some(4317) => OtlpProtocol::Grpc,
+            None => OtlpProtocol::HttpProtobuf,
+        };
         let otlp_endpoint = if let Some(url) = raw.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(raw.invalid(
                     "OTEL_EXPORTER_OTLP_ENDPOINT",
-                    "an http:// or https:// URL, e.g. http://jaeger:4318",
+                    "an http:// or https:// URL, e.g. http://jaeger:4318 (http/protobuf) or http://jaeger:4317 (grpc)",
                 ));
             }
             Some(url.to_string())
         } else if let Some(host) = raw.host("JAEGER_HOST")? {
-            Some(format!("http://{host}:{}", raw.port("JAEGER_PORT")?))
+            let port = jaeger_port.unwrap_or(otlp_protocol.default_port());
+            Some(format!("http://{host}:{port}"))
         } else {
             None
         };
@@ -268,6 +315,7 @@ impl Config {
             rate_limit,
             smtp,
             otlp_endpoint,
+            otlp_protocol,
             admin_api_keys,
             jwt_secret,
             effective,

@@ -400,3 +400,38 @@ fn secrets_never_show_in_debug_output() {
     assert!(!debug.contains("topsecret"));
     assert!(!debug.contains(":pw@"));
 }
+
+#[test]
+fn the_otlp_protocol_chooses_the_default_port_and_4317_means_grpc() {
+    use crate::config::OtlpProtocol;
+    let c = load(&[("JAEGER_HOST", "jaeger")]).unwrap();
+    assert_eq!(
+        (c.otlp_endpoint.as_deref(), c.otlp_protocol),
+        (Some("http://jaeger:4318"), OtlpProtocol::HttpProtobuf)
+    );
+    let c = load(&[
+        ("JAEGER_HOST", "jaeger"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ])
+    .unwrap();
+    assert_eq!(
+        (c.otlp_endpoint.as_deref(), c.otlp_protocol),
+        (Some("http://jaeger:4317"), OtlpProtocol::Grpc)
+    );
+    // The seed's JAEGER_PORT=4317 is gRPC's port.
+    let c = load(&[("JAEGER_HOST", "jaeger"), ("JAEGER_PORT", "4317")]).unwrap();
+    assert_eq!(c.otlp_protocol, OtlpProtocol::Grpc);
+    let c = load(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+    ])
+    .unwrap();
+    assert_eq!(c.otlp_protocol, OtlpProtocol::HttpProtobuf);
+    let err = load(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && err.contains("grpc or http/protobuf"),
+        "{err}"
+    );
+}
