@@ -354,3 +354,32 @@ fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_waiting_for_a_pooled_connection_are_counted() {
+    use actors::DlqStore;
+    let db = TestDb::create();
+    // One connection, held here: every store call has to wait for it.
+    let store = support::pipeline::migrated_store(&db, 1).await;
+    let held = store.pool().acquire().await.unwrap();
+    let shared = std::sync::Arc::new(store.shared());
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.list(actors::model::DlqQuery::default()).await })
+        })
+        .collect();
+    let wait = || {
+        sample(
+            &primed::metrics::render(),
+            r#"database_connections{state="wait"}"#,
+        )
+    };
+    assert_eventually!(wait() == Some(3.0), "{:?} waiting", wait());
+    // Given back, the connection serves them in turn and nobody waits any more.
+    drop(held);
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(wait(), Some(0.0));
+}

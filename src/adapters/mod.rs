@@ -6,13 +6,16 @@
 //!   dead-letter queue, health rows and records).
 //! - [`nats`]: JetStream publishing, consumers and headers.
 //! - [`smtp`] and [`mail`]: the mailers; [`sent_journal`]: what the SMTP server accepted.
-//! - [`timed`]: store calls timed into metrics; `group.rs`: the group commit both stores
+//! - [`timed`]: store calls timed into metrics; `pool_wait.rs`: the tasks waiting for a
+//!   pooled connection; `group.rs`: the group commit both stores
 //!   use; [`systemd`]: notify and watchdog.
 
 mod group;
 pub mod mail;
 pub mod mysql;
 pub mod nats;
+mod pool_wait;
+pub(crate) use pool_wait::waiting;
 pub mod sent_journal;
 pub mod smtp;
 mod sql;

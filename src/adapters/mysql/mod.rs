@@ -171,10 +171,10 @@ fn note(err: &sqlx::Error) {
 pub(crate) async fn begin(
     pool: &MySqlPool,
 ) -> Result<sqlx::Transaction<'static, MySql>, sqlx::Error> {
-    match pool.begin().await {
+    match crate::adapters::waiting(pool.begin()).await {
         Err(err) if connection_lost(&err) => {
             note(&err);
-            pool.begin().await
+            crate::adapters::waiting(pool.begin()).await
         }
         other => other,
     }

@@ -80,7 +80,11 @@ async fn were_sent(pool: &MySqlPool, event_ids: Vec<String>) -> Vec<Result<bool,
         list.push_bind(id);
     }
     q.push(")");
-    let sent = match q.build().fetch_all(pool).await {
+    let sent = match crate::adapters::waiting(pool.acquire()).await {
+        Ok(mut conn) => q.build().fetch_all(&mut *conn).await,
+        Err(e) => Err(e),
+    };
+    let sent = match sent {
         Ok(rows) => rows
             .iter()
             .map(|row| row.try_get::<String, _>(0))
@@ -281,7 +285,10 @@ async fn sent_together(pool: &MySqlPool, _: &(), batch: &[SentEmail]) -> Result<
             .push_bind(&s.recipient)
             .push_bind(&s.message_id);
     });
-    q.build().execute(pool).await.map_err(together)?;
+    let mut conn = crate::adapters::waiting(pool.acquire())
+        .await
+        .map_err(together)?;
+    q.build().execute(&mut *conn).await.map_err(together)?;
     Ok(())
 }
 

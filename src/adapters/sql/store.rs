@@ -72,7 +72,9 @@ where
     }
 
     pub(super) async fn fetch_all(&self, q: &Sql) -> Result<Vec<DB::Row>, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(DB::error)?;
+        let mut conn = crate::adapters::waiting(self.pool.acquire())
+            .await
+            .map_err(DB::error)?;
         q.query::<DB>()
             .fetch_all(&mut *conn)
             .await
@@ -80,7 +82,9 @@ where
     }
 
     pub(super) async fn run(&self, q: &Sql) -> Result<Done, StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(DB::error)?;
+        let mut conn = crate::adapters::waiting(self.pool.acquire())
+            .await
+            .map_err(DB::error)?;
         self.execute(&mut conn, q).await
     }
 

@@ -602,7 +602,12 @@ impl Backend for Sqlite {
     fn begin(
         pool: &SqlitePool,
     ) -> BoxFuture<'_, Result<sqlx::Transaction<'static, Sqlite>, StoreError>> {
-        async move { pool.begin().await.map_err(rejected) }.boxed()
+        async move {
+            crate::adapters::waiting(pool.begin())
+                .await
+                .map_err(rejected)
+        }
+        .boxed()
     }
 }
 
