@@ -34,11 +34,13 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Exports what is buffered and stops the exporter.
+    /// Exports what is buffered and stops the exporters (spans, and the last metrics
+    /// push).
     pub fn shutdown(self) {
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!(error = %e, "could not flush the last traces");
         }
+        actors::instruments::shutdown();
     }
 }
 
@@ -66,18 +68,101 @@ impl<E: SpanExporter> SpanExporter for OnRuntime<E> {
         handle.block_on(self.inner.export(batch))
     }
 
-    fn shutdown_with_timeout(&mut self, timeout: std::time::Duration) -> OTelSdkResult {
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> OTelSdkResult {
         let _entered = self.runtime.enter();
         self.inner.shutdown_with_timeout(timeout)
     }
 
-    fn force_flush(&mut self) -> OTelSdkResult {
+    fn force_flush(&self) -> OTelSdkResult {
         let _entered = self.runtime.enter();
         self.inner.force_flush()
     }
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+impl<E: opentelemetry_sdk::metrics::exporter::PushMetricExporter>
+    opentelemetry_sdk::metrics::exporter::PushMetricExporter for OnRuntime<E>
+{
+    async fn export(
+        &self,
+        metrics: &opentelemetry_sdk::metrics::data::ResourceMetrics,
+    ) -> OTelSdkResult {
+        let handle = self.runtime.handle().clone();
+        handle.block_on(self.inner.export(metrics))
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        let _entered = self.runtime.enter();
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> OTelSdkResult {
+        let _entered = self.runtime.enter();
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> opentelemetry_sdk::metrics::Temporality {
+        self.inner.temporality()
+    }
+}
+
+/// A one-thread tokio runtime for a gRPC exporter.
+fn grpc_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otlp-grpc")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the gRPC exporter's runtime: {e}"))
+}
+
+/// Pushes every instrument to `endpoint` over OTLP every `interval`, beside `/metrics`.
+/// Before any instrument is made.
+pub fn push_metrics(
+    endpoint: &str,
+    protocol: OtlpProtocol,
+    interval: std::time::Duration,
+) -> Result<(), String> {
+    use opentelemetry_otlp::WithExportConfig;
+    use opentelemetry_sdk::metrics::PeriodicReader;
+    let added = match protocol {
+        OtlpProtocol::HttpProtobuf => {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let reader = PeriodicReader::builder(exporter)
+                .with_interval(interval)
+                .build();
+            actors::instruments::add_reader(move |b| b.with_reader(reader))
+        }
+        OtlpProtocol::Grpc => {
+            let runtime = grpc_runtime()?;
+            let inner = {
+                let _entered = runtime.enter();
+                opentelemetry_otlp::MetricExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint.trim_end_matches('/'))
+                    .build()
+                    .map_err(|e| e.to_string())?
+            };
+            let reader = PeriodicReader::builder(OnRuntime {
+                inner,
+                runtime: Arc::new(runtime),
+            })
+            .with_interval(interval)
+            .build();
+            actors::instruments::add_reader(move |b| b.with_reader(reader))
+        }
+    };
+    if added {
+        Ok(())
+    } else {
+        Err("the metrics were already in use; push them from the start".into())
     }
 }
 
@@ -96,12 +181,7 @@ fn with_exporter(
             .map(|exporter| builder.with_batch_exporter(exporter))
             .map_err(|e| e.to_string()),
         OtlpProtocol::Grpc => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("otlp-grpc")
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start the gRPC exporter's runtime: {e}"))?;
+            let runtime = grpc_runtime()?;
             let inner = {
                 let _entered = runtime.enter();
                 opentelemetry_otlp::SpanExporter::builder()

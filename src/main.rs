@@ -112,6 +112,23 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let telemetry = logging::init(config.otlp_endpoint.as_deref(), config.otlp_protocol);
+            if let Some(endpoint) = &config.otlp_metrics_endpoint {
+                match logging::push_metrics(
+                    endpoint,
+                    config.otlp_protocol,
+                    config.otlp_metrics_interval,
+                ) {
+                    Ok(()) => tracing::info!(
+                        url = %endpoint,
+                        protocol = config.otlp_protocol.name(),
+                        interval_ms = config.otlp_metrics_interval.as_millis() as u64,
+                        "pushing metrics over OTLP"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot push metrics over OTLP; /metrics serves them")
+                    }
+                }
+            }
             let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
                 Ok(rt) => rt,
                 Err(code) => return code,

@@ -1,15 +1,25 @@
 //! Prometheus metrics, served at `GET /metrics`.
 //!
-//! One process-wide registry ([`actors::metrics::registry`], where the pipeline's own
-//! instruments live too). The instruments are named exactly as the seeds name them (§4.4.1,
-//! §5.2), with no exporter renaming in between.
+//! Every instrument is made through the OpenTelemetry metrics API
+//! ([`actors::instruments`]) and read into one process-wide Prometheus registry
+//! ([`actors::metrics::registry`], where the pipeline's own instruments are too, with the
+//! `process_*` collector) by opentelemetry-prometheus. The instruments are named exactly as
+//! the seeds name them (§4.4.1, §5.2): the exporter adds no suffix, unit, scope label or
+//! `target_info`.
 
 use std::sync::LazyLock;
 
-use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, TextEncoder,
+use actors::instruments::{
+    CounterVec, DEFAULT_BUCKETS, Gauge, GaugeVec, Histogram, HistogramVec, UpDown,
 };
+use prometheus::{Encoder, TextEncoder};
+
+/// A gauge family of whole numbers.
+type IntGaugeVec = GaugeVec<i64>;
+/// A gauge of a whole number.
+type IntGauge = Gauge<i64>;
+/// A counter family.
+type IntCounterVec = CounterVec;
 
 /// The daemon's instruments.
 pub struct Metrics {
@@ -19,7 +29,7 @@ pub struct Metrics {
     /// `http_request_duration_seconds{method,endpoint}`.
     pub http_request_duration: HistogramVec,
     /// `http_connections_open`: client connections the server holds.
-    pub http_connections_open: IntGauge,
+    pub http_connections_open: UpDown,
     /// `http_connections_closed_total{reason}`: connections the server ended itself:
     /// `refused` (over `PRIMED_HTTP_MAX_CONNECTIONS`), `header_timeout`, `idle_timeout`.
     pub http_connections_closed: IntCounterVec,
@@ -31,11 +41,11 @@ pub struct Metrics {
     /// `actor_restarts_total{actor}`.
     pub actor_restarts: IntCounterVec,
     /// `worker_heartbeat_age_seconds{worker}`: since the pulling worker last made progress.
-    pub worker_heartbeat_age: GaugeVec,
+    pub worker_heartbeat_age: GaugeVec<f64>,
     /// `outbox_pending`: outbox events not yet published.
     pub outbox_pending: IntGauge,
     /// `outbox_relay_lag_seconds`: age of the oldest due, unpublished event.
-    pub outbox_relay_lag: prometheus::Gauge,
+    pub outbox_relay_lag: Gauge<f64>,
     /// `dlq_message_count{status}`: dead letters by status.
     pub dlq_message_count: IntGaugeVec,
     /// `message_queue_length{queue_name}`: messages waiting for a consumer.
@@ -54,7 +64,7 @@ pub struct Metrics {
     /// `metrics_collection_errors_total{source}`: gauges that could not be read.
     pub collection_errors: IntCounterVec,
     /// `build_info{version}`: always 1.
-    pub build_info: GaugeVec,
+    pub build_info: GaugeVec<f64>,
     /// `rate_limit_hits_total{endpoint,result,policy}`: decisions; result is `allowed`,
     /// `limited`, `bypass` (policy = the bypass kind), `unavailable` (fail-closed while Redis
     /// is down) or `rejected` (invalid credentials).
@@ -68,208 +78,153 @@ pub struct Metrics {
     pub rate_limit_backend_switches: IntCounterVec,
 }
 
-fn build() -> Result<Metrics, prometheus::Error> {
-    let registry = actors::metrics::registry();
-    let http_requests = IntCounterVec::new(
-        Opts::new(
-            "http_requests_total",
-            "HTTP requests by method, endpoint (route template) and status",
-        ),
-        &["method", "endpoint", "status"],
-    )?;
-    let http_request_duration = HistogramVec::new(
-        HistogramOpts::new("http_request_duration_seconds", "HTTP request duration").buckets(vec![
-            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ]),
-        &["method", "endpoint"],
-    )?;
-    let http_connections_open = IntGauge::new(
-        "http_connections_open",
-        "HTTP client connections the server holds",
-    )?;
+fn build() -> Metrics {
     let http_connections_closed = IntCounterVec::new(
-        Opts::new(
-            "http_connections_closed_total",
-            "HTTP connections the server ended itself, by reason (refused over the cap, header_timeout, idle_timeout)",
-        ),
+        "http_connections_closed_total",
+        "HTTP connections the server ended itself, by reason (refused over the cap, header_timeout, idle_timeout)",
         &["reason"],
-    )?;
+    );
     for reason in ["refused", "header_timeout", "idle_timeout"] {
-        http_connections_closed.with_label_values(&[reason]);
+        http_connections_closed
+            .with_label_values(&[reason])
+            .inc_by(0);
     }
     let auth_failures = IntCounterVec::new(
-        Opts::new(
-            "auth_failures_total",
-            "Requests with credentials that were refused (401) or, after too many failures from their address, limited (429)",
-        ),
+        "auth_failures_total",
+        "Requests with credentials that were refused (401) or, after too many failures from their address, limited (429)",
         &["result"],
-    )?;
+    );
     for result in ["refused", "limited"] {
-        auth_failures.with_label_values(&[result]);
+        auth_failures.with_label_values(&[result]).inc_by(0);
     }
-    let actor_up = IntGaugeVec::new(
-        Opts::new("actor_up", "1 while the supervised actor runs"),
-        &["actor"],
-    )?;
-    let actor_restarts = IntCounterVec::new(
-        Opts::new("actor_restarts_total", "Restarts of supervised actors"),
-        &["actor"],
-    )?;
-    let worker_heartbeat_age = GaugeVec::new(
-        Opts::new(
-            "worker_heartbeat_age_seconds",
-            "Seconds since the pulling worker last made progress",
-        ),
-        &["worker"],
-    )?;
-    let outbox_pending = IntGauge::new("outbox_pending", "Outbox events not yet published")?;
-    let outbox_relay_lag = prometheus::Gauge::new(
-        "outbox_relay_lag_seconds",
-        "Age of the oldest due outbox event not yet published",
-    )?;
-    let dlq_message_count = IntGaugeVec::new(
-        Opts::new("dlq_message_count", "Dead letters by status"),
-        &["status"],
-    )?;
-    let message_queue_length = IntGaugeVec::new(
-        Opts::new("message_queue_length", "Current message queue length"),
-        &["queue_name"],
-    )?;
-    let nats_consumer_pending = IntGaugeVec::new(
-        Opts::new(
-            "nats_consumer_pending_messages",
-            "NATS consumer pending messages",
-        ),
-        &["stream", "consumer"],
-    )?;
-    let database_connections = IntGaugeVec::new(
-        Opts::new("database_connections", "Current database connections"),
-        &["state"],
-    )?;
-    let redis_connected_clients =
-        IntGauge::new("redis_connected_clients", "Redis connected clients")?;
-    let database_query_duration = HistogramVec::new(
-        HistogramOpts::new("database_query_duration_seconds", "Database query duration"),
-        &["query_type"],
-    )?;
-    let accept_transaction_requests = Histogram::with_opts(
-        HistogramOpts::new(
-            "accept_transaction_requests",
-            "Accepted requests stored per database transaction",
-        )
-        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0]),
-    )?;
     let collection_errors = IntCounterVec::new(
-        Opts::new(
-            "metrics_collection_errors_total",
-            "Gauges that could not be read, by source",
-        ),
+        "metrics_collection_errors_total",
+        "Gauges that could not be read, by source",
         &["source"],
-    )?;
-    let build_info = GaugeVec::new(
-        Opts::new("build_info", "The daemon's version; always 1"),
-        &["version"],
-    )?;
-    build_info
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
-        .set(1.0);
+    );
     // Series that alerts and dashboards query exist from the start, at 0, rather than
     // appearing with their first event.
     for source in ["database", "nats", "redis", "timeout"] {
-        collection_errors.with_label_values(&[source]);
+        collection_errors.with_label_values(&[source]).inc_by(0);
     }
-    let rate_limit_hits = IntCounterVec::new(
-        Opts::new(
-            "rate_limit_hits_total",
-            "Rate limit decisions by endpoint, result and policy",
-        ),
-        &["endpoint", "result", "policy"],
-    )?;
-    let rate_limit_check_duration = HistogramVec::new(
-        HistogramOpts::new(
-            "rate_limit_check_duration_seconds",
-            "Time to take a rate limit decision",
-        )
-        .buckets(vec![
-            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-        ]),
-        &["endpoint"],
-    )?;
-    let rate_limit_fallback_active = IntGauge::new(
-        "rate_limit_fallback_active",
-        "1 while Redis does not answer and the in-process fallback limits requests",
-    )?;
+    let build_info =
+        GaugeVec::new_f64("build_info", "The daemon's version; always 1", &["version"]);
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1.0);
     let rate_limit_backend_switches = IntCounterVec::new(
-        Opts::new(
-            "rate_limit_backend_switches_total",
-            "Switches of the rate limiter between Redis and the in-process fallback",
-        ),
+        "rate_limit_backend_switches_total",
+        "Switches of the rate limiter between Redis and the in-process fallback",
         &["to"],
-    )?;
+    );
     for to in ["fallback", "redis"] {
-        rate_limit_backend_switches.with_label_values(&[to]);
+        rate_limit_backend_switches
+            .with_label_values(&[to])
+            .inc_by(0);
     }
-    registry.register(Box::new(rate_limit_hits.clone()))?;
-    registry.register(Box::new(rate_limit_check_duration.clone()))?;
-    registry.register(Box::new(rate_limit_fallback_active.clone()))?;
-    registry.register(Box::new(rate_limit_backend_switches.clone()))?;
-    for c in [
-        Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-        Box::new(http_request_duration.clone()),
-        Box::new(http_connections_open.clone()),
-        Box::new(http_connections_closed.clone()),
-        Box::new(auth_failures.clone()),
-        Box::new(actor_up.clone()),
-        Box::new(actor_restarts.clone()),
-        Box::new(worker_heartbeat_age.clone()),
-        Box::new(outbox_pending.clone()),
-        Box::new(outbox_relay_lag.clone()),
-        Box::new(dlq_message_count.clone()),
-        Box::new(message_queue_length.clone()),
-        Box::new(nats_consumer_pending.clone()),
-        Box::new(database_connections.clone()),
-        Box::new(redis_connected_clients.clone()),
-        Box::new(database_query_duration.clone()),
-        Box::new(accept_transaction_requests.clone()),
-        Box::new(collection_errors.clone()),
-        Box::new(build_info.clone()),
-    ] {
-        registry.register(c)?;
+    match crate::process_metrics::ProcessCollector::new() {
+        Ok(process) => {
+            if let Err(e) = actors::metrics::registry().register(Box::new(process)) {
+                tracing::warn!(error = %e, "cannot serve the process_* metrics");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot serve the process_* metrics"),
     }
-    registry.register(Box::new(crate::process_metrics::ProcessCollector::new()?))?;
-    Ok(Metrics {
-        http_requests,
-        http_request_duration,
-        http_connections_open,
+    Metrics {
+        http_requests: IntCounterVec::new(
+            "http_requests_total",
+            "HTTP requests by method, endpoint (route template) and status",
+            &["method", "endpoint", "status"],
+        ),
+        http_request_duration: HistogramVec::new(
+            "http_request_duration_seconds",
+            "HTTP request duration",
+            &["method", "endpoint"],
+            &[
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        ),
+        http_connections_open: UpDown::new(
+            "http_connections_open",
+            "HTTP client connections the server holds",
+        ),
         http_connections_closed,
         auth_failures,
-        actor_up,
-        actor_restarts,
-        worker_heartbeat_age,
-        outbox_pending,
-        outbox_relay_lag,
-        dlq_message_count,
-        message_queue_length,
-        nats_consumer_pending,
-        database_connections,
-        redis_connected_clients,
-        database_query_duration,
-        accept_transaction_requests,
+        actor_up: IntGaugeVec::new("actor_up", "1 while the supervised actor runs", &["actor"]),
+        actor_restarts: IntCounterVec::new(
+            "actor_restarts_total",
+            "Restarts of supervised actors",
+            &["actor"],
+        ),
+        worker_heartbeat_age: GaugeVec::new_f64(
+            "worker_heartbeat_age_seconds",
+            "Seconds since the pulling worker last made progress",
+            &["worker"],
+        ),
+        outbox_pending: IntGauge::new("outbox_pending", "Outbox events not yet published"),
+        outbox_relay_lag: Gauge::new_f64(
+            "outbox_relay_lag_seconds",
+            "Age of the oldest due outbox event not yet published",
+        ),
+        dlq_message_count: IntGaugeVec::new(
+            "dlq_message_count",
+            "Dead letters by status",
+            &["status"],
+        ),
+        message_queue_length: IntGaugeVec::new(
+            "message_queue_length",
+            "Current message queue length",
+            &["queue_name"],
+        ),
+        nats_consumer_pending: IntGaugeVec::new(
+            "nats_consumer_pending_messages",
+            "NATS consumer pending messages",
+            &["stream", "consumer"],
+        ),
+        database_connections: IntGaugeVec::new(
+            "database_connections",
+            "Current database connections",
+            &["state"],
+        ),
+        redis_connected_clients: IntGauge::new(
+            "redis_connected_clients",
+            "Redis connected clients",
+        ),
+        database_query_duration: HistogramVec::new(
+            "database_query_duration_seconds",
+            "Database query duration",
+            &["query_type"],
+            &DEFAULT_BUCKETS,
+        ),
+        accept_transaction_requests: Histogram::new(
+            "accept_transaction_requests",
+            "Accepted requests stored per database transaction",
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0],
+        ),
         collection_errors,
         build_info,
-        rate_limit_hits,
-        rate_limit_check_duration,
-        rate_limit_fallback_active,
+        rate_limit_hits: IntCounterVec::new(
+            "rate_limit_hits_total",
+            "Rate limit decisions by endpoint, result and policy",
+            &["endpoint", "result", "policy"],
+        ),
+        rate_limit_check_duration: HistogramVec::new(
+            "rate_limit_check_duration_seconds",
+            "Time to take a rate limit decision",
+            &["endpoint"],
+            &[
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ],
+        ),
+        rate_limit_fallback_active: IntGauge::new(
+            "rate_limit_fallback_active",
+            "1 while Redis does not answer and the in-process fallback limits requests",
+        ),
         rate_limit_backend_switches,
-    })
+    }
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| match build() {
-    Ok(m) => m,
-    // The names and labels above are constants; a failure here is a programming error
-    // that every test run would show.
-    Err(e) => panic!("metric definitions are invalid: {e}"),
-});
+static METRICS: LazyLock<Metrics> = LazyLock::new(build);
 
 /// The process-wide instruments.
 pub fn metrics() -> &'static Metrics {

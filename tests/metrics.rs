@@ -383,3 +383,63 @@ async fn tasks_waiting_for_a_pooled_connection_are_counted() {
     }
     assert_eq!(wait(), Some(0.0));
 }
+
+async fn pushed_over_otlp(
+    env: &[(&str, &str)],
+    bodies: &std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    let d = Daemon::start(env);
+    let r = reqwest::Client::new()
+        .post(d.url("/prime-check"))
+        .json(&json!({"number": "97", "email": "a@b.co"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // The same instruments as /metrics, by the same names, pushed every 200 ms.
+    for name in [
+        "http_requests_total",
+        "prime_check_requests_total",
+        "emails_sent_total",
+        "outbox_pending",
+    ] {
+        assert_eventually!(
+            support::otlp::received(bodies, name.as_bytes()),
+            "{name} was not pushed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_are_pushed_over_otlp_http_too() {
+    let bodies = std::sync::Arc::default();
+    let collector =
+        support::otlp::http_collector("/v1/metrics", std::sync::Arc::clone(&bodies)).await;
+    let url = format!("{collector}/v1/metrics");
+    pushed_over_otlp(
+        &[
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", url.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+        &bodies,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_are_pushed_over_otlp_grpc_too() {
+    let bodies = std::sync::Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    support::otlp::grpc_collector(listener, std::sync::Arc::clone(&bodies));
+    pushed_over_otlp(
+        &[
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", url.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+        &bodies,
+    )
+    .await;
+}

@@ -158,22 +158,7 @@ async fn exported(env: &[(&str, &str)], log: &str, bodies: &Arc<Mutex<Vec<Vec<u8
 async fn spans_are_exported_over_otlp_http() {
     // A stand-in collector: it keeps the bodies of the OTLP/HTTP exports.
     let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let app = {
-        let bodies = bodies.clone();
-        axum::Router::new().route(
-            "/v1/traces",
-            axum::routing::post(move |body: axum::body::Bytes| {
-                let bodies = bodies.clone();
-                async move {
-                    bodies.lock().unwrap().push(body.to_vec());
-                    ""
-                }
-            }),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let collector = support::otlp::http_collector("/v1/traces", bodies.clone()).await;
     let line = exported(
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str()),
@@ -187,55 +172,12 @@ async fn spans_are_exported_over_otlp_http() {
     assert_eq!(line["url"], format!("{collector}/v1/traces"));
 }
 
-/// A stand-in OTLP/gRPC collector on `listener`: HTTP/2 without TLS, it keeps the body of
-/// every `TraceService/Export` call and answers each with an empty response and status 0.
-fn grpc_collector(listener: tokio::net::TcpListener, bodies: Arc<Mutex<Vec<Vec<u8>>>>) {
-    use http_body_util::{BodyExt, StreamBody};
-    use hyper::body::Frame;
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let bodies = bodies.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let bodies = bodies.clone();
-                        async move {
-                            let path = req.uri().path().to_string();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            if path == "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-                            {
-                                bodies.lock().unwrap().push(body.to_vec());
-                            }
-                            let mut trailers = hyper::HeaderMap::new();
-                            trailers.insert("grpc-status", "0".parse().unwrap());
-                            let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
-                                // An empty ExportTraceServiceResponse: not compressed, 0 bytes.
-                                Ok(Frame::data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))),
-                                Ok(Frame::trailers(trailers)),
-                            ];
-                            let response = hyper::Response::builder()
-                                .header("content-type", "application/grpc")
-                                .body(StreamBody::new(futures::stream::iter(frames)))
-                                .unwrap();
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    },
-                );
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
-                        .await;
-            });
-        }
-    });
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_exported_over_otlp_grpc() {
     let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
-    grpc_collector(listener, bodies.clone());
+    support::otlp::grpc_collector(listener, bodies.clone());
     // The seed's way: JAEGER_HOST and JAEGER_PORT, the protocol given explicitly.
     let line = exported(
         &[

@@ -15,6 +15,7 @@ mod fakes;
 pub mod fingerprint;
 pub mod handlers;
 pub mod heartbeat;
+pub mod instruments;
 pub mod liveness;
 pub mod metrics;
 pub mod model;

@@ -4,15 +4,27 @@
 //! relay's occasional sweep and prune take a connection uncounted.
 
 use std::future::Future;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 
-use prometheus::IntGauge;
+use actors::instruments::Gauge;
 
-static WAITING: LazyLock<IntGauge> = LazyLock::new(|| {
-    crate::metrics::metrics()
-        .database_connections
-        .with_label_values(&["wait"])
+/// The count, and its series: each change is recorded under the lock, so the last value
+/// recorded is the count.
+static WAITING: LazyLock<Mutex<(i64, Gauge<i64>)>> = LazyLock::new(|| {
+    Mutex::new((
+        0,
+        crate::metrics::metrics()
+            .database_connections
+            .with_label_values(&["wait"]),
+    ))
 });
+
+fn moved(by: i64) {
+    if let Ok(mut waiting) = WAITING.lock() {
+        waiting.0 += by;
+        waiting.1.set(waiting.0);
+    }
+}
 
 /// Counted while it lives (and uncounted when dropped: a caller that gives up waiting, or
 /// is cancelled, leaves the count).
@@ -20,14 +32,14 @@ struct Waiting;
 
 impl Waiting {
     fn start() -> Self {
-        WAITING.inc();
+        moved(1);
         Waiting
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        WAITING.dec();
+        moved(-1);
     }
 }
 

@@ -490,6 +490,18 @@ pub const KEYS: &[Key] = &[
         "OTLP trace endpoint: http://host:4318 for http/protobuf (spans go to <endpoint>/v1/traces), http://host:4317 for grpc",
     ),
     key(
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        false,
+        None,
+        "also push the metrics over OTLP (OTEL_EXPORTER_OTLP_PROTOCOL): http/protobuf to this URL as given (e.g. http://collector:4318/v1/metrics), grpc to this endpoint",
+    ),
+    key(
+        "OTEL_METRIC_EXPORT_INTERVAL",
+        false,
+        Some("60000"),
+        "milliseconds between two OTLP metric pushes",
+    ),
+    key(
         "OTEL_EXPORTER_OTLP_PROTOCOL",
         false,
         None,

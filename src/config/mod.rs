@@ -123,8 +123,12 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     /// OTLP endpoint; None = tracing export off.
     pub otlp_endpoint: Option<String>,
-    /// How spans are sent to it.
+    /// How spans (and pushed metrics) are sent.
     pub otlp_protocol: OtlpProtocol,
+    /// Where the metrics are pushed over OTLP too; None = only `GET /metrics`.
+    pub otlp_metrics_endpoint: Option<String>,
+    /// Time between two pushes.
+    pub otlp_metrics_interval: Duration,
     /// Admin tokens; empty = generate one in the data directory.
     pub admin_api_keys: Vec<Secret>,
     /// JWT secret.
@@ -270,6 +274,26 @@ impl Config {
             None
         };
 
+        let otlp_metrics_endpoint = match raw.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(url.to_string())
+            }
+            Some(_) => {
+                return Err(raw.invalid(
+                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                    "an http:// or https:// URL, e.g. http://collector:4318/v1/metrics (http/protobuf) or http://collector:4317 (grpc)",
+                ));
+            }
+            None => None,
+        };
+        let otlp_metrics_interval = Duration::from_millis(
+            raw.positive(
+                "OTEL_METRIC_EXPORT_INTERVAL",
+                "a whole number of milliseconds, at least 1",
+            )?
+            .into(),
+        );
+
         let admin_api_keys = raw.secret_list(
             "ADMIN_API_KEYS",
             "comma-separated tokens of at least 16 characters each",
@@ -316,6 +340,8 @@ impl Config {
             smtp,
             otlp_endpoint,
             otlp_protocol,
+            otlp_metrics_endpoint,
+            otlp_metrics_interval,
             admin_api_keys,
             jwt_secret,
             effective,

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: a daemon process under test, and bounded polling.
 #![allow(dead_code)]
 
+pub mod otlp;
 pub mod pipeline;
 pub mod setup;
 
