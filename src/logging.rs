@@ -109,14 +109,22 @@ impl<E: opentelemetry_sdk::metrics::exporter::PushMetricExporter>
     }
 }
 
-/// A one-thread tokio runtime for a gRPC exporter.
-fn grpc_runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
+/// A gRPC exporter made by `build`, on a one-thread tokio runtime of its own.
+fn on_grpc_runtime<E>(build: impl FnOnce() -> Result<E, String>) -> Result<OnRuntime<E>, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("otlp-grpc")
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the gRPC exporter's runtime: {e}"))
+        .map_err(|e| format!("cannot start the gRPC exporter's runtime: {e}"))?;
+    let inner = {
+        let _entered = runtime.enter();
+        build()?
+    };
+    Ok(OnRuntime {
+        inner,
+        runtime: Arc::new(runtime),
+    })
 }
 
 /// Pushes every instrument to `endpoint` over OTLP every `interval`, beside `/metrics`.
@@ -141,21 +149,16 @@ pub fn push_metrics(
             actors::instruments::add_reader(move |b| b.with_reader(reader))
         }
         OtlpProtocol::Grpc => {
-            let runtime = grpc_runtime()?;
-            let inner = {
-                let _entered = runtime.enter();
+            let exporter = on_grpc_runtime(|| {
                 opentelemetry_otlp::MetricExporter::builder()
                     .with_tonic()
                     .with_endpoint(endpoint.trim_end_matches('/'))
                     .build()
-                    .map_err(|e| e.to_string())?
-            };
-            let reader = PeriodicReader::builder(OnRuntime {
-                inner,
-                runtime: Arc::new(runtime),
-            })
-            .with_interval(interval)
-            .build();
+                    .map_err(|e| e.to_string())
+            })?;
+            let reader = PeriodicReader::builder(exporter)
+                .with_interval(interval)
+                .build();
             actors::instruments::add_reader(move |b| b.with_reader(reader))
         }
     };
@@ -166,35 +169,36 @@ pub fn push_metrics(
     }
 }
 
-/// Adds the OTLP exporter for `endpoint` over `protocol` to `builder`.
+/// `builder` with the OTLP exporter for `endpoint` over `protocol`, or unchanged with why
+/// that exporter cannot be made.
 fn with_exporter(
     builder: opentelemetry_sdk::trace::TracerProviderBuilder,
     endpoint: &str,
     protocol: OtlpProtocol,
-) -> Result<opentelemetry_sdk::trace::TracerProviderBuilder, String> {
+) -> (
+    opentelemetry_sdk::trace::TracerProviderBuilder,
+    Option<String>,
+) {
     use opentelemetry_otlp::WithExportConfig;
     match protocol {
-        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+        OtlpProtocol::HttpProtobuf => match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_endpoint(traces_url(endpoint))
             .build()
-            .map(|exporter| builder.with_batch_exporter(exporter))
-            .map_err(|e| e.to_string()),
-        OtlpProtocol::Grpc => {
-            let runtime = grpc_runtime()?;
-            let inner = {
-                let _entered = runtime.enter();
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint.trim_end_matches('/'))
-                    .build()
-                    .map_err(|e| e.to_string())?
-            };
-            Ok(builder.with_batch_exporter(OnRuntime {
-                inner,
-                runtime: Arc::new(runtime),
-            }))
-        }
+        {
+            Ok(exporter) => (builder.with_batch_exporter(exporter), None),
+            Err(e) => (builder, Some(e.to_string())),
+        },
+        OtlpProtocol::Grpc => match on_grpc_runtime(|| {
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.trim_end_matches('/'))
+                .build()
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(exporter) => (builder.with_batch_exporter(exporter), None),
+            Err(e) => (builder, Some(e)),
+        },
     }
 }
 
@@ -213,15 +217,7 @@ pub fn init(otlp_endpoint: Option<&str>, protocol: OtlpProtocol) -> Telemetry {
         .with_resource(Resource::builder().with_service_name("primed").build());
     let mut export_error = None;
     if let Some(endpoint) = otlp_endpoint {
-        let plain = SdkTracerProvider::builder()
-            .with_resource(Resource::builder().with_service_name("primed").build());
-        match with_exporter(builder, endpoint, protocol) {
-            Ok(b) => builder = b,
-            Err(e) => {
-                builder = plain;
-                export_error = Some(e);
-            }
-        }
+        (builder, export_error) = with_exporter(builder, endpoint, protocol);
     }
     let provider = builder.build();
     // Without an exporter the spans still get ids (for the logs) and are then dropped.
