@@ -89,3 +89,18 @@ async fn deployments_with_their_own_prefix_share_a_nats_account() {
         "{err}"
     );
 }
+
+/// The tests' own servers: when the free port picked for one is taken by another test's
+/// server before it binds (two picks can meet), it is not mistaken for that server and
+/// moves to another port.
+#[test]
+fn a_test_server_whose_port_was_taken_moves_to_another() {
+    let first = NatsServer::start();
+    let second = NatsServer::start_on(first.port);
+    assert_ne!(second.port, first.port);
+    let first_redis = support::RedisServer::start();
+    let second_redis = support::RedisServer::start_on(first_redis.port);
+    assert_ne!(second_redis.port, first_redis.port);
+    second_redis.cli(&["SET", "mine", "1"]).unwrap();
+    assert_eq!(first_redis.cli(&["GET", "mine"]).as_deref(), Some(""));
+}

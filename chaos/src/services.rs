@@ -341,6 +341,7 @@ impl Mariadb {
 pub struct NatsNode {
     /// Its client port.
     pub port: u16,
+    name: String,
     process: Process,
 }
 
@@ -355,6 +356,13 @@ impl NatsNode {
         for _ in 0..nodes {
             ports.push((free_port().map_err(setup)?, free_port().map_err(setup)?));
         }
+        // Names no other run's servers have: `greets` tells ours by it.
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = format!(
+            "{:x}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let mut servers = Vec::new();
         for (i, (port, cluster_port)) in ports.iter().enumerate() {
             let mut args = vec![
@@ -366,7 +374,7 @@ impl NatsNode {
                 "-sd".into(),
                 dir.join(format!("nats-{i}")).display().to_string(),
                 "-n".into(),
-                format!("chaos-nats-{i}"),
+                format!("chaos-nats-{i}-{run}"),
             ];
             if nodes > 1 {
                 let routes: Vec<String> = ports
@@ -389,6 +397,7 @@ impl NatsNode {
             let log = dir.join(format!("nats-{i}.log"));
             servers.push(Self {
                 port: *port,
+                name: format!("chaos-nats-{i}-{run}"),
                 process: Process::new("nats-server", args, log),
             });
         }
@@ -403,7 +412,7 @@ impl NatsNode {
 
     async fn wait_up(&self) -> Result<(), ServiceError> {
         let port = self.port;
-        wait_until("NATS", self.process.log(), || greets(port)).await
+        wait_until("NATS", self.process.log(), || greets(port, &self.name)).await
     }
 
     /// `kill -9`.
@@ -418,15 +427,25 @@ impl NatsNode {
     }
 }
 
-/// Whether a NATS server greets on 127.0.0.1:`port` with its INFO line.
-pub fn greets(port: u16) -> bool {
-    use std::io::Read;
-    let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else {
+/// Whether the NATS server named `name` greets on 127.0.0.1:`port` with its INFO line. The
+/// name is checked so that a server of someone else's that took the same port (two picks of
+/// a free port can meet) is never mistaken for ours.
+pub fn greets(port: u16, name: &str) -> bool {
+    use std::io::{BufRead, BufReader};
+    let Ok(conn) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut buf = [0u8; 4];
-    conn.read_exact(&mut buf).is_ok() && &buf == b"INFO"
+    let mut line = String::new();
+    if BufReader::new(conn).read_line(&mut line).is_err() {
+        return false;
+    }
+    let Some(info) = line.strip_prefix("INFO ") else {
+        return false;
+    };
+    serde_json::from_str::<serde_json::Value>(info.trim())
+        .ok()
+        .is_some_and(|info| info["server_name"] == name)
 }
 
 /// A redis-server keeping nothing on disk: a restart starts empty, as a lost cache would.

@@ -352,20 +352,36 @@ pub struct NatsServer {
     child: Option<Child>,
     /// Its port.
     pub port: u16,
+    /// Its server name, which no other test's server has: it is how [`NatsServer::start`]
+    /// tells its own server from another test's that picked the same free port.
+    name: String,
     store: tempfile::TempDir,
 }
 
 impl NatsServer {
-    /// Starts one and waits until it greets clients.
+    /// Starts one and waits until it greets clients. When another process took the port
+    /// between its pick and the server's bind, it starts again on another.
     pub fn start() -> Self {
+        Self::start_on(free_addr().port())
+    }
+
+    /// [`NatsServer::start`], trying `port` first.
+    pub fn start_on(port: u16) -> Self {
         setup::ensure();
         let mut server = Self {
             child: None,
-            port: free_addr().port(),
+            port,
+            name: format!("primed-test-{:016x}", rand::random::<u64>()),
             store: tempfile::tempdir().expect("tempdir"),
         };
-        server.start_again();
-        server
+        for _ in 0..5 {
+            if server.try_start() {
+                return server;
+            }
+            server.stop();
+            server.port = free_addr().port();
+        }
+        panic!("nats-server did not start on any of five free ports");
     }
 
     /// `nats://127.0.0.1:<port>`
@@ -375,12 +391,24 @@ impl NatsServer {
 
     /// Starts it again after [`NatsServer::stop`], on the same port and store.
     pub fn start_again(&mut self) {
+        assert!(
+            self.try_start(),
+            "nats-server did not start again on {}",
+            self.port
+        );
+    }
+
+    /// Spawns the server and waits until it greets under its name; false when it exited
+    /// first (its port was taken).
+    fn try_start(&mut self) -> bool {
         let child = Command::new("nats-server")
             .args([
                 "-a",
                 "127.0.0.1",
                 "-p",
                 &self.port.to_string(),
+                "-n",
+                &self.name,
                 "-js",
                 "-sd",
             ])
@@ -389,9 +417,12 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server must be installed");
-        self.child = Some(child);
+        let child = self.child.insert(child);
         let deadline = Instant::now() + WAIT;
-        while !self.answers() {
+        while !chaos::services::greets(self.port, &self.name) {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "nats-server on {} did not start",
@@ -399,6 +430,7 @@ impl NatsServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     /// Kills it (as a crash would) and waits until it is gone.
@@ -407,10 +439,6 @@ impl NatsServer {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-
-    fn answers(&self) -> bool {
-        chaos::services::greets(self.port)
     }
 }
 
@@ -431,20 +459,42 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts one and waits until it answers PING.
+    /// Starts one and waits until it answers. When another process took the port between
+    /// its pick and the server's bind, it starts again on another.
     pub fn start() -> Self {
+        Self::start_on(free_addr().port())
+    }
+
+    /// [`RedisServer::start`], trying `port` first.
+    pub fn start_on(port: u16) -> Self {
         setup::ensure();
         let mut server = Self {
             child: None,
-            port: free_addr().port(),
+            port,
             dir: tempfile::tempdir().expect("tempdir"),
         };
-        server.start_again();
-        server
+        for _ in 0..5 {
+            if server.try_start() {
+                return server;
+            }
+            server.stop();
+            server.port = free_addr().port();
+        }
+        panic!("redis-server did not start on any of five free ports");
     }
 
     /// Starts it again after [`RedisServer::stop`], on the same port.
     pub fn start_again(&mut self) {
+        assert!(
+            self.try_start(),
+            "redis-server did not start again on {}",
+            self.port
+        );
+    }
+
+    /// Spawns the server and waits until the server on its port is this one (its working
+    /// directory is this server's own); false when it exited first (its port was taken).
+    fn try_start(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--dir"])
@@ -454,8 +504,18 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed");
         self.child = Some(child);
+        let dir = std::fs::canonicalize(self.dir.path()).expect("tempdir");
         let deadline = Instant::now() + WAIT;
-        while self.cli(&["PING"]).as_deref() != Some("PONG") {
+        loop {
+            let answer = self.cli(&["CONFIG", "GET", "dir"]);
+            if answer.is_some_and(|a| a.lines().any(|l| Path::new(l.trim()) == dir)) {
+                return true;
+            }
+            if let Some(child) = self.child.as_mut()
+                && matches!(child.try_wait(), Ok(Some(_)))
+            {
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server on {} did not start",
