@@ -164,16 +164,17 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
             &mut links,
         )
         .await?;
+        // Time to heal, from the end of the fault and from its injection.
         let recovered = match healed_from {
             Healed::Actor(ms) => {
                 // The end-to-end check follows an actor crash too, so the next fault
                 // starts clean.
                 let pipeline = recover(&shared, &admin_db).await;
                 match (ms, pipeline) {
-                    (Some(ms), Ok(_)) => Ok((
-                        Duration::from_secs_f64(ms / 1000.0),
-                        "measured by the daemon".to_string(),
-                    )),
+                    (Some(ms), Ok(_)) => {
+                        let d = Duration::from_secs_f64(ms / 1000.0);
+                        Ok((d, d, "measured by the daemon".to_string()))
+                    }
                     (None, _) => Err("the actor was not running again within 2 s".to_string()),
                     (_, Err(why)) => Err(why),
                 }
@@ -181,20 +182,23 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
             Healed::NotInjected(why) => Err(why),
             Healed::From(t0) => recover(&shared, &admin_db)
                 .await
-                .map(|(t, phases)| (t - t0, phases)),
+                .map(|(t, phases)| (t - t0, t - injected, phases)),
         };
         let done = Instant::now();
         match &recovered {
-            Ok((d, phases)) => progress.say(format!(
-                "  healed in {:.1} ms ({phases})",
-                d.as_secs_f64() * 1000.0
+            Ok((d, from_injection, phases)) => progress.say(format!(
+                "  healed in {:.1} ms from the end, {:.1} ms from the injection ({phases})",
+                d.as_secs_f64() * 1000.0,
+                from_injection.as_secs_f64() * 1000.0
             )),
             Err(why) => progress.say(format!(
                 "  NOT healed within {} s: {why}",
                 RECOVERY_TIMEOUT.as_secs()
             )),
         }
-        let recovered = recovered.ok().map(|(d, _)| d);
+        let recovered = recovered
+            .ok()
+            .map(|(d, from_injection, _)| (d, from_injection));
         let failed = shared
             .failed_attempts
             .lock()
@@ -207,7 +211,8 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
             description: fault.to_string(),
             at_ms: millis(injected - started),
             held_ms: millis(fault.hold()),
-            recovered_ms: recovered.map(|d| d.as_secs_f64() * 1000.0),
+            recovered_ms: recovered.map(|(d, _)| d.as_secs_f64() * 1000.0),
+            recovered_from_injection_ms: recovered.map(|(_, d)| d.as_secs_f64() * 1000.0),
             failed_attempts: failed,
         });
         tokio::time::sleep(*gap).await;

@@ -834,6 +834,7 @@ mod tests {
             at_ms: 1_000,
             held_ms: 500,
             recovered_ms: Some(250.0),
+            recovered_from_injection_ms: Some(750.0),
             failed_attempts: 0,
         };
         let w = windows(

@@ -34,10 +34,13 @@ pub struct FaultRecord {
     pub at_ms: u64,
     /// How long it was held.
     pub held_ms: u64,
-    /// Time to heal: from the end of the fault (the injection, for an instantaneous one)
+    /// Time to heal from the end of the fault (the injection, for an instantaneous one)
     /// until every daemon's health was ok and a new request had been emailed; for an actor
     /// crash, until its supervisor had it running again. None: not healed in time.
     pub recovered_ms: Option<f64>,
+    /// Time to heal from the injection — what a user feels: the hold plus
+    /// [`FaultRecord::recovered_ms`] (the same for an instantaneous fault). None: not healed.
+    pub recovered_from_injection_ms: Option<f64>,
     /// Request attempts that failed (5xx, 429 or no answer; each retried) while it lasted.
     pub failed_attempts: usize,
 }
@@ -49,14 +52,45 @@ pub struct Mttr {
     pub class: &'static str,
     /// Faults of the class.
     pub count: usize,
-    /// Fastest, in ms.
+    /// Fastest, in ms, from the end of the fault.
     pub min_ms: f64,
-    /// Median, in ms.
+    /// Median, in ms, from the end of the fault.
     pub median_ms: f64,
-    /// Slowest, in ms.
+    /// Slowest, in ms, from the end of the fault.
     pub max_ms: f64,
+    /// Min, median and max in ms from the injection.
+    pub from_injection: Spread,
     /// Failed request attempts while faults of this class lasted.
     pub failed_attempts: usize,
+}
+
+/// Min, median and max of some times, in ms.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Spread {
+    /// Fastest.
+    pub min_ms: f64,
+    /// Median.
+    pub median_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+impl Spread {
+    /// Of `times`; None when there are none.
+    pub fn of(mut times: Vec<f64>) -> Option<Self> {
+        times.sort_by(f64::total_cmp);
+        let n = times.len();
+        let median = match n {
+            0 => return None,
+            n if n % 2 == 1 => times[n / 2],
+            n => (times[n / 2 - 1] + times[n / 2]) / 2.0,
+        };
+        Some(Self {
+            min_ms: times[0],
+            median_ms: median,
+            max_ms: times[n - 1],
+        })
+    }
 }
 
 /// The whole report.
@@ -162,14 +196,28 @@ impl Report {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "  {:<26} {:>5} {:>10} {:>10} {:>10} {:>8}",
-            "time to heal (ms)", "count", "min", "median", "max", "failed"
+            "  {:<26} {:>5}  {:^26}  {:^26} {:>7}",
+            "time to heal (ms)", "", "from the injection", "from the end", ""
+        );
+        let _ = writeln!(
+            out,
+            "  {:<26} {:>5}  {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8} {:>7}",
+            "class", "count", "min", "median", "max", "min", "median", "max", "failed"
         );
         for m in &self.mttr {
+            let i = &m.from_injection;
             let _ = writeln!(
                 out,
-                "  {:<26} {:>5} {:>10.1} {:>10.1} {:>10.1} {:>8}",
-                m.class, m.count, m.min_ms, m.median_ms, m.max_ms, m.failed_attempts
+                "  {:<26} {:>5}  {:>8.1} {:>8.1} {:>8.1}  {:>8.1} {:>8.1} {:>8.1} {:>7}",
+                m.class,
+                m.count,
+                i.min_ms,
+                i.median_ms,
+                i.max_ms,
+                m.min_ms,
+                m.median_ms,
+                m.max_ms,
+                m.failed_attempts
             );
         }
         let _ = writeln!(out);
@@ -198,19 +246,20 @@ pub fn mttr(faults: &[FaultRecord]) -> Vec<Mttr> {
         .into_iter()
         .filter_map(|class| {
             let of_class: Vec<&FaultRecord> = faults.iter().filter(|f| f.class == class).collect();
-            let mut times: Vec<f64> = of_class.iter().filter_map(|f| f.recovered_ms).collect();
-            times.sort_by(f64::total_cmp);
-            let median = match times.len() {
-                0 => return None,
-                n if n % 2 == 1 => times[n / 2],
-                n => (times[n / 2 - 1] + times[n / 2]) / 2.0,
-            };
+            let from_end = Spread::of(of_class.iter().filter_map(|f| f.recovered_ms).collect())?;
+            let from_injection = Spread::of(
+                of_class
+                    .iter()
+                    .filter_map(|f| f.recovered_from_injection_ms)
+                    .collect(),
+            )?;
             Some(Mttr {
                 class,
                 count: of_class.len(),
-                min_ms: times[0],
-                median_ms: median,
-                max_ms: times[times.len() - 1],
+                min_ms: from_end.min_ms,
+                median_ms: from_end.median_ms,
+                max_ms: from_end.max_ms,
+                from_injection,
                 failed_attempts: of_class.iter().map(|f| f.failed_attempts).sum(),
             })
         })
@@ -222,14 +271,24 @@ mod tests {
     use super::*;
 
     fn record(class: &'static str, recovered_ms: Option<f64>, failed: usize) -> FaultRecord {
+        held(class, 0, recovered_ms, failed)
+    }
+
+    fn held(
+        class: &'static str,
+        held_ms: u64,
+        recovered_ms: Option<f64>,
+        failed: usize,
+    ) -> FaultRecord {
         FaultRecord {
             index: 1,
             class,
             fault: Fault::RestartMariadb,
             description: String::new(),
             at_ms: 0,
-            held_ms: 0,
+            held_ms,
             recovered_ms,
+            recovered_from_injection_ms: recovered_ms.map(|ms| ms + held_ms as f64),
             failed_attempts: failed,
         }
     }
@@ -262,5 +321,61 @@ mod tests {
         );
         assert_eq!(m[0].failed_attempts, 3);
         assert_eq!((m[1].class, m[1].median_ms), ("a", 6.0));
+    }
+
+    #[test]
+    fn the_time_from_the_injection_has_its_own_spread_and_counts_the_hold() {
+        // Held 3 s and quick to heal after, or instantaneous and slow to heal: ordered one
+        // way from the end, the other way from the injection.
+        let faults = [
+            held("nats_restart", 3000, Some(100.0), 0),
+            held("nats_restart", 0, Some(900.0), 0),
+            held("nats_restart", 1000, Some(500.0), 0),
+        ];
+        let m = &mttr(&faults)[0];
+        assert_eq!((m.min_ms, m.median_ms, m.max_ms), (100.0, 500.0, 900.0));
+        assert_eq!(
+            m.from_injection,
+            Spread {
+                min_ms: 900.0,
+                median_ms: 1500.0,
+                max_ms: 3100.0
+            }
+        );
+        let table = Report {
+            profile: "short",
+            seed: 1,
+            daemons: 2,
+            cluster: false,
+            duration_s: 1.0,
+            requests: RequestCounts::default(),
+            emailed: 0,
+            dlq_entries: 0,
+            lost: 0,
+            duplicates: 0,
+            duplicates_smtp_window: 0,
+            wrong_answers: 0,
+            misrouted: 0,
+            unpublished_outbox: 0,
+            unhealthy_workers: vec![],
+            faults: faults.to_vec(),
+            mttr: mttr(&faults),
+            violations: vec![],
+            ok: true,
+        }
+        .table();
+        let row = table
+            .lines()
+            .find(|l| l.trim_start().starts_with("nats_restart"))
+            .unwrap();
+        let numbers: Vec<&str> = row.split_whitespace().skip(1).collect();
+        assert_eq!(
+            numbers,
+            [
+                "3", "900.0", "1500.0", "3100.0", "100.0", "500.0", "900.0", "0"
+            ],
+            "{table}"
+        );
+        assert!(table.contains("from the injection"), "{table}");
     }
 }

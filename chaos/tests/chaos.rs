@@ -104,6 +104,13 @@ fn assert_promises_held(r: &serde_json::Value) {
     assert!(faults.len() >= CLASSES.len());
     for f in faults {
         assert!(f["recovered_ms"].is_number(), "fault not healed: {f}");
+        // From the injection: at least the hold, and never less than from the end.
+        let from_injection = f["recovered_from_injection_ms"].as_f64().unwrap();
+        assert!(
+            from_injection >= f["held_ms"].as_f64().unwrap()
+                && from_injection >= f["recovered_ms"].as_f64().unwrap(),
+            "{f}"
+        );
     }
     for class in CLASSES {
         assert!(
@@ -115,8 +122,10 @@ fn assert_promises_held(r: &serde_json::Value) {
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|m| m["class"] == class),
-            "the report has the time to heal of {class}"
+                .any(|m| m["class"] == class
+                    && m["from_injection"]["median_ms"].as_f64().unwrap()
+                        >= m["min_ms"].as_f64().unwrap()),
+            "the report has the time to heal of {class}, from the end and the injection"
         );
     }
 }
