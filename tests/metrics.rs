@@ -181,7 +181,7 @@ async fn the_scrape_shows_what_the_pipeline_did() {
     // The accepted request was stored by a transaction of the group commit.
     assert!(sample(&m, "accept_transaction_requests_count").unwrap() >= 1.0);
 
-    // Every metric that an alert rule or a dashboard queries is exported.
+    // Every metric that an alert rule, a dashboard or a runbook queries is exported.
     let exported = families(&m);
     let wanted = monitoring_metrics();
     // The extraction finds the names the rules use, and no label names.
@@ -193,6 +193,9 @@ async fn the_scrape_shows_what_the_pipeline_did() {
         "worker_heartbeat_age_seconds",
         "outbox_relay_lag_seconds",
         "rate_limit_fallback_active",
+        // Named by a runbook only: in a `promql` block, and inline.
+        "retention_pruned_rows_total",
+        "process_resident_memory_bytes",
     ] {
         assert!(wanted.contains(name), "{name} not found in {wanted:?}");
     }
@@ -217,8 +220,8 @@ async fn the_scrape_shows_what_the_pipeline_did() {
 }
 
 /// The metric names the files under `monitoring/` query (alert expressions and dashboard
-/// targets): identifiers followed by `{`, `[` or a space inside `expr` values, minus
-/// PromQL's functions and keywords.
+/// targets) and the runbooks name (their `promql` blocks, and inline): identifiers outside
+/// label matchers, minus PromQL's functions and keywords.
 fn monitoring_metrics() -> BTreeSet<String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring");
     let mut exprs = Vec::new();
@@ -246,6 +249,12 @@ fn monitoring_metrics() -> BTreeSet<String> {
                 collect_exprs(&doc, &mut exprs);
             }
         }
+    }
+    // The runbooks' PromQL, and the metrics they name inline.
+    let mut inline = Vec::new();
+    for book in support::runbooks::all() {
+        exprs.extend(book.blocks("promql"));
+        inline.extend(book.inline_metrics());
     }
     let not_metrics: BTreeSet<&str> = [
         "rate",
@@ -322,6 +331,7 @@ fn monitoring_metrics() -> BTreeSet<String> {
             out.insert(name.to_string());
         }
     }
+    out.extend(inline);
     // `up` is Prometheus's own; the exporters compose runs beside the daemon export these.
     out.remove("up");
     for name in EXPORTED_BY_EXPORTERS {

@@ -146,6 +146,14 @@ impl Actor for Retention {
         myself: ActorRef<RetentionMsg>,
         args: RetentionArgs,
     ) -> Result<RetentionState, ActorProcessingErr> {
+        // Every table's series exists from the start at 0, so that a rate over it reads 0
+        // (not "no data") until something is old enough to prune.
+        for what in Retained::ALL {
+            crate::metrics::pipeline()
+                .retention_pruned
+                .with_label_values(&[what.table()])
+                .inc_by(0);
+        }
         myself.send_interval(args.interval, || RetentionMsg::Tick);
         Ok(RetentionState::new(args))
     }

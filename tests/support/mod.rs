@@ -3,6 +3,7 @@
 
 pub mod otlp;
 pub mod pipeline;
+pub mod runbooks;
 pub mod setup;
 
 use std::io::{BufRead, BufReader};
@@ -319,7 +320,7 @@ impl Drop for TestDb {
 }
 
 /// The mariadb client, connected to the server at `port` as root.
-fn client_at(port: u16) -> Command {
+pub fn client_at(port: u16) -> Command {
     setup::ensure();
     let mut client = Command::new("mariadb");
     client.args(["-h", "127.0.0.1", "-u", "root", "-P"]);
