@@ -10,6 +10,7 @@ use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
 use super::daemons::{Daemon, daemon_env, spawn_daemon, wait_ready};
 pub use super::daemons::{default_work_dir, sibling_primed};
+use super::election::{self, Elections};
 use super::invariants::{RunFacts, check, unsettled};
 use super::load::{Outcome, Shared, big_prime, load};
 use super::options::{
@@ -17,7 +18,7 @@ use super::options::{
 };
 pub use super::options::{ChaosError, LONG, Options, Profile, SHORT};
 use super::proxy::{Fault as ProxyFault, FaultProxy};
-use super::report::{FaultRecord, Report};
+use super::report::{FaultRecord, NodeLoss, Report};
 use super::schedule::{self, Fault, Link, Step, Topology};
 use super::services::{MailDev, Mariadb, NatsNode, Redis};
 use super::settle::{all_healthy, quiet, recover};
@@ -72,6 +73,12 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
     };
     let mut nats = NatsNode::start_all(dir, nodes).await?;
     wait_for_jetstream(&nats).await?;
+    // A cluster's own reports of its leader elections, to compare node losses with.
+    let elections = if options.cluster {
+        Some(Elections::watch(&nats).await.map_err(ChaosError::Setup)?)
+    } else {
+        None
+    };
     let mut redis = Redis::start(dir).await?;
     let mail = MailDev::start(dir).await?;
     let proxy = |port: u16| FaultProxy::start(([127, 0, 0, 1], port).into());
@@ -160,10 +167,12 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
             &mut db,
             &admin_db,
             &mut nats,
+            elections.as_ref(),
             &mut redis,
             &mut links,
         )
         .await?;
+        let mut node_loss = None;
         // Time to heal, from the end of the fault and from its injection.
         let recovered = match healed_from {
             Healed::Actor(ms) => {
@@ -180,6 +189,14 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
                 }
             }
             Healed::NotInjected(why) => Err(why),
+            Healed::NodeLoss { end, loss, healed } => {
+                let after = recover(&shared, &admin_db).await;
+                node_loss = Some(loss);
+                after.map(|(t, phases)| {
+                    // From the injection: the heal with the node still down, when it came.
+                    (t - end, healed.unwrap_or(t - injected), phases)
+                })
+            }
             Healed::From(t0) => recover(&shared, &admin_db)
                 .await
                 .map(|(t, phases)| (t - t0, t - injected, phases)),
@@ -195,6 +212,18 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
                 "  NOT healed within {} s: {why}",
                 RECOVERY_TIMEOUT.as_secs()
             )),
+        }
+        if let Some(l) = &node_loss {
+            let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
+            progress.say(format!(
+                "  {} led {:?}; new leaders after {}; healed without it after {} ({}); elections: {:?}",
+                l.node,
+                l.led,
+                ms(l.election_ms),
+                ms(l.healed_ms),
+                l.phases,
+                l.elections
+            ));
         }
         let recovered = recovered
             .ok()
@@ -214,6 +243,7 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
             recovered_ms: recovered.map(|(d, _)| d.as_secs_f64() * 1000.0),
             recovered_from_injection_ms: recovered.map(|(_, d)| d.as_secs_f64() * 1000.0),
             failed_attempts: failed,
+            node_loss,
         });
         tokio::time::sleep(*gap).await;
     }
@@ -354,6 +384,13 @@ enum Healed {
     Actor(Option<f64>),
     /// The fault could not be injected (why).
     NotInjected(String),
+    /// A cluster node was killed, the heal measured while it was down (`healed`, from the
+    /// kill), then it was started again at `end`.
+    NodeLoss {
+        end: Instant,
+        loss: NodeLoss,
+        healed: Option<Duration>,
+    },
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -364,6 +401,7 @@ async fn inject(
     db: &mut Mariadb,
     admin_db: &MySqlPool,
     nats: &mut [NatsNode],
+    elections: Option<&Elections>,
     redis: &mut Redis,
     links: &mut Links<'_>,
 ) -> Result<Healed, ChaosError> {
@@ -383,6 +421,58 @@ async fn inject(
             tokio::time::sleep(hold).await;
             d.process.signal("CONT")?;
             Healed::From(Instant::now())
+        }
+        Fault::RestartNats { node, leader, .. } if nats.len() > 1 => {
+            // A cluster node: the pipeline must heal without it, so the heal is measured
+            // while it is down (it stays down at least its hold), beside the elections the
+            // servers report; then it comes back and the heal is measured again.
+            let leaders = election::leaders(nats).await.unwrap_or_default();
+            let node = match leaders.iter().find(|(what, _)| what.starts_with("stream ")) {
+                Some((_, name)) if *leader => {
+                    nats.iter().position(|n| n.name() == name).unwrap_or(*node)
+                }
+                _ => *node,
+            };
+            let name = nats[node].name().to_string();
+            let led: Vec<String> = leaders
+                .into_iter()
+                .filter(|(_, leader)| *leader == name)
+                .map(|(what, _)| what)
+                .collect();
+            let killed_at = chrono::Utc::now();
+            let t0 = Instant::now();
+            nats[node].kill();
+            let healed = recover(shared, admin_db).await;
+            let healed_ms = healed
+                .as_ref()
+                .ok()
+                .map(|(t, _)| (*t - t0).as_secs_f64() * 1000.0);
+            tokio::time::sleep((t0 + hold).saturating_duration_since(Instant::now())).await;
+            let reported = elections.map(|e| e.since(killed_at)).unwrap_or_default();
+            let loss = NodeLoss {
+                node: name,
+                election_ms: election::election_ms(&led, killed_at, &reported),
+                elections: reported
+                    .iter()
+                    .map(|e| {
+                        let ms = (e.at - killed_at).num_milliseconds();
+                        format!("{} → {} at +{ms} ms", e.what, e.leader)
+                    })
+                    .collect(),
+                led,
+                healed_ms,
+                phases: match &healed {
+                    Ok((_, phases)) => phases.clone(),
+                    Err(why) => format!("not healed with the node down: {why}"),
+                },
+            };
+            let end = Instant::now();
+            nats[node].start_again().await?;
+            Healed::NodeLoss {
+                end,
+                loss,
+                healed: healed.ok().map(|(t, _)| t - t0),
+            }
         }
         Fault::RestartNats { node, .. } => {
             let n = &mut nats[*node];

@@ -836,6 +836,7 @@ mod tests {
             recovered_ms: Some(250.0),
             recovered_from_injection_ms: Some(750.0),
             failed_attempts: 0,
+            node_loss: None,
         };
         let w = windows(
             &[
@@ -843,6 +844,7 @@ mod tests {
                 record(Fault::RestartMariadb),
                 record(Fault::RestartNats {
                     node: 0,
+                    leader: false,
                     hold: Duration::from_millis(500),
                 }),
                 record(Fault::StopRedis {

@@ -3,6 +3,7 @@
 //! promises of DESIGN §12 afterwards. `primed-chaos` is its command line.
 
 mod daemons;
+pub mod election;
 pub mod harness;
 mod invariants;
 mod load;

@@ -43,6 +43,36 @@ pub struct FaultRecord {
     pub recovered_from_injection_ms: Option<f64>,
     /// Request attempts that failed (5xx, 429 or no answer; each retried) while it lasted.
     pub failed_attempts: usize,
+    /// For a node of a NATS cluster killed: the elections it caused and the heal without it.
+    pub node_loss: Option<NodeLoss>,
+}
+
+/// A NATS cluster node killed: what it led, when the servers reported new leaders, and when
+/// the pipeline healed with the node still down.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NodeLoss {
+    /// The node's server name.
+    pub node: String,
+    /// What it led when it was killed (`stream PRIME`, `consumer email-worker`).
+    pub led: Vec<String>,
+    /// The elections the servers reported after the kill: `what → leader at +ms`.
+    pub elections: Vec<String>,
+    /// From the kill until the last group it led had a new leader, by the servers' own
+    /// timestamps; None when it led nothing (or a group was not re-elected).
+    pub election_ms: Option<f64>,
+    /// From the kill until every daemon was healthy and a new request had been emailed,
+    /// with the node still down; None when that did not happen within the recovery timeout.
+    pub healed_ms: Option<f64>,
+    /// Where that time went: health, the probe's acceptance, its email.
+    pub phases: String,
+}
+
+impl NodeLoss {
+    /// How long the heal took past the election (or past the kill, when nothing it led
+    /// needed one).
+    pub fn past_election_ms(&self) -> Option<f64> {
+        Some(self.healed_ms? - self.election_ms.unwrap_or(0.0))
+    }
 }
 
 /// Time to heal of one fault class.
@@ -220,6 +250,37 @@ impl Report {
                 m.failed_attempts
             );
         }
+        let losses: Vec<(&FaultRecord, &NodeLoss)> = self
+            .faults
+            .iter()
+            .filter_map(|f| f.node_loss.as_ref().map(|l| (f, l)))
+            .collect();
+        if !losses.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "  {:<5} {:<66} {:>8} {:>8} {:>8}  phases",
+                "fault", "NATS node killed (what it led)", "election", "healed", "past it"
+            );
+            let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+            for (f, l) in losses {
+                let led = if l.led.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    l.led.join(", ")
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<5} {:<66} {:>8} {:>8} {:>8}  {}",
+                    f.index,
+                    led,
+                    ms(l.election_ms),
+                    ms(l.healed_ms),
+                    ms(l.past_election_ms()),
+                    l.phases
+                );
+            }
+        }
         let _ = writeln!(out);
         if self.ok {
             let _ = writeln!(out, "PASS: every promise held");
@@ -290,6 +351,7 @@ mod tests {
             recovered_ms,
             recovered_from_injection_ms: recovered_ms.map(|ms| ms + held_ms as f64),
             failed_attempts: failed,
+            node_loss: None,
         }
     }
 

@@ -68,6 +68,9 @@ pub enum Fault {
     RestartNats {
         /// Which node (0 without a cluster).
         node: usize,
+        /// In a cluster: kill whichever node leads the pipeline's stream when the fault
+        /// comes, instead of `node` (the case that needs an election).
+        leader: bool,
         /// How long it stays down.
         #[serde(with = "millis")]
         hold: Duration,
@@ -183,7 +186,14 @@ impl fmt::Display for Fault {
             Fault::PauseDaemon { daemon, hold } => {
                 write!(f, "SIGSTOP daemon {daemon} for {} ms, SIGCONT", ms(hold))
             }
-            Fault::RestartNats { node, hold } => {
+            Fault::RestartNats {
+                leader: true, hold, ..
+            } => write!(
+                f,
+                "kill -9 the NATS node leading the stream, restart after {} ms",
+                ms(hold)
+            ),
+            Fault::RestartNats { node, hold, .. } => {
                 write!(f, "kill -9 NATS node {node}, restart after {} ms", ms(hold))
             }
             Fault::RestartMariadb => write!(f, "kill -9 MariaDB, restart it"),
@@ -276,6 +286,8 @@ fn make(class: usize, rng: &mut StdRng, t: Topology) -> Fault {
         },
         2 => Fault::RestartNats {
             node: rng.random_range(0..t.nats_nodes.max(1)),
+            // Half a cluster's node kills hit the stream's leader.
+            leader: t.nats_nodes > 1 && rng.random_bool(0.5),
             // A lone server comes back at once; a cluster node stays away a while.
             hold: if t.nats_nodes > 1 {
                 hold
@@ -363,16 +375,25 @@ mod tests {
                     assert!(daemon < 2);
                     assert!(hold > TOPOLOGY.ack_wait, "{hold:?}");
                 }
-                Fault::RestartNats { node, hold } => {
+                Fault::RestartNats { node, hold, .. } => {
                     assert!(node < 3);
                     assert!(hold >= Duration::from_secs(1));
                 }
                 _ => {}
             }
         }
-        // A lone NATS server is restarted at once.
+        // Some of a cluster's node kills are aimed at the stream's leader, some not.
+        let kills: Vec<bool> = generate(1, 200, cluster)
+            .iter()
+            .filter_map(|s| match s.fault {
+                Fault::RestartNats { leader, .. } => Some(leader),
+                _ => None,
+            })
+            .collect();
+        assert!(kills.contains(&true) && kills.contains(&false), "{kills:?}");
+        // A lone NATS server is restarted at once, and is the leader of everything.
         assert!(generate(3, 200, TOPOLOGY).iter().all(|s| match s.fault {
-            Fault::RestartNats { node, hold } => node == 0 && hold.is_zero(),
+            Fault::RestartNats { node, hold, leader } => node == 0 && hold.is_zero() && !leader,
             _ => true,
         }));
     }

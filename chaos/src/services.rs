@@ -415,6 +415,11 @@ impl NatsNode {
         wait_until("NATS", self.process.log(), || greets(port, &self.name)).await
     }
 
+    /// Its server name (what the cluster reports as a leader).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         self.process.kill();

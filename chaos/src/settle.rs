@@ -59,12 +59,15 @@ pub(super) async fn recover(shared: &Shared, db: &MySqlPool) -> Result<(Instant,
                 .ok();
         if emailed.unwrap_or(0) > 0 {
             let now = Instant::now();
-            let phases = format!(
+            let mut phases = format!(
                 "health ok after {} ms, probe accepted {} ms later, emailed {} ms after that",
                 (healthy - started).as_millis(),
                 (accepted - healthy).as_millis(),
                 (now - accepted).as_millis()
             );
+            if let Some(steps) = timeline(db, &id).await {
+                phases.push_str(&format!(" [{steps}]"));
+            }
             return Ok((now, phases));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -102,16 +105,7 @@ pub(super) async fn all_healthy(db: &MySqlPool) -> bool {
 /// (so no redelivery, and no late repeat, can come), up to `within`.
 pub(super) async fn quiet(nodes: &[NatsNode], within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
-    // Every node of a cluster (a comma-joined URL is not a server list to the client).
-    let servers = nodes
-        .iter()
-        .map(|n| format!("nats://127.0.0.1:{}", n.port).parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bad NATS address: {e}"))?;
-    let client = async_nats::connect(servers)
-        .await
-        .map_err(|e| format!("cannot connect to NATS: {e}"))?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(connect_any(nodes).await?);
     loop {
         let mut busy = Vec::new();
         for durable in [
@@ -147,6 +141,50 @@ pub(super) async fn quiet(nodes: &[NatsNode], within: Duration) -> Result<(), St
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A client with every node of the cluster as its server list (a comma-joined URL is not a
+/// server list to the client).
+pub(super) async fn connect_any(nodes: &[NatsNode]) -> Result<async_nats::Client, String> {
+    let servers = nodes
+        .iter()
+        .map(|n| format!("nats://127.0.0.1:{}", n.port).parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad NATS address: {e}"))?;
+    async_nats::connect(servers)
+        .await
+        .map_err(|e| format!("cannot connect to NATS: {e}"))
+}
+
+/// Where a request's trip went, from its rows: ms from its acceptance until its check event
+/// was published, it was checked, its email event was published and its email sent.
+async fn timeline(db: &MySqlPool, id: &str) -> Option<String> {
+    let ms = "TIMESTAMPDIFF(MICROSECOND, r.created_at, {}) DIV 1000";
+    let published = |subject: &str| {
+        format!(
+            "(SELECT MIN(o.published_at) FROM outbox o WHERE o.request_id = r.request_id AND o.subject = '{subject}')"
+        )
+    };
+    let sql = format!(
+        "SELECT {}, {}, {}, {} FROM prime_check_requests r WHERE r.id = ?",
+        ms.replace("{}", &published("primecheck.requested")),
+        ms.replace("{}", "r.completed_at"),
+        ms.replace("{}", &published("email.send")),
+        ms.replace(
+            "{}",
+            "(SELECT MIN(s.sent_at) FROM sent_emails s WHERE s.request_id = r.id)"
+        ),
+    );
+    type Row = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+    let row: Row = sqlx::query_as(&sql).bind(id).fetch_one(db).await.ok()?;
+    let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+    Some(format!(
+        "from acceptance: check published +{} ms, checked +{}, email published +{}, sent +{}",
+        show(row.0),
+        show(row.1),
+        show(row.2),
+        show(row.3)
+    ))
 }
 
 #[cfg(test)]

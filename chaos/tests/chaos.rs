@@ -147,7 +147,8 @@ fn the_short_profile_loses_and_doubles_nothing_across_every_fault_class() {
 
 #[test]
 fn the_cluster_profile_survives_a_nats_node_killed_under_load() {
-    let r = chaos(7, &["--cluster"]);
+    // Seed 19's schedule kills a follower and, later, the node leading the stream.
+    let r = chaos(19, &["--cluster"]);
     assert_promises_held(&r);
     assert_eq!(r["cluster"], true);
     let node_kills: Vec<_> = r["faults"]
@@ -161,5 +162,29 @@ fn the_cluster_profile_survives_a_nats_node_killed_under_load() {
         node_kills
             .iter()
             .all(|f| f["held_ms"].as_u64().unwrap() >= 1000)
+    );
+    // Each node loss is measured without the node: the pipeline healed while it was down,
+    // and where it led the stream or a consumer, the servers reported the new leaders.
+    for f in &node_kills {
+        let loss = &f["node_loss"];
+        assert!(
+            loss["healed_ms"].is_number(),
+            "healed with the node down: {f}"
+        );
+        assert_eq!(
+            f["recovered_from_injection_ms"], loss["healed_ms"],
+            "from the injection is the heal without the node: {f}"
+        );
+        if !loss["led"].as_array().unwrap().is_empty() {
+            assert!(loss["election_ms"].is_number(), "elections reported: {f}");
+        }
+    }
+    assert!(
+        node_kills.iter().any(|f| f["node_loss"]["led"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "stream PRIME")),
+        "the stream's leader was killed: {node_kills:#?}"
     );
 }
