@@ -78,6 +78,7 @@ pub async fn wire(
     }
     let liveness = actors::Liveness::default();
     let wake = RelayWake::new(tree::OUTBOX_RELAY);
+    backends.wake_on_elections(&wake);
     let relay_stats = liveness.register(tree::OUTBOX_RELAY);
     if backends.publish_directly(&wake, relay_stats.clone()) {
         tracing::info!(

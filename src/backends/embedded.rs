@@ -37,6 +37,7 @@ pub(super) async fn open(config: &Config) -> Result<Backends, BackendError> {
         dependencies,
         direct: None,
         enqueues,
+        interruptions: None,
     })
 }
 

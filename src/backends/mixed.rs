@@ -44,6 +44,7 @@ pub(super) async fn mysql_with_queue(
         dependencies,
         direct: None,
         enqueues: false,
+        interruptions: None,
     })
 }
 
@@ -61,6 +62,7 @@ pub(super) async fn sqlite_with_nats(
     no_workers();
     let store = Arc::new(file);
     let timed = Arc::new(Timed(store.clone()));
+    let interruptions = broker.interruptions();
     Ok(Backends {
         requests: timed.clone(),
         outbox: timed,
@@ -76,5 +78,6 @@ pub(super) async fn sqlite_with_nats(
         dependencies,
         direct: None,
         enqueues: false,
+        interruptions: Some(interruptions),
     })
 }

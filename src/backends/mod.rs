@@ -106,6 +106,8 @@ pub struct Backends {
     direct: Option<(Arc<MysqlStore>, Arc<dyn Broker>)>,
     /// The embedded store queues new events in their own commit (the embedded fast path).
     enqueues: bool,
+    /// With JetStream: its leader elections and disconnections, which wake the relay.
+    interruptions: Option<crate::adapters::nats::Interruptions>,
 }
 
 /// The file of the embedded backends.
@@ -243,6 +245,24 @@ impl Backends {
             }
             None => false,
         }
+    }
+}
+
+impl Backends {
+    /// With JetStream, wakes the relay (through `wake`) at each leader election of the
+    /// stream or its consumers: a relay that found the stream without a leader publishes as
+    /// soon as it has one, instead of at its next probe.
+    pub fn wake_on_elections(&self, wake: &actors::RelayWake) {
+        let Some(mut interruptions) = self.interruptions.clone() else {
+            return;
+        };
+        let wake = wake.clone();
+        tokio::spawn(async move {
+            loop {
+                interruptions.next_election().await;
+                wake.broker_changed();
+            }
+        });
     }
 }
 

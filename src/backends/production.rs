@@ -27,6 +27,7 @@ pub(super) async fn open(
     let (broker, consumer_gauges, settings) =
         open_nats(config, nats, stream, replicas, &mut dependencies).await?;
     let workers = worker_backends(config, store.clone(), &broker, settings).await?;
+    let interruptions = broker.interruptions();
     let broker: Arc<dyn Broker> = Arc::new(broker);
     let timed = Arc::new(Timed(store.clone()));
     Ok(Backends {
@@ -44,6 +45,7 @@ pub(super) async fn open(
         dependencies,
         direct: config.tuning.outbox_direct.then_some((store, broker)),
         enqueues: false,
+        interruptions: Some(interruptions),
     })
 }
 
@@ -120,6 +122,7 @@ async fn worker_backends(
     let bind = |durable: &'static str| async move {
         JetStreamSource::bind(js, stream, durable, subjects)
             .await
+            .map(|source| source.ended_by(broker.interruptions().for_consumer(durable)))
             .map_err(|e| BackendError::Consumer(e.to_string()))
     };
     let primecheck = bind(CONSUMER_PRIMECHECK).await?;

@@ -264,6 +264,9 @@ pub struct JetStreamBroker {
     /// Bumped each time the connection drops: acknowledgements still awaited then will
     /// never come, so a publish stops waiting for them at once instead of timing out.
     disconnects: tokio::sync::watch::Receiver<u64>,
+    /// Bumped at every leader election JetStream reports for the main stream or one of its
+    /// consumers (see [`Interruptions`]).
+    elections: tokio::sync::watch::Receiver<Elected>,
     /// The main stream, whose info answers [`Broker::available`].
     stream: String,
     /// The subjects on the wire.
@@ -308,12 +311,14 @@ impl JetStreamBroker {
                 url: crate::config::redact_url_credentials(url),
                 reason: e.to_string(),
             })?;
+        let elections = watch_elections(&client, &settings.stream).await;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(settings.publish_timeout);
         Ok((
             Self {
                 js,
                 disconnects,
+                elections,
                 stream: settings.stream.clone(),
                 subjects: settings.subjects.clone(),
             },
@@ -418,6 +423,116 @@ impl JetStreamBroker {
     pub fn context(&self) -> &jetstream::Context {
         &self.js
     }
+
+    /// What ends a pull early or wakes a relay: the connection dropping, and a new leader
+    /// for the stream or a consumer.
+    pub fn interruptions(&self) -> Interruptions {
+        Interruptions {
+            elections: self.elections.clone(),
+            disconnects: self.disconnects.clone(),
+            consumer: None,
+        }
+    }
+}
+
+/// The last leader election JetStream reported: how many so far, and of what (`None`: the
+/// stream; `Some(name)`: that consumer).
+pub type Elected = (u64, Option<std::sync::Arc<str>>);
+
+/// The moments a request to JetStream may have gone to a server that will never answer it:
+/// the connection dropped, or the stream or a consumer got a new leader (the old one is
+/// gone, or no longer serves). A pull waiting then is ended and sent again, and a relay
+/// that found the broker down tries again, instead of waiting out their timeouts.
+#[derive(Clone, Debug)]
+pub struct Interruptions {
+    elections: tokio::sync::watch::Receiver<Elected>,
+    disconnects: tokio::sync::watch::Receiver<u64>,
+    /// Only elections of the stream and of this consumer count (see
+    /// [`Interruptions::for_consumer`]).
+    consumer: Option<std::sync::Arc<str>>,
+}
+
+impl Interruptions {
+    /// The interruptions of a pull from `consumer`: another consumer's election leaves it.
+    pub fn for_consumer(mut self, consumer: &str) -> Self {
+        self.consumer = Some(consumer.into());
+        self
+    }
+
+    /// Whether an election of `what` concerns these interruptions.
+    fn concerns(&self, what: Option<&str>) -> bool {
+        match (what, &self.consumer) {
+            (None, _) | (_, None) => true,
+            (Some(elected), Some(mine)) => elected == &**mine,
+        }
+    }
+
+    /// Resolves at the first election (of the stream, or of its consumer) or disconnection
+    /// after it is first polled; never, once the client is gone.
+    pub async fn next(mut self) {
+        self.disconnects.mark_unchanged();
+        let mut disconnects = self.disconnects.clone();
+        tokio::select! {
+            Ok(()) = disconnects.changed() => {}
+            () = self.next_election() => {}
+        }
+    }
+
+    /// Resolves at the first leader election that concerns it after it is first polled;
+    /// never, once the client is gone.
+    pub async fn next_election(&mut self) {
+        self.elections.mark_unchanged();
+        loop {
+            if self.elections.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            let what = self.elections.borrow_and_update().1.clone();
+            if self.concerns(what.as_deref()) {
+                return;
+            }
+        }
+    }
+}
+
+/// Listens to JetStream's leader-elected advisories for `stream` and its consumers; the
+/// receiver is bumped at each. Without permission to subscribe it stays quiet (pulls and
+/// publishes then wait for their own timeouts after an election, as before).
+async fn watch_elections(
+    client: &async_nats::Client,
+    stream: &str,
+) -> tokio::sync::watch::Receiver<Elected> {
+    let (tx, rx) = tokio::sync::watch::channel((0u64, None));
+    let tx = std::sync::Arc::new(tx);
+    let consumers = format!("$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.");
+    for subject in [
+        format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}"),
+        format!("{consumers}*"),
+    ] {
+        match client.subscribe(subject.clone()).await {
+            Ok(mut elected) => {
+                let (tx, consumers) = (tx.clone(), consumers.clone());
+                tokio::spawn(async move {
+                    while let Some(advisory) = elected.next().await {
+                        tracing::info!(subject = %advisory.subject, "JetStream elected a new leader");
+                        let consumer = advisory
+                            .subject
+                            .strip_prefix(consumers.as_str())
+                            .map(std::sync::Arc::<str>::from);
+                        tx.send_modify(|(n, what)| {
+                            *n += 1;
+                            *what = consumer;
+                        });
+                    }
+                });
+            }
+            Err(err) => tracing::warn!(
+                %subject,
+                error = %err,
+                "cannot listen to JetStream's leader elections; after one, workers and the relay find the new leader when their requests time out"
+            ),
+        }
+    }
+    rx
 }
 
 fn headers(message: &OutgoingMessage) -> HeaderMap {
@@ -471,14 +586,23 @@ impl Broker for JetStreamBroker {
         .boxed()
     }
 
-    /// The stream answers its info request (a leader serves it) within 2 s.
+    /// The stream answers its info request (a leader serves it) within 2 s. A stream
+    /// without a leader leaves the request unanswered; when JetStream elects one meanwhile,
+    /// the request is sent again at once (to the new leader) instead of waiting out the 2 s.
     fn available(&self) -> BoxFuture<'_, bool> {
         async move {
-            matches!(
-                tokio::time::timeout(Duration::from_secs(2), self.js.get_stream(&self.stream))
-                    .await,
-                Ok(Ok(_))
-            )
+            let ask = || async {
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(2), self.js.get_stream(&self.stream))
+                        .await,
+                    Ok(Ok(_))
+                )
+            };
+            let mut interruptions = self.interruptions();
+            tokio::select! {
+                up = ask() => up,
+                () = interruptions.next_election() => ask().await,
+            }
         }
         .boxed()
     }
@@ -546,6 +670,44 @@ impl ConsumerGauges {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pull from a consumer is interrupted by its own consumer's election, the stream's,
+    /// or a disconnection; never by another consumer's.
+    #[tokio::test(start_paused = true)]
+    async fn a_pull_is_interrupted_by_its_own_elections_and_a_disconnection_only() {
+        let (elected, elections) = tokio::sync::watch::channel((0u64, None));
+        let (dropped, disconnects) = tokio::sync::watch::channel(0u64);
+        let pull = Interruptions {
+            elections,
+            disconnects,
+            consumer: None,
+        }
+        .for_consumer("email-worker");
+        let interrupted = |cause: Box<dyn FnOnce()>| {
+            let pull = pull.clone();
+            async move {
+                let next = tokio::spawn(pull.next());
+                // One thread: the task runs until it waits on the channels.
+                tokio::task::yield_now().await;
+                cause();
+                tokio::time::timeout(Duration::from_millis(200), next)
+                    .await
+                    .is_ok()
+            }
+        };
+        let elect = |what: Option<&str>| {
+            let elected = elected.clone();
+            let what = what.map(std::sync::Arc::<str>::from);
+            Box::new(move || elected.send_modify(|e| *e = (e.0 + 1, what))) as Box<dyn FnOnce()>
+        };
+        assert!(!interrupted(elect(Some("primecheck-worker"))).await);
+        assert!(interrupted(elect(Some("email-worker"))).await);
+        assert!(interrupted(elect(None)).await, "the stream's election");
+        assert!(
+            interrupted(Box::new(move || dropped.send_modify(|n| *n += 1))).await,
+            "a disconnection"
+        );
+    }
 
     #[test]
     fn a_prefix_is_put_on_the_wire_and_taken_off_on_the_way_in() {

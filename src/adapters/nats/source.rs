@@ -16,8 +16,8 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
-use super::Subjects;
 use super::headers::{HEADER_DLQ_ID, HEADER_EVENT_ID, HEADER_REQUEST_ID, HEADER_TRACEPARENT};
+use super::{Interruptions, Subjects};
 
 /// A durable pull consumer as a worker's source.
 #[derive(Clone)]
@@ -25,6 +25,8 @@ pub struct JetStreamSource {
     consumer: PullConsumer,
     /// The subjects on the wire; messages are handed on with the pipeline's own.
     subjects: Subjects,
+    /// What ends a pull before its time (see [`JetStreamSource::ended_by`]).
+    interruptions: Option<Interruptions>,
 }
 
 impl JetStreamSource {
@@ -45,7 +47,18 @@ impl JetStreamSource {
         Ok(Self {
             consumer,
             subjects: subjects.clone(),
+            interruptions: None,
         })
+    }
+
+    /// Ends each pull early when the connection drops or JetStream elects a new leader for
+    /// the stream or a consumer: a pull request the old leader held is answered by nobody,
+    /// and the worker would otherwise wait out its `expires` before it pulls from the new
+    /// one. (A pull ended on an election whose old leader still served may leave a message
+    /// it had sent unacknowledged; it is redelivered after the ack wait, never lost.)
+    pub fn ended_by(mut self, interruptions: Interruptions) -> Self {
+        self.interruptions = Some(interruptions);
+        self
     }
 }
 
@@ -132,7 +145,19 @@ impl Source for JetStreamSource {
         // stalling the worker after every broker restart; end the pull ourselves soon after
         // `expires` (a message the server still sends after that is redelivered after the
         // ack wait, never lost).
-        let deadline = tokio::time::sleep(expires + PULL_GRACE);
+        let timer = tokio::time::sleep(expires + PULL_GRACE);
+        let interrupted = self.interruptions.clone();
+        let deadline = async move {
+            match interrupted {
+                Some(i) => {
+                    tokio::select! {
+                        () = timer => {}
+                        () = i.next() => {}
+                    }
+                }
+                None => timer.await,
+            }
+        };
         futures::stream::once(async move {
             consumer
                 .batch()
