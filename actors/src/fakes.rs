@@ -139,10 +139,6 @@ pub(crate) struct MemoryBroker {
     pub(crate) refuse: Mutex<HashSet<String>>,
     /// Down: refuses everything, and says so.
     pub(crate) down: std::sync::atomic::AtomicBool,
-    /// Messages it was asked to publish, taken or not.
-    pub(crate) attempts: std::sync::atomic::AtomicUsize,
-    /// Times it was asked whether it is available.
-    pub(crate) probes: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryBroker {
@@ -165,8 +161,6 @@ impl Broker for MemoryBroker {
         messages: &'a [OutgoingMessage],
     ) -> BoxFuture<'a, Vec<Result<(), BrokerError>>> {
         let refuse = lock(&self.refuse).clone();
-        self.attempts
-            .fetch_add(messages.len(), std::sync::atomic::Ordering::Relaxed);
         let results = messages
             .iter()
             .map(|m| {
@@ -184,8 +178,6 @@ impl Broker for MemoryBroker {
     }
 
     fn available(&self) -> BoxFuture<'_, bool> {
-        self.probes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let up = !self.is_down();
         async move { up }.boxed()
     }

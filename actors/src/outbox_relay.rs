@@ -95,6 +95,11 @@ impl RelayWake {
     }
 }
 
+/// When a row whose publish failed while the broker was down is due again: soon, since the
+/// retry is not counted and the broker may be back any moment (a cluster that elected a
+/// new leader takes publishes at once).
+pub const BROKER_DOWN_RETRY: Duration = Duration::from_millis(250);
+
 /// The relay actor.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OutboxRelay;
@@ -171,13 +176,7 @@ impl SettleSlots {
 pub struct RelayState {
     args: RelayArgs,
     failing_since: Option<std::time::Instant>,
-    /// Since a round found the broker down: when it was last asked whether it is back.
-    broker_down: Option<std::time::Instant>,
 }
-
-/// How often a relay that found the broker down asks it again on its ticks (a wake, sent
-/// when the broker reports a new leader, asks at once).
-const BROKER_PROBE_EVERY: Duration = Duration::from_millis(250);
 
 /// Messages the relay handles.
 #[derive(Debug)]
@@ -188,9 +187,8 @@ pub enum RelayMsg {
     Wake,
     /// The last round was a full batch: run the next one now.
     Continue,
-    /// The broker changed (a new leader): a relay that found it down tries a round at
-    /// once, its publishes being the test (a new leader takes publishes before it answers
-    /// every API request).
+    /// The broker changed (JetStream elected a new leader): run a round now, so that what
+    /// waited for the leader goes out at once.
     BrokerChanged,
     /// Delete published rows past their retention.
     Prune,
@@ -209,8 +207,6 @@ pub struct RoundOutcome {
     pub dead: usize,
     /// A round claimed a full batch: more rows are probably due.
     pub saturated: bool,
-    /// A publish failed and the broker was not available: rounds wait until it is again.
-    pub broker_down: bool,
 }
 
 impl Actor for OutboxRelay {
@@ -229,7 +225,6 @@ impl Actor for OutboxRelay {
         Ok(RelayState {
             args,
             failing_since: None,
-            broker_down: None,
         })
     }
 
@@ -268,25 +263,6 @@ impl Actor for OutboxRelay {
             RelayMsg::Tick | RelayMsg::Wake | RelayMsg::Continue | RelayMsg::BrokerChanged => {
                 state.args.wake.clear();
                 state.args.stats.touch();
-                // With the broker down, claiming rows only to fail them again is waste:
-                // ask the broker first (every BROKER_PROBE_EVERY, or at once when woken)
-                // and publish as soon as it answers. When it reports a new leader, the
-                // round's own publishes ask.
-                if let Some(asked) = state.broker_down
-                    && !matches!(msg, RelayMsg::BrokerChanged)
-                {
-                    if matches!(msg, RelayMsg::Tick) && asked.elapsed() < BROKER_PROBE_EVERY {
-                        return Ok(());
-                    }
-                    if !state.args.broker.available().await {
-                        state.broker_down = Some(std::time::Instant::now());
-                        return Ok(());
-                    }
-                    state.broker_down = None;
-                    tracing::info!("the broker is available again; publishing what waited");
-                } else if state.broker_down.take().is_some() {
-                    tracing::info!("the broker elected a new leader; publishing what waited");
-                }
                 match rounds(&state.args).await {
                     Ok(outcome) => {
                         state.args.stats.add(
@@ -299,9 +275,6 @@ impl Actor for OutboxRelay {
                                 after_ms = since.elapsed().as_millis() as u64,
                                 "outbox relay recovered"
                             );
-                        }
-                        if outcome.broker_down {
-                            state.broker_down = Some(std::time::Instant::now());
                         }
                         if outcome.retried > 0 || outcome.dead > 0 {
                             tracing::warn!(?outcome, "some outbox events were not published");
@@ -367,7 +340,6 @@ pub async fn rounds(args: &RelayArgs) -> Result<RoundOutcome, crate::ports::stor
                 total.retried += o.retried;
                 total.dead += o.dead;
                 total.saturated &= o.saturated;
-                total.broker_down |= o.broker_down;
                 healthy &= o.published == o.claimed;
             }
             Err(e) => {
@@ -425,7 +397,6 @@ pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::ports::store
     // A failure while the broker itself is down (or its stream has no leader) is not the
     // event's: it is retried on the event's backoff but spends none of its retries.
     let broker_down = results.iter().any(Result::is_err) && !args.broker.available().await;
-    outcome.broker_down = broker_down;
     for ((event, message), result) in events.iter().zip(&messages).zip(results) {
         match result {
             Ok(()) => published.push(event.id),
@@ -435,11 +406,11 @@ pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::ports::store
                 } else {
                     event.retry_count + 1
                 };
-                // With the broker down the row is due again at once: the relay itself
-                // waits until the broker is back (see `RelayState::broker_down`), so it
-                // goes out then rather than at its next backoff step.
+                // With the broker down the row is due again soon (BROKER_DOWN_RETRY), not
+                // at its next backoff step: the retry is not counted, and the broker may be
+                // back any moment.
                 let delay = if broker_down {
-                    Some(Duration::ZERO)
+                    Some(BROKER_DOWN_RETRY)
                 } else {
                     args.retry
                         .next_delay(failures_so_far, event.max_retries, rand::random::<f64>())
@@ -576,63 +547,18 @@ mod tests {
             (outcome.published, outcome.retried, outcome.dead),
             (0, 2, 0)
         );
-        assert!(outcome.broker_down);
         let log = outbox.log();
-        // Due again at once: the relay waits for the broker itself.
+        // Due again soon, not on the backoff (1 s first here).
+        let soon = Utc::now() + chrono::Duration::from_std(BROKER_DOWN_RETRY).unwrap();
         assert!(
             log.failures
                 .iter()
-                .all(|f| !f.counted && f.next_retry_at.is_some_and(|t| t <= Utc::now()))
+                .all(|f| !f.counted && f.next_retry_at.is_some_and(|t| t <= soon))
         );
         assert_eq!(
             log.pending[&1].retry_count, 3,
             "an outage spends none of its retries"
         );
-    }
-
-    #[tokio::test]
-    async fn a_relay_that_found_the_broker_down_asks_it_instead_of_claiming_and_publishes_when_woken()
-     {
-        let outbox = MemoryOutbox::with(vec![event(1, 0, 3)]);
-        let broker = Arc::new(MemoryBroker::default());
-        broker.down.store(true, Ordering::Relaxed);
-        let mut relay_args = args(&outbox, &broker, 10, 1);
-        relay_args.poll_interval = Duration::from_millis(5);
-        relay_args.wake = RelayWake::new("relay-broker-down-test");
-        let wake = relay_args.wake.clone();
-        let (relay, handle) = Actor::spawn(
-            Some("relay-broker-down-test".into()),
-            OutboxRelay,
-            relay_args,
-        )
-        .await
-        .unwrap();
-        // Its first round fails the row (due again at once) and finds the broker down; its
-        // ticks then ask the broker, every BROKER_PROBE_EVERY, and claim nothing.
-        for _ in 0..200 {
-            if broker.probes.load(Ordering::Relaxed) >= 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(broker.probes.load(Ordering::Relaxed) >= 3);
-        assert_eq!(
-            broker.attempts.load(Ordering::Relaxed),
-            1,
-            "no round while the broker is down"
-        );
-        // Back, and woken (as a leader election wakes it): the row goes out.
-        broker.down.store(false, Ordering::Relaxed);
-        wake.wake();
-        for _ in 0..200 {
-            if broker.sent_ids() == ["e1"] {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(broker.sent_ids(), ["e1"]);
-        relay.stop(None);
-        handle.await.unwrap();
     }
 
     #[tokio::test]
