@@ -459,6 +459,12 @@ impl Interruptions {
         self
     }
 
+    /// The interruptions of a publish: only the stream's elections (no consumer is named
+    /// with the empty name).
+    pub fn for_stream(self) -> Self {
+        self.for_consumer("")
+    }
+
     /// Whether an election of `what` concerns these interruptions.
     fn concerns(&self, what: Option<&str>) -> bool {
         match (what, &self.consumer) {
@@ -566,35 +572,54 @@ impl Broker for JetStreamBroker {
             // its acknowledgement is awaited, so a round that sent everything before awaiting
             // anything could wait for a permit held by its own (or another round's) unawaited
             // acknowledgements, forever.
-            let publishes: Vec<_> = messages
-                .iter()
-                .map(|m| publish_one(&self.js, &self.subjects, m))
-                .collect();
-            let acks = futures::stream::iter(publishes)
-                .buffered(PUBLISH_WINDOW)
-                .collect::<Vec<_>>();
-            tokio::select! {
-                acks = acks => acks,
-                _ = disconnected.changed() => messages
+            let attempt = || {
+                let publishes: Vec<_> = messages
+                    .iter()
+                    .map(|m| publish_one(&self.js, &self.subjects, m))
+                    .collect();
+                futures::stream::iter(publishes)
+                    .buffered(PUBLISH_WINDOW)
+                    .collect::<Vec<_>>()
+            };
+            let dropped = || {
+                messages
                     .iter()
                     .map(|_| Err(BrokerError(
                         "the NATS connection dropped before the acknowledgement came; the relay publishes again and JetStream drops any duplicate".into(),
                     )))
-                    .collect(),
+                    .collect()
+            };
+            let mut elected = self.interruptions().for_stream();
+            tokio::select! {
+                acks = attempt() => acks,
+                _ = disconnected.changed() => dropped(),
+                // A stream without a leader leaves publishes unanswered until they time
+                // out; once it has one, publish again to it at once (JetStream drops what
+                // the old leader had already stored, by Nats-Msg-Id).
+                () = elected.next_election() => tokio::select! {
+                    acks = attempt() => acks,
+                    _ = disconnected.changed() => dropped(),
+                },
             }
         }
         .boxed()
     }
 
-    /// The stream answers its info request (a leader serves it) within 2 s. A stream
+    /// The stream answers its info request (a leader serves it) within 500 ms. A stream
     /// without a leader leaves the request unanswered; when JetStream elects one meanwhile,
-    /// the request is sent again at once (to the new leader) instead of waiting out the 2 s.
+    /// the request is sent again at once (to the new leader) instead of waiting out the
+    /// timeout. A slow answer errs on the safe side: the failures are retried soon and not
+    /// counted against the events' retries, so the timeout is short enough that a relay
+    /// failing through an election tries again within a second.
     fn available(&self) -> BoxFuture<'_, bool> {
         async move {
             let ask = || async {
                 matches!(
-                    tokio::time::timeout(Duration::from_secs(2), self.js.get_stream(&self.stream))
-                        .await,
+                    tokio::time::timeout(
+                        Duration::from_millis(500),
+                        self.js.get_stream(&self.stream)
+                    )
+                    .await,
                     Ok(Ok(_))
                 )
             };
@@ -707,6 +732,18 @@ mod tests {
             interrupted(Box::new(move || dropped.send_modify(|n| *n += 1))).await,
             "a disconnection"
         );
+        // A publish waits on the stream's elections only.
+        let mut publish = pull.clone().for_stream();
+        let next = tokio::spawn(async move { publish.next_election().await });
+        tokio::task::yield_now().await;
+        elect(Some("email-worker"))();
+        tokio::task::yield_now().await;
+        assert!(!next.is_finished(), "a consumer's election");
+        elect(None)();
+        tokio::time::timeout(Duration::from_millis(200), next)
+            .await
+            .expect("the stream's election")
+            .unwrap();
     }
 
     #[test]
