@@ -289,6 +289,12 @@ pub async fn run(options: Options) -> Result<Report, ChaosError> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
+    // The requests that waited for each node loss's election, now that all is emailed.
+    for record in &mut records {
+        if let Some(loss) = record.node_loss.as_mut() {
+            waited_for_election(&admin_db, loss).await;
+        }
+    }
     let facts = RunFacts {
         load_started_ms,
         sends_per_daemon: SMTP_SENDS_IN_FLIGHT,
@@ -450,6 +456,9 @@ async fn inject(
             tokio::time::sleep((t0 + hold).saturating_duration_since(Instant::now())).await;
             let reported = elections.map(|e| e.since(killed_at)).unwrap_or_default();
             let loss = NodeLoss {
+                killed_at_ms: killed_at.timestamp_millis(),
+                waited: 0,
+                waited_emailed_ms: None,
                 node: name,
                 election_ms: election::election_ms(&led, killed_at, &reported),
                 elections: reported
@@ -592,6 +601,29 @@ async fn connect_db(url: &str) -> Result<sqlx::MySqlConnection, ChaosError> {
 }
 
 /// Waits until JetStream answers on every node (a new cluster first elects its leader).
+/// Fills in [`NodeLoss::waited`]: the requests accepted between the kill and the end of
+/// the election, and when the last of them was emailed.
+async fn waited_for_election(db: &MySqlPool, loss: &mut NodeLoss) {
+    let Some(election) = loss.election_ms else {
+        return;
+    };
+    let until = loss.killed_at_ms + election.ceil() as i64;
+    let row: Result<(i64, Option<f64>), _> = sqlx::query_as(
+        "SELECT COUNT(*), CAST(MAX(UNIX_TIMESTAMP(s.sent_at)) * 1000 - ? AS DOUBLE) \
+         FROM prime_check_requests r JOIN sent_emails s ON s.request_id = r.id \
+         WHERE UNIX_TIMESTAMP(r.created_at) * 1000 BETWEEN ? AND ?",
+    )
+    .bind(loss.killed_at_ms)
+    .bind(loss.killed_at_ms)
+    .bind(until)
+    .fetch_one(db)
+    .await;
+    if let Ok((n, last)) = row {
+        loss.waited = usize::try_from(n).unwrap_or(0);
+        loss.waited_emailed_ms = last;
+    }
+}
+
 async fn wait_for_jetstream(nodes: &[NatsNode]) -> Result<(), ChaosError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     for node in nodes {

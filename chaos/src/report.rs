@@ -65,6 +65,13 @@ pub struct NodeLoss {
     pub healed_ms: Option<f64>,
     /// Where that time went: health, the probe's acceptance, its email.
     pub phases: String,
+    /// When it was killed (Unix ms).
+    pub killed_at_ms: i64,
+    /// The requests accepted between the kill and the end of the election (they waited for
+    /// it), and from the kill until the last of them was emailed, in ms (after the drain).
+    pub waited: usize,
+    /// See [`NodeLoss::waited`]; None when none was accepted then.
+    pub waited_emailed_ms: Option<f64>,
 }
 
 impl NodeLoss {
@@ -72,6 +79,11 @@ impl NodeLoss {
     /// needed one).
     pub fn past_election_ms(&self) -> Option<f64> {
         Some(self.healed_ms? - self.election_ms.unwrap_or(0.0))
+    }
+
+    /// How long after the election the last request that waited for it was emailed.
+    pub fn waited_past_election_ms(&self) -> Option<f64> {
+        Some(self.waited_emailed_ms? - self.election_ms.unwrap_or(0.0))
     }
 }
 
@@ -259,8 +271,14 @@ impl Report {
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
-                "  {:<5} {:<66} {:>8} {:>8} {:>8}  phases",
-                "fault", "NATS node killed (what it led)", "election", "healed", "past it"
+                "  {:<5} {:<66} {:>8} {:>8} {:>8} {:>7} {:>8}  phases",
+                "fault",
+                "NATS node killed (what it led)",
+                "election",
+                "healed",
+                "past it",
+                "waited",
+                "last +"
             );
             let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
             for (f, l) in losses {
@@ -271,12 +289,14 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "  {:<5} {:<66} {:>8} {:>8} {:>8}  {}",
+                    "  {:<5} {:<66} {:>8} {:>8} {:>8} {:>7} {:>8}  {}",
                     f.index,
                     led,
                     ms(l.election_ms),
                     ms(l.healed_ms),
                     ms(l.past_election_ms()),
+                    l.waited,
+                    ms(l.waited_past_election_ms()),
                     l.phases
                 );
             }
