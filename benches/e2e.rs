@@ -6,9 +6,13 @@
 //! sink that offers PIPELINING, as Postfix, Mailpit and the peers' sink do; it reads the
 //! request id from each email's body. Everything is removed afterwards.
 //!
-//! Setups (`E2E_SETUPS`, comma-separated, default all): `mysql1` (one daemon on MariaDB and
-//! JetStream), `mysql2` (two daemons sharing them), `embedded` (one daemon, SQLite). The
-//! daemons run with their defaults but for rate limiting (off; it has its own bench).
+//! Setups (`E2E_SETUPS`, comma-separated, default `mysql1,mysql2,embedded`): `mysqlN` (N
+//! daemons on one MariaDB and one JetStream server; `mysql1`, `mysql2`, `mysql3`, …),
+//! `embedded` (one daemon, SQLite). The daemons run with their defaults but for rate
+//! limiting (off; it has its own bench). For the closed loop of a MySQL setup it also
+//! reports what each process spent per request (CPU µs, from `/proc/<pid>/stat`: each daemon,
+//! nats-server, mariadbd, and this process — the clients and the SMTP sink) and the
+//! database's commits per request (`Handler_commit`), for docs/SCALING.md.
 //! In each:
 //!
 //! 1. Closed loop: `E2E_REQUESTS` (default 5,000) 18-digit numbers from 32 clients, as the
@@ -272,7 +276,92 @@ fn stage_rates(db: &str) -> String {
     )
 }
 
-async fn measure(name: &str, bases: &[String], arrivals: &Arrivals, db: Option<&str>) {
+/// CPU seconds a process has used so far (user + system), from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after its ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the state.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The MariaDB server's process id (the shared server the MySQL setups use).
+fn mariadbd_pid() -> Option<u32> {
+    let out = Command::new("pidof").arg("mariadbd").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The database's commits so far.
+fn commits() -> f64 {
+    common::mariadb("SHOW GLOBAL STATUS LIKE 'Handler_commit'")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The processes whose CPU a MySQL setup's closed loop reports, by name.
+struct Accounted {
+    processes: Vec<(String, u32)>,
+}
+
+impl Accounted {
+    fn snapshot(&self) -> (Vec<f64>, f64) {
+        (
+            self.processes
+                .iter()
+                .map(|(_, pid)| cpu_seconds(*pid))
+                .collect(),
+            commits(),
+        )
+    }
+
+    /// What each process spent per request between `before` and now, and the commits.
+    fn report(&self, name: &str, before: &(Vec<f64>, f64), requests: usize) {
+        let (after, commits_after) = self.snapshot();
+        let n = requests.max(1) as f64;
+        let parts: Vec<String> = self
+            .processes
+            .iter()
+            .zip(after.iter().zip(&before.0))
+            .map(|((what, _), (a, b))| format!("{what} {:.0}", (a - b) / n * 1e6))
+            .collect();
+        let daemons: f64 = self
+            .processes
+            .iter()
+            .zip(after.iter().zip(&before.0))
+            .filter(|((what, _), _)| what.starts_with("daemon"))
+            .map(|(_, (a, b))| a - b)
+            .sum();
+        println!(
+            "{name} closed loop CPU µs per request: {}; all daemons {:.0}; database commits per request {:.2}",
+            parts.join(", "),
+            daemons / n * 1e6,
+            (commits_after - before.1) / n
+        );
+    }
+}
+
+async fn measure(
+    name: &str,
+    bases: &[String],
+    arrivals: &Arrivals,
+    db: Option<&str>,
+    accounted: Option<&Accounted>,
+) {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
@@ -283,6 +372,7 @@ async fn measure(name: &str, bases: &[String], arrivals: &Arrivals, db: Option<&
     let total = env_count("E2E_REQUESTS", 5_000);
     let sent: Sent = Arc::default();
     let failures: Failures = Arc::default();
+    let before = accounted.map(Accounted::snapshot);
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -335,6 +425,9 @@ async fn measure(name: &str, bases: &[String], arrivals: &Arrivals, db: Option<&
     );
     if let Some(db) = db {
         println!("{name} closed loop {}", stage_rates(db));
+    }
+    if let (Some(accounted), Some(before)) = (accounted, &before) {
+        accounted.report(name, before, delivered);
     }
 
     // 2. Open loop.
@@ -396,7 +489,7 @@ async fn wait_ready(base: &str) {
 async fn mysql(db: &str, daemons: usize) {
     let nats_port = free_port();
     let nats_dir = tempfile::tempdir().unwrap();
-    let _nats = Proc(
+    let nats = Proc(
         Command::new("nats-server")
             .args([
                 "-a",
@@ -430,7 +523,25 @@ async fn mysql(db: &str, daemons: usize) {
         procs.push(proc);
         bases.push(base);
     }
-    measure(&format!("mysql{daemons}"), &bases, &arrivals, Some(db)).await;
+    let mut processes: Vec<(String, u32)> = procs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("daemon {}", i + 1), p.0.id()))
+        .collect();
+    processes.push(("nats-server".into(), nats.0.id()));
+    if let Some(pid) = mariadbd_pid() {
+        processes.push(("mariadbd".into(), pid));
+    }
+    processes.push(("bench (clients, sink)".into(), std::process::id()));
+    let accounted = Accounted { processes };
+    measure(
+        &format!("mysql{daemons}"),
+        &bases,
+        &arrivals,
+        Some(db),
+        Some(&accounted),
+    )
+    .await;
 }
 
 async fn embedded() {
@@ -439,18 +550,20 @@ async fn embedded() {
     let dir = tempfile::tempdir().unwrap();
     let (_proc, base) = daemon(&Backend::Embedded, smtp_port, dir.path());
     wait_ready(&base).await;
-    measure("embedded", &[base], &arrivals, None).await;
+    measure("embedded", &[base], &arrivals, None, None).await;
 }
 
 fn main() {
     let setups = std::env::var("E2E_SETUPS").unwrap_or_else(|_| "mysql1,mysql2,embedded".into());
     for setup in setups.split(',').map(str::trim) {
+        let daemons = setup
+            .strip_prefix("mysql")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n > 0);
         match setup {
-            "mysql1" => {
-                common::with_database("primed_e2e", |db| async move { mysql(&db, 1).await })
-            }
-            "mysql2" => {
-                common::with_database("primed_e2e", |db| async move { mysql(&db, 2).await })
+            _ if daemons.is_some() => {
+                let n = daemons.unwrap_or(1);
+                common::with_database("primed_e2e", |db| async move { mysql(&db, n).await })
             }
             "embedded" => tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -458,7 +571,7 @@ fn main() {
                 .build()
                 .unwrap()
                 .block_on(embedded()),
-            other => panic!("unknown setup {other:?} in E2E_SETUPS (mysql1, mysql2, embedded)"),
+            other => panic!("unknown setup {other:?} in E2E_SETUPS (mysqlN, embedded)"),
         }
     }
 }
