@@ -1039,3 +1039,63 @@ fn metric_value(series: &str) -> f64 {
         .unwrap();
     support::sample(&text, series)
 }
+
+/// A pull request the old leader of its consumer held is answered by nobody: when
+/// JetStream reports a new leader for the consumer (or the stream), the pull ends at once
+/// instead of at its expiry, so the worker pulls from the new leader. (The advisories are
+/// published here by hand, on the subjects JetStream uses; that another consumer's election
+/// leaves a pull alone is a unit test of `Interruptions`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_ends_when_jetstream_elects_a_new_leader_for_its_consumer_or_stream() {
+    use actors::ports::Source;
+    use futures::StreamExt;
+    use primed::adapters::nats::source::JetStreamSource;
+    let nats = NatsServer::start();
+    let (broker, client) = prime_stream(&nats).await;
+    let js = async_nats::jetstream::new(client.clone());
+    for (consumer, subject) in [
+        (
+            CONSUMER_PRIMECHECK,
+            "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.PRIME.primecheck-worker",
+        ),
+        (
+            primed::adapters::nats::CONSUMER_EMAIL,
+            "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.PRIME",
+        ),
+    ] {
+        let source = JetStreamSource::bind(
+            broker.context(),
+            "PRIME",
+            consumer,
+            &primed::adapters::nats::Subjects::new(""),
+        )
+        .await
+        .unwrap()
+        .ended_by(broker.interruptions().for_consumer(consumer));
+        let mut pull = source.pull(1, Duration::from_secs(60));
+        let next = tokio::spawn(async move { pull.next().await.is_none() });
+        // The pull request is at the server, so the pull is being waited on.
+        assert_eventually!(
+            {
+                let mut c: async_nats::jetstream::consumer::PullConsumer = js
+                    .get_stream("PRIME")
+                    .await
+                    .unwrap()
+                    .get_consumer(consumer)
+                    .await
+                    .unwrap();
+                c.info().await.unwrap().num_waiting > 0
+            },
+            "the pull request of {consumer} reaches the server"
+        );
+        client
+            .publish(subject, bytes::Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .unwrap_or_else(|_| panic!("the pull from {consumer} was not ended by {subject}"))
+            .unwrap();
+        assert!(ended, "it ended without a message");
+    }
+}
