@@ -104,11 +104,14 @@ fn assert_promises_held(r: &serde_json::Value) {
     assert!(faults.len() >= CLASSES.len());
     for f in faults {
         assert!(f["recovered_ms"].is_number(), "fault not healed: {f}");
-        // From the injection: at least the hold, and never less than from the end.
+        // From the injection: at least the hold, and never less than from the end — but a
+        // cluster node loss heals while the node is still down (that heal is its time from
+        // the injection; the cluster test checks it).
         let from_injection = f["recovered_from_injection_ms"].as_f64().unwrap();
         assert!(
-            from_injection >= f["held_ms"].as_f64().unwrap()
-                && from_injection >= f["recovered_ms"].as_f64().unwrap(),
+            !f["node_loss"].is_null()
+                || (from_injection >= f["held_ms"].as_f64().unwrap()
+                    && from_injection >= f["recovered_ms"].as_f64().unwrap()),
             "{f}"
         );
     }
@@ -118,13 +121,13 @@ fn assert_promises_held(r: &serde_json::Value) {
             "the schedule covers {class}"
         );
         assert!(
-            r["mttr"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|m| m["class"] == class
-                    && m["from_injection"]["median_ms"].as_f64().unwrap()
-                        >= m["min_ms"].as_f64().unwrap()),
+            r["mttr"].as_array().unwrap().iter().any(|m| {
+                let spread = |s: &serde_json::Value| {
+                    let v = |k: &str| s[k].as_f64().unwrap();
+                    v("min_ms") <= v("median_ms") && v("median_ms") <= v("max_ms")
+                };
+                m["class"] == class && spread(m) && spread(&m["from_injection"])
+            }),
             "the report has the time to heal of {class}, from the end and the injection"
         );
     }
