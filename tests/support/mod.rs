@@ -347,6 +347,28 @@ pub fn mariadb_at(port: u16, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A server a test runs on a port it picked: two picks of a free port can meet, so the server
+/// may find its port taken and then moves to another.
+trait OwnServer {
+    const PROGRAM: &'static str;
+    /// Spawns it on its port and waits until it answers as itself; false when it exited
+    /// first (its port was taken).
+    fn try_start(&mut self) -> bool;
+    /// Kills it and moves it to `port`, for the next try.
+    fn stop_and_move_to(&mut self, port: u16);
+}
+
+/// Starts `server` on its port, or on another free one when that was taken (five tries).
+fn start_on_a_free_port<S: OwnServer>(mut server: S) -> S {
+    for _ in 0..5 {
+        if server.try_start() {
+            return server;
+        }
+        server.stop_and_move_to(free_addr().port());
+    }
+    panic!("{} did not start on any of five free ports", S::PROGRAM);
+}
+
 /// A nats-server with JetStream of its own, on a free port, with its own store directory.
 /// It can be stopped and started again on the same port and store (a broker restart).
 pub struct NatsServer {
@@ -369,20 +391,12 @@ impl NatsServer {
     /// [`NatsServer::start`], trying `port` first.
     pub fn start_on(port: u16) -> Self {
         setup::ensure();
-        let mut server = Self {
+        start_on_a_free_port(Self {
             child: None,
             port,
             name: format!("primed-test-{:016x}", rand::random::<u64>()),
             store: tempfile::tempdir().expect("tempdir"),
-        };
-        for _ in 0..5 {
-            if server.try_start() {
-                return server;
-            }
-            server.stop();
-            server.port = free_addr().port();
-        }
-        panic!("nats-server did not start on any of five free ports");
+        })
     }
 
     /// `nats://127.0.0.1:<port>`
@@ -399,8 +413,18 @@ impl NatsServer {
         );
     }
 
-    /// Spawns the server and waits until it greets under its name; false when it exited
-    /// first (its port was taken).
+    /// Kills it (as a crash would) and waits until it is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl OwnServer for NatsServer {
+    const PROGRAM: &'static str = "nats-server";
+
     fn try_start(&mut self) -> bool {
         let child = Command::new("nats-server")
             .args([
@@ -434,12 +458,9 @@ impl NatsServer {
         true
     }
 
-    /// Kills it (as a crash would) and waits until it is gone.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    fn stop_and_move_to(&mut self, port: u16) {
+        self.stop();
+        self.port = port;
     }
 }
 
@@ -469,19 +490,11 @@ impl RedisServer {
     /// [`RedisServer::start`], trying `port` first.
     pub fn start_on(port: u16) -> Self {
         setup::ensure();
-        let mut server = Self {
+        start_on_a_free_port(Self {
             child: None,
             port,
             dir: tempfile::tempdir().expect("tempdir"),
-        };
-        for _ in 0..5 {
-            if server.try_start() {
-                return server;
-            }
-            server.stop();
-            server.port = free_addr().port();
-        }
-        panic!("redis-server did not start on any of five free ports");
+        })
     }
 
     /// Starts it again after [`RedisServer::stop`], on the same port.
@@ -493,8 +506,28 @@ impl RedisServer {
         );
     }
 
-    /// Spawns the server and waits until the server on its port is this one (its working
-    /// directory is this server's own); false when it exited first (its port was taken).
+    /// Kills it (SIGKILL, as a crash would) and waits until it is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Its process id (to stop and continue it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Runs one command with redis-cli; its trimmed output, or None when it failed.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        redis_cli(self.port, args)
+    }
+}
+
+impl OwnServer for RedisServer {
+    const PROGRAM: &'static str = "redis-server";
+
     fn try_start(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
@@ -526,22 +559,9 @@ impl RedisServer {
         }
     }
 
-    /// Kills it (SIGKILL, as a crash would) and waits until it is gone.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Its process id (to stop and continue it).
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// Runs one command with redis-cli; its trimmed output, or None when it failed.
-    pub fn cli(&self, args: &[&str]) -> Option<String> {
-        redis_cli(self.port, args)
+    fn stop_and_move_to(&mut self, port: u16) {
+        self.stop();
+        self.port = port;
     }
 }
 
