@@ -1099,3 +1099,119 @@ async fn a_pull_ends_when_jetstream_elects_a_new_leader_for_its_consumer_or_stre
         assert!(ended, "it ended without a message");
     }
 }
+
+/// A new leader answers info requests before it serves (nats-server 2.9 announces it before
+/// it subscribes to the stream's subjects or the consumer's pull requests): for [`SETTLE`]
+/// after JetStream reports an election — of the stream, or of a consumer — a failed publish
+/// is the broker's (the relay retries it soon and spends none of the event's retries), not
+/// the event's, which would put it on its backoff. Afterwards the stream's answer decides
+/// again. (The advisories are published here by hand on JetStream's subjects.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_failures_just_after_an_election_are_the_brokers() {
+    use primed::adapters::nats::SETTLE;
+    let nats = NatsServer::start();
+    let (broker, client) = prime_stream(&nats).await;
+    // A subject no stream takes: JetStream answers "no responders" while the stream is up.
+    let failed = broker
+        .publish_batch(&[OutgoingMessage::first(
+            "e-1".into(),
+            "nowhere.else",
+            b"{}".to_vec(),
+            None,
+            None,
+        )])
+        .await;
+    assert!(failed[0].is_err(), "a publish nobody takes fails");
+    assert!(
+        broker.available().await,
+        "the stream answers: the failure is the event's"
+    );
+
+    for advisory in [
+        "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.PRIME",
+        "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.PRIME.primecheck-worker",
+    ] {
+        let mut seen = Box::pin(broker.interruptions().next());
+        assert!((&mut seen).now_or_never().is_none(), "no election yet");
+        client
+            .publish(advisory, bytes::Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        tokio::time::timeout(support::WAIT, seen)
+            .await
+            .unwrap_or_else(|_| panic!("the broker sees {advisory}"));
+        let elected = std::time::Instant::now();
+        assert!(
+            !broker.available().await,
+            "after {advisory} a failure is the broker's"
+        );
+        assert!(elected.elapsed() < SETTLE, "checked while settling");
+        assert_eventually!(
+            broker.available().await,
+            "once the new leader has settled, the stream's answer decides again"
+        );
+    }
+}
+
+/// A new consumer leader announces itself before it listens for pull requests, so a pull sent
+/// at its election can go unheard until its `expires`. While the broker settles after an
+/// election, pulls are short: a minute's pull ends within a second, and is sent again. Once
+/// settled, a pull waits its time again. (The advisory is published here by hand.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_are_short_while_the_broker_settles_after_an_election() {
+    use actors::ports::Source;
+    use futures::StreamExt;
+    use primed::adapters::nats::SETTLE;
+    use primed::adapters::nats::source::JetStreamSource;
+    let nats = NatsServer::start();
+    let (broker, client) = prime_stream(&nats).await;
+    let source = JetStreamSource::bind(
+        broker.context(),
+        "PRIME",
+        CONSUMER_PRIMECHECK,
+        &primed::adapters::nats::Subjects::new(""),
+    )
+    .await
+    .unwrap()
+    .ended_by(broker.interruptions().for_consumer(CONSUMER_PRIMECHECK));
+    let pull_ends_within = |expires: Duration, within: Duration| {
+        let mut pull = source.pull(1, expires);
+        async move {
+            tokio::time::timeout(within, pull.next())
+                .await
+                .is_ok_and(|next| next.is_none())
+        }
+    };
+    assert!(
+        !pull_ends_within(Duration::from_secs(60), Duration::from_secs(2)).await,
+        "settled, a pull waits its time"
+    );
+
+    let mut seen = Box::pin(broker.interruptions().next());
+    assert!((&mut seen).now_or_never().is_none(), "no election yet");
+    client
+        .publish(
+            "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.PRIME.email-worker",
+            bytes::Bytes::from_static(b"{}"),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(support::WAIT, seen)
+        .await
+        .expect("the broker sees the election");
+    let elected = std::time::Instant::now();
+    assert!(
+        pull_ends_within(Duration::from_secs(60), Duration::from_secs(1)).await,
+        "while settling, a minute's pull ends within a second"
+    );
+    assert!(elected.elapsed() < SETTLE, "checked while settling");
+
+    assert_eventually!(
+        !broker.interruptions().settling(),
+        "the broker settles {SETTLE:?} after the election"
+    );
+    assert!(
+        !pull_ends_within(Duration::from_secs(60), Duration::from_secs(2)).await,
+        "settled again, a pull waits its time"
+    );
+}

@@ -207,6 +207,11 @@ pub struct RoundOutcome {
     pub dead: usize,
     /// A round claimed a full batch: more rows are probably due.
     pub saturated: bool,
+    /// The failures were the broker's (down, or its stream without a settled leader): not
+    /// counted against the events' retries, and retried after [`BROKER_DOWN_RETRY`].
+    pub broker_down: bool,
+    /// What the first failed publish of the round answered, for the log.
+    pub first_error: Option<String>,
 }
 
 impl Actor for OutboxRelay {
@@ -434,6 +439,8 @@ pub async fn round(args: &RelayArgs) -> Result<RoundOutcome, crate::ports::store
         }
     }
     outcome.published = published.len();
+    outcome.broker_down = broker_down;
+    outcome.first_error = failures.first().map(|f: &PublishFailure| f.error.clone());
     match slot {
         Some(slot) => {
             tokio::spawn(async move {

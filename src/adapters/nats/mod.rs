@@ -32,6 +32,16 @@ pub const CONSUMER_EMAIL: &str = "email-worker";
 /// each other.
 const PUBLISH_WINDOW: usize = 1000;
 
+/// How long the broker is taken to be settling after the connection dropped or JetStream
+/// reported a new leader for the stream or a consumer. A new leader may not serve for a
+/// while after its announcement: nats-server 2.9 announces it before the leader subscribes
+/// to the stream's subjects or the consumer's pull requests (a publish then fails, a pull
+/// request goes unheard), and the chaos harness's cluster runs saw takeovers of 0.1–1.3 s
+/// (BENCHMARKS.md). While it settles a failed publish is the broker's (see
+/// [`Broker::available`]) — as is one cut by a dropped connection even when the client is
+/// back by the time the relay asks — and pulls are short (see [`Interruptions::settling`]).
+pub const SETTLE: Duration = Duration::from_secs(3);
+
 /// The subjects of one deployment on the wire: the pipeline's own (`primecheck.requested`,
 /// `email.send`, `dlq.*`) under an optional prefix (`NATS_SUBJECT_PREFIX`), so that several
 /// deployments (staging and production) can share one NATS account. Everything past the
@@ -267,6 +277,9 @@ pub struct JetStreamBroker {
     /// Bumped at every leader election JetStream reports for the main stream or one of its
     /// consumers (see [`Interruptions`]).
     elections: tokio::sync::watch::Receiver<Elected>,
+    /// When the connection last dropped or JetStream last reported a new leader (see
+    /// [`SETTLE`]).
+    unsettled_since: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
     /// The main stream, whose info answers [`Broker::available`].
     stream: String,
     /// The subjects on the wire.
@@ -290,6 +303,9 @@ impl JetStreamBroker {
             })?;
         let (tx, disconnects) = tokio::sync::watch::channel(0u64);
         let tx = std::sync::Arc::new(tx);
+        let (unsettled, unsettled_since) = tokio::sync::watch::channel(None);
+        let unsettled = std::sync::Arc::new(unsettled);
+        let unsettled_on_drop = unsettled.clone();
         let client = async_nats::ConnectOptions::new()
             .name("primed")
             .retry_on_initial_connect()
@@ -298,9 +314,10 @@ impl JetStreamBroker {
             // broker restart of a second cost several; reconnect attempts are cheap.
             .reconnect_delay_callback(reconnect_delay)
             .event_callback(move |event| {
-                let tx = tx.clone();
+                let (tx, unsettled) = (tx.clone(), unsettled_on_drop.clone());
                 async move {
                     if matches!(event, async_nats::Event::Disconnected) {
+                        unsettled.send_replace(Some(tokio::time::Instant::now()));
                         tx.send_modify(|n| *n += 1);
                     }
                 }
@@ -311,7 +328,7 @@ impl JetStreamBroker {
                 url: crate::config::redact_url_credentials(url),
                 reason: e.to_string(),
             })?;
-        let elections = watch_elections(&client, &settings.stream).await;
+        let elections = watch_elections(&client, &settings.stream, unsettled).await;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(settings.publish_timeout);
         Ok((
@@ -319,6 +336,7 @@ impl JetStreamBroker {
                 js,
                 disconnects,
                 elections,
+                unsettled_since,
                 stream: settings.stream.clone(),
                 subjects: settings.subjects.clone(),
             },
@@ -428,6 +446,7 @@ impl JetStreamBroker {
     /// for the stream or a consumer.
     pub fn interruptions(&self) -> Interruptions {
         Interruptions {
+            unsettled_since: self.unsettled_since.clone(),
             elections: self.elections.clone(),
             disconnects: self.disconnects.clone(),
             consumer: None,
@@ -445,6 +464,7 @@ pub type Elected = (u64, Option<std::sync::Arc<str>>);
 /// that found the broker down tries again, instead of waiting out their timeouts.
 #[derive(Clone, Debug)]
 pub struct Interruptions {
+    unsettled_since: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
     elections: tokio::sync::watch::Receiver<Elected>,
     disconnects: tokio::sync::watch::Receiver<u64>,
     /// Only elections of the stream and of this consumer count (see
@@ -453,6 +473,15 @@ pub struct Interruptions {
 }
 
 impl Interruptions {
+    /// Whether the broker is settling: the connection dropped or JetStream reported a new
+    /// leader less than [`SETTLE`] ago. A pull request sent then may go unheard (a new
+    /// leader announces itself before it listens for them), so pulls are kept short.
+    pub fn settling(&self) -> bool {
+        self.unsettled_since
+            .borrow()
+            .is_some_and(|at| at.elapsed() < SETTLE)
+    }
+
     /// The interruptions of a pull from `consumer`: another consumer's election leaves it.
     pub fn for_consumer(mut self, consumer: &str) -> Self {
         self.consumer = Some(consumer.into());
@@ -501,11 +530,13 @@ impl Interruptions {
 }
 
 /// Listens to JetStream's leader-elected advisories for `stream` and its consumers; the
-/// receiver is bumped at each. Without permission to subscribe it stays quiet (pulls and
-/// publishes then wait for their own timeouts after an election, as before).
+/// receiver is bumped at each, and `unsettled` set to its time.
+/// Without permission to subscribe it stays quiet (pulls and publishes then wait for their
+/// own timeouts after an election, as before).
 async fn watch_elections(
     client: &async_nats::Client,
     stream: &str,
+    unsettled: std::sync::Arc<tokio::sync::watch::Sender<Option<tokio::time::Instant>>>,
 ) -> tokio::sync::watch::Receiver<Elected> {
     let (tx, rx) = tokio::sync::watch::channel((0u64, None));
     let tx = std::sync::Arc::new(tx);
@@ -516,7 +547,7 @@ async fn watch_elections(
     ] {
         match client.subscribe(subject.clone()).await {
             Ok(mut elected) => {
-                let (tx, consumers) = (tx.clone(), consumers.clone());
+                let (tx, unsettled, consumers) = (tx.clone(), unsettled.clone(), consumers.clone());
                 tokio::spawn(async move {
                     while let Some(advisory) = elected.next().await {
                         tracing::info!(subject = %advisory.subject, "JetStream elected a new leader");
@@ -524,6 +555,7 @@ async fn watch_elections(
                             .subject
                             .strip_prefix(consumers.as_str())
                             .map(std::sync::Arc::<str>::from);
+                        unsettled.send_replace(Some(tokio::time::Instant::now()));
                         tx.send_modify(|(n, what)| {
                             *n += 1;
                             *what = consumer;
@@ -605,14 +637,23 @@ impl Broker for JetStreamBroker {
         .boxed()
     }
 
-    /// The stream answers its info request (a leader serves it) within 500 ms. A stream
-    /// without a leader leaves the request unanswered; when JetStream elects one meanwhile,
-    /// the request is sent again at once (to the new leader) instead of waiting out the
-    /// timeout. A slow answer errs on the safe side: the failures are retried soon and not
-    /// counted against the events' retries, so the timeout is short enough that a relay
-    /// failing through an election tries again within a second.
+    /// The stream answers its info request (a leader serves it) within 500 ms, and the
+    /// connection's last drop and JetStream's last leader election are over [`SETTLE`] old. A stream without a leader leaves the
+    /// request unanswered; when JetStream elects one meanwhile, the request is sent again at
+    /// once (to the new leader) instead of waiting out the timeout. A slow answer errs on
+    /// the safe side: the failures are retried soon and not counted against the events'
+    /// retries, so the timeout is short enough that a relay failing through an election
+    /// tries again within a second. A new leader answers info requests before it takes
+    /// every publish, and a client back from a dropped connection answers before the
+    /// relay's failures are judged: failures in those first seconds are the takeover's or
+    /// the connection's, not the events' (counted, they would put the events on their
+    /// backoff, a second or more).
     fn available(&self) -> BoxFuture<'_, bool> {
         async move {
+            let settling = || self.interruptions().settling();
+            if settling() {
+                return false;
+            }
             let ask = || async {
                 matches!(
                     tokio::time::timeout(
@@ -624,10 +665,13 @@ impl Broker for JetStreamBroker {
                 )
             };
             let mut interruptions = self.interruptions();
-            tokio::select! {
+            let up = tokio::select! {
                 up = ask() => up,
                 () = interruptions.next_election() => ask().await,
-            }
+            };
+            // A probe that waited through the stream's election (or a reconnection) is
+            // answered by the new leader: the failure it was asked about was the election's.
+            up && !settling()
         }
         .boxed()
     }
@@ -702,7 +746,9 @@ mod tests {
     async fn a_pull_is_interrupted_by_its_own_elections_and_a_disconnection_only() {
         let (elected, elections) = tokio::sync::watch::channel((0u64, None));
         let (dropped, disconnects) = tokio::sync::watch::channel(0u64);
+        let (_settled, unsettled_since) = tokio::sync::watch::channel(None);
         let pull = Interruptions {
+            unsettled_since,
             elections,
             disconnects,
             consumer: None,

@@ -145,7 +145,19 @@ impl Source for JetStreamSource {
         // stalling the worker after every broker restart; end the pull ourselves soon after
         // `expires` (a message the server still sends after that is redelivered after the
         // ack wait, never lost).
-        let timer = tokio::time::sleep(expires + PULL_GRACE);
+        // While the broker settles after a leader election or a reconnection, the pull
+        // request may go unheard (see `Interruptions::settling`): pull briefly, so that
+        // one lost is sent again within a few hundred milliseconds, not after `expires`.
+        let (expires, grace) = if self
+            .interruptions
+            .as_ref()
+            .is_some_and(Interruptions::settling)
+        {
+            (expires.min(SETTLING_PULL), SETTLING_GRACE)
+        } else {
+            (expires, PULL_GRACE)
+        };
+        let timer = tokio::time::sleep(expires + grace);
         let interrupted = self.interruptions.clone();
         let deadline = async move {
             match interrupted {
@@ -182,6 +194,12 @@ impl Source for JetStreamSource {
 
 /// How long after a pull's `expires` the worker stops waiting for the server's end of it.
 const PULL_GRACE: Duration = Duration::from_millis(500);
+
+/// A pull's `expires`, and the wait past it, while the broker settles (see
+/// `Interruptions::settling`). A message the server sends past the wait is redelivered after
+/// the ack wait, never lost.
+const SETTLING_PULL: Duration = Duration::from_millis(100);
+const SETTLING_GRACE: Duration = Duration::from_millis(200);
 
 /// The advisory stream's name for a main stream.
 pub fn advisory_stream(stream: &str) -> String {
