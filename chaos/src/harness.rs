@@ -459,6 +459,7 @@ async fn inject(
                 killed_at_ms: killed_at.timestamp_millis(),
                 waited: 0,
                 waited_emailed_ms: None,
+                retries_spent: Some(0),
                 node: name,
                 election_ms: election::election_ms(&led, killed_at, &reported),
                 elections: reported
@@ -601,9 +602,23 @@ async fn connect_db(url: &str) -> Result<sqlx::MySqlConnection, ChaosError> {
 }
 
 /// Waits until JetStream answers on every node (a new cluster first elects its leader).
-/// Fills in [`NodeLoss::waited`]: the requests accepted between the kill and the end of
-/// the election, and when the last of them was emailed.
+/// Fills in [`NodeLoss::waited`] (the requests accepted between the kill and the end of
+/// the election, and when the last of them was emailed) and [`NodeLoss::retries_spent`].
 async fn waited_for_election(db: &MySqlPool, loss: &mut NodeLoss) {
+    let outage = loss
+        .election_ms
+        .unwrap_or(0.0)
+        .max(loss.healed_ms.unwrap_or(0.0));
+    let spent: Result<i64, _> = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox \
+         WHERE UNIX_TIMESTAMP(created_at) * 1000 BETWEEN ? AND ? AND retry_count > 0",
+    )
+    .bind(loss.killed_at_ms)
+    .bind(loss.killed_at_ms + outage.ceil() as i64)
+    .fetch_one(db)
+    .await;
+    // Unreadable, it is None: the check must not pass on what it could not see.
+    loss.retries_spent = spent.ok().map(|n| u64::try_from(n).unwrap_or(0));
     let Some(election) = loss.election_ms else {
         return;
     };

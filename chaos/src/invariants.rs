@@ -549,6 +549,7 @@ pub(super) async fn check(
                 f.index, f.description
             ));
         }
+        violations.extend(f.node_loss.as_ref().and_then(|l| l.violation(f.index)));
     }
     Ok(Report {
         profile: options.profile.name,

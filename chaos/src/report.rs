@@ -72,6 +72,11 @@ pub struct NodeLoss {
     pub waited: usize,
     /// See [`NodeLoss::waited`]; None when none was accepted then.
     pub waited_emailed_ms: Option<f64>,
+    /// Outbox events written between the kill and the election (or the heal, when that came
+    /// later) that spent retries: a failed publish counted as the event's own failure. The
+    /// outage is the broker's, so none may (see [`NodeLoss::violation`]). None: the outbox
+    /// could not be read.
+    pub retries_spent: Option<u64>,
 }
 
 impl NodeLoss {
@@ -84,6 +89,23 @@ impl NodeLoss {
     /// How long after the election the last request that waited for it was emailed.
     pub fn waited_past_election_ms(&self) -> Option<f64> {
         Some(self.waited_emailed_ms? - self.election_ms.unwrap_or(0.0))
+    }
+
+    /// What this loss broke of the promises, if anything: a broker outage must spend none of
+    /// the events' retries (spent, they put the events on their backoff and, repeated, in
+    /// the dead-letter queue).
+    pub fn violation(&self, fault: usize) -> Option<String> {
+        match self.retries_spent {
+            Some(0) => None,
+            Some(n) => Some(format!(
+                "fault {fault}: losing NATS node {} spent the retries of {n} outbox events written during it (their publishes failed on the broker, and were counted as the events' own failures)",
+                self.node
+            )),
+            None => Some(format!(
+                "fault {fault}: the outbox could not be read to check that losing NATS node {} spent no event's retries",
+                self.node
+            )),
+        }
     }
 }
 
@@ -271,14 +293,15 @@ impl Report {
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
-                "  {:<5} {:<66} {:>8} {:>8} {:>8} {:>7} {:>8}  phases",
+                "  {:<5} {:<66} {:>8} {:>8} {:>8} {:>7} {:>8} {:>7}  phases",
                 "fault",
                 "NATS node killed (what it led)",
                 "election",
                 "healed",
                 "past it",
                 "waited",
-                "last +"
+                "last +",
+                "retries"
             );
             let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
             for (f, l) in losses {
@@ -289,7 +312,7 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "  {:<5} {:<66} {:>8} {:>8} {:>8} {:>7} {:>8}  {}",
+                    "  {:<5} {:<66} {:>8} {:>8} {:>8} {:>7} {:>8} {:>7}  {}",
                     f.index,
                     led,
                     ms(l.election_ms),
@@ -297,6 +320,7 @@ impl Report {
                     ms(l.past_election_ms()),
                     l.waited,
                     ms(l.waited_past_election_ms()),
+                    l.retries_spent.map_or("?".to_string(), |n| n.to_string()),
                     l.phases
                 );
             }
@@ -373,6 +397,35 @@ mod tests {
             failed_attempts: failed,
             node_loss: None,
         }
+    }
+
+    #[test]
+    fn a_node_loss_that_spent_an_events_retries_breaks_a_promise() {
+        let loss = |spent: Option<u64>| NodeLoss {
+            node: "n-1".into(),
+            led: vec!["stream PRIME".into()],
+            elections: vec![],
+            election_ms: Some(5_000.0),
+            healed_ms: Some(5_200.0),
+            phases: String::new(),
+            killed_at_ms: 0,
+            waited: 120,
+            waited_emailed_ms: Some(6_200.0),
+            retries_spent: spent,
+        };
+        assert_eq!(loss(Some(0)).violation(7), None, "none spent: kept");
+        let spent = loss(Some(41))
+            .violation(7)
+            .expect("41 spent is a violation");
+        assert!(
+            spent.contains("fault 7")
+                && spent.contains("n-1")
+                && spent.contains("41 outbox events"),
+            "{spent}"
+        );
+        let unread = loss(None).violation(7).expect("unread is not a pass");
+        assert!(unread.contains("could not be read"), "{unread}");
+        assert_eq!(loss(Some(0)).waited_past_election_ms(), Some(1_200.0));
     }
 
     #[test]
