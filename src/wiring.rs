@@ -344,6 +344,7 @@ fn pipeline(
             concurrency: Arc::new(Semaphore::new(workers.smtp_concurrency as usize)),
             message_id_domain: "primed".into(),
             journal,
+            in_flight: Default::default(),
         }),
         policy(crate::adapters::nats::CONSUMER_EMAIL, &workers.email_retry),
     );

@@ -203,6 +203,73 @@ pub struct EmailHandler {
     pub message_id_domain: String,
     /// Where each accepted email is noted until its record commits.
     pub journal: Option<Arc<dyn SendJournal>>,
+    /// The events being handled by this daemon's email workers.
+    pub in_flight: InFlight,
+}
+
+/// The events this daemon's email workers are handling, each behind a lock of its own.
+/// JetStream delivers an event again when its acknowledgement is late — after the first
+/// backoff step, 1 s by default — and on a slow link the first copy can still arrive then,
+/// so two workers may hold the same event at once: the second waits for the first to end
+/// and then finds the email sent, instead of both finding it unsent and sending it twice.
+/// (Two daemons holding one event at once are not covered: that needs the link to one of
+/// them to lose a whole backoff step.)
+#[derive(Debug, Default)]
+pub struct InFlight(std::sync::Mutex<Holders>);
+
+/// Per event held: how many workers hold it or wait for it, and its lock.
+type Holders = std::collections::HashMap<String, (usize, Arc<tokio::sync::Mutex<()>>)>;
+
+/// A worker's hold on an event (see [`InFlight`]); the event is free again when it drops.
+pub struct Held<'a> {
+    in_flight: &'a InFlight,
+    event_id: String,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl InFlight {
+    fn map(&self) -> std::sync::MutexGuard<'_, Holders> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until no other worker of this daemon handles `event_id`, then holds it.
+    pub async fn hold(&self, event_id: &str) -> Held<'_> {
+        let lock = {
+            let mut map = self.map();
+            let entry = map.entry(event_id.to_string()).or_default();
+            entry.0 += 1;
+            entry.1.clone()
+        };
+        Held {
+            in_flight: self,
+            event_id: event_id.to_string(),
+            _guard: lock.lock_owned().await,
+        }
+    }
+
+    /// Events held or waited for.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether no event is held.
+    pub fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut map = self.in_flight.map();
+        if let Some(entry) = map.get_mut(&self.event_id) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                map.remove(&self.event_id);
+            }
+        }
+    }
 }
 
 /// Renders the result email.
@@ -241,6 +308,7 @@ pub fn render(send: &EmailSend, message_id: String) -> Email {
 impl EmailHandler {
     async fn run(&self, message: &Message) -> Result<(), Failure> {
         let send: EmailSend = decode(message)?;
+        let _held = self.in_flight.hold(&message.event_id).await;
         if self
             .store
             .email_sent(&message.event_id)
@@ -383,5 +451,97 @@ impl Handler for EmailHandler {
         serde_json::from_slice::<EmailSend>(&message.payload)
             .ok()
             .map(|r| r.request_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::BreakerSettings;
+    use crate::fakes::MemoryWorkers;
+    use crate::ports::MailError;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A mail server that takes every email once the test lets it answer.
+    struct Held {
+        sent: AtomicU32,
+        answer: tokio::sync::Semaphore,
+    }
+
+    impl Mailer for Held {
+        fn send<'a>(&'a self, _email: &'a Email) -> BoxFuture<'a, Result<(), MailError>> {
+            async move {
+                let _ = self.answer.acquire().await;
+                self.sent.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+            .boxed()
+        }
+    }
+
+    fn email(event_id: &str) -> Message {
+        let payload = serde_json::to_vec(&EmailSend {
+            request_id: "r-1".into(),
+            number: "97".into(),
+            email: "a@example.com".into(),
+            is_prime: true,
+            factor: None,
+            digits: 2,
+        })
+        .unwrap();
+        Message {
+            event_id: event_id.into(),
+            subject: "email.send".into(),
+            payload,
+            delivery: 1,
+            stream_seq: 1,
+            published_at: chrono::Utc::now(),
+            request_id: Some("r-1".into()),
+            traceparent: None,
+            dlq_id: None,
+        }
+    }
+
+    /// Two copies of one event held by two workers at once (a redelivery while the first copy
+    /// was slow to arrive): one email, and both copies end well.
+    #[tokio::test(flavor = "current_thread")]
+    async fn two_copies_of_an_event_at_once_send_one_email() {
+        let mailer = Arc::new(Held {
+            sent: AtomicU32::new(0),
+            answer: tokio::sync::Semaphore::new(0),
+        });
+        let handler = Arc::new(EmailHandler {
+            store: Arc::new(MemoryWorkers::default()),
+            mailer: mailer.clone(),
+            breaker: Arc::new(CircuitBreaker::new(BreakerSettings {
+                threshold: 5,
+                cool_down: Duration::from_secs(30),
+            })),
+            concurrency: Arc::new(Semaphore::new(10)),
+            message_id_domain: "primed".into(),
+            journal: None,
+            in_flight: InFlight::default(),
+        });
+        let copies: Vec<_> = (0..2)
+            .map(|_| {
+                let handler = handler.clone();
+                tokio::spawn(async move { handler.handle(&email("e-1")).await })
+            })
+            .collect();
+        // One thread: both copies run until they wait (on the mail server, or on each other).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        mailer.answer.add_permits(2);
+        for copy in copies {
+            assert!(copy.await.unwrap().is_ok(), "each copy ends well");
+        }
+        assert_eq!(mailer.sent.load(Ordering::SeqCst), 1, "one email");
+        assert!(handler.in_flight.is_empty(), "nothing is left held");
+
+        // Another event is not held up by it, and is sent.
+        mailer.answer.add_permits(1);
+        handler.handle(&email("e-2")).await.unwrap();
+        assert_eq!(mailer.sent.load(Ordering::SeqCst), 2);
     }
 }
