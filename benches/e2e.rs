@@ -8,10 +8,12 @@
 //!
 //! Setups (`E2E_SETUPS`, comma-separated, default `mysql1,mysql2,embedded`): `mysqlN` (N
 //! daemons on one MariaDB and one JetStream server; `mysql1`, `mysql2`, `mysql3`, …),
-//! `embedded` (one daemon, SQLite). The daemons run with their defaults but for rate
+//! `clusterN` (N daemons on one MariaDB and a three-node JetStream cluster, every stream
+//! with three replicas, each daemon given the three servers' URLs), `embedded` (one daemon,
+//! SQLite). The daemons run with their defaults but for rate
 //! limiting (off; it has its own bench). For the closed loop of a MySQL setup it also
 //! reports what each process spent per request (CPU µs, from `/proc/<pid>/stat`: each daemon,
-//! nats-server, mariadbd, and this process — the clients and the SMTP sink) and the
+//! each nats-server, mariadbd, and this process — the clients and the SMTP sink) and the
 //! database's commits per request (`Handler_commit`), for docs/SCALING.md.
 //! In each:
 //!
@@ -126,7 +128,11 @@ async fn smtp_sink(arrivals: Arrivals) -> u16 {
 
 /// What a daemon is started with besides the common settings.
 enum Backend<'a> {
-    Mysql { db_url: &'a str, nats_url: &'a str },
+    Mysql {
+        db_url: &'a str,
+        nats_url: &'a str,
+        replicas: usize,
+    },
     Embedded,
 }
 
@@ -152,8 +158,15 @@ fn daemon(backend: &Backend<'_>, smtp_port: u16, dir: &std::path::Path) -> (Proc
         .env("PRIMED_DATA_DIR", dir)
         .stdout(std::fs::File::create(dir.join("daemon.log")).expect("daemon log file"))
         .stderr(Stdio::inherit());
-    if let Backend::Mysql { db_url, nats_url } = backend {
-        cmd.env("DATABASE_URL", db_url).env("NATS_URL", nats_url);
+    if let Backend::Mysql {
+        db_url,
+        nats_url,
+        replicas,
+    } = backend
+    {
+        cmd.env("DATABASE_URL", db_url)
+            .env("NATS_URL", nats_url)
+            .env("NATS_REPLICAS", replicas.to_string());
     }
     (
         Proc(cmd.spawn().expect("primed")),
@@ -486,32 +499,25 @@ async fn wait_ready(base: &str) {
     }
 }
 
-async fn mysql(db: &str, daemons: usize) {
-    let nats_port = free_port();
+/// `daemons` daemons on the MariaDB database `db` and `nats_nodes` JetStream servers (1:
+/// one server; 3: a cluster, every stream replicated on the three).
+async fn mysql(db: &str, daemons: usize, nats_nodes: usize) {
     let nats_dir = tempfile::tempdir().unwrap();
-    let nats = Proc(
-        Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &nats_port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(nats_dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server"),
-    );
+    let nats = chaos::services::NatsNode::start_all(nats_dir.path(), nats_nodes)
+        .await
+        .expect("nats-server");
     let arrivals: Arrivals = Arc::default();
     let smtp_port = smtp_sink(arrivals.clone()).await;
     let db_url = common::db_url(db);
-    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let nats_url = nats
+        .iter()
+        .map(|node| format!("nats://127.0.0.1:{}", node.port))
+        .collect::<Vec<_>>()
+        .join(",");
     let backend = Backend::Mysql {
         db_url: &db_url,
         nats_url: &nats_url,
+        replicas: nats_nodes,
     };
     let dirs: Vec<_> = (0..daemons).map(|_| tempfile::tempdir().unwrap()).collect();
     // The first daemon migrates and sets up the streams; then the others join.
@@ -528,20 +534,25 @@ async fn mysql(db: &str, daemons: usize) {
         .enumerate()
         .map(|(i, p)| (format!("daemon {}", i + 1), p.0.id()))
         .collect();
-    processes.push(("nats-server".into(), nats.0.id()));
+    for (i, node) in nats.iter().enumerate() {
+        let name = if nats_nodes == 1 {
+            "nats-server".to_string()
+        } else {
+            format!("nats-server {}", i + 1)
+        };
+        processes.extend(node.pid().map(|pid| (name, pid)));
+    }
     if let Some(pid) = mariadbd_pid() {
         processes.push(("mariadbd".into(), pid));
     }
     processes.push(("bench (clients, sink)".into(), std::process::id()));
     let accounted = Accounted { processes };
-    measure(
-        &format!("mysql{daemons}"),
-        &bases,
-        &arrivals,
-        Some(db),
-        Some(&accounted),
-    )
-    .await;
+    let name = if nats_nodes == 1 {
+        format!("mysql{daemons}")
+    } else {
+        format!("cluster{daemons}")
+    };
+    measure(&name, &bases, &arrivals, Some(db), Some(&accounted)).await;
 }
 
 async fn embedded() {
@@ -556,14 +567,20 @@ async fn embedded() {
 fn main() {
     let setups = std::env::var("E2E_SETUPS").unwrap_or_else(|_| "mysql1,mysql2,embedded".into());
     for setup in setups.split(',').map(str::trim) {
-        let daemons = setup
-            .strip_prefix("mysql")
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| *n > 0);
+        // (daemons, JetStream servers)
+        let count = |prefix: &str| {
+            setup
+                .strip_prefix(prefix)
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n > 0)
+        };
+        let shape = count("mysql")
+            .map(|n| (n, 1))
+            .or_else(|| count("cluster").map(|n| (n, 3)));
         match setup {
-            _ if daemons.is_some() => {
-                let n = daemons.unwrap_or(1);
-                common::with_database("primed_e2e", |db| async move { mysql(&db, n).await })
+            _ if shape.is_some() => {
+                let (n, nodes) = shape.unwrap_or((1, 1));
+                common::with_database("primed_e2e", |db| async move { mysql(&db, n, nodes).await })
             }
             "embedded" => tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -571,7 +588,7 @@ fn main() {
                 .build()
                 .unwrap()
                 .block_on(embedded()),
-            other => panic!("unknown setup {other:?} in E2E_SETUPS (mysqlN, embedded)"),
+            other => panic!("unknown setup {other:?} in E2E_SETUPS (mysqlN, clusterN, embedded)"),
         }
     }
 }

@@ -130,6 +130,11 @@ impl Process {
         Ok(())
     }
 
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9` and reap it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -418,6 +423,11 @@ impl NatsNode {
     /// Its server name (what the cluster reports as a leader).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its process id while it runs (for what it costs, in the e2e bench).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     /// `kill -9`.
