@@ -1031,6 +1031,36 @@ async fn what_the_fast_path_cannot_publish_goes_through_the_relay() {
     );
 }
 
+/// A publish the broker refuses at once (as a new stream leader does right after its
+/// election) is handed to the relay at once: its row is made due before its grace ends,
+/// instead of leaving its request a second behind the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_broker_refuses_on_the_fast_path_is_due_for_the_relay_at_once() {
+    use actors::RequestStore;
+    let db = TestDb::create();
+    let nats = NatsServer::start();
+    let store = store(&db, 100).await;
+    let (broker, client) = prime_stream(&nats).await;
+    store.publish_directly(
+        Arc::new(broker),
+        RelayWake::new("no-relay-here"),
+        Default::default(),
+    );
+    // No stream takes the subject now: the publish is refused at once.
+    async_nats::jetstream::new(client)
+        .delete_stream("PRIME")
+        .await
+        .unwrap();
+    store.create(new_request(0)).await.unwrap();
+    assert_eventually!(
+        db.count(
+            "SELECT COUNT(*) FROM outbox WHERE state = 'pending' \
+             AND next_retry_at < created_at + INTERVAL 1 SECOND"
+        ) == 1,
+        "the refused event was not made due before its grace ended"
+    );
+}
+
 /// The value of a sample in this process's registry.
 fn metric_value(series: &str) -> f64 {
     let families = actors::metrics::registry().gather();

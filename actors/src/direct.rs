@@ -12,7 +12,8 @@
 //! The outbox stays the guarantee: whatever this path does not finish — the daemon dies
 //! after the commit, the broker refuses, the mark fails — is a pending row that becomes
 //! due when its grace ends, and any relay publishes it then (the broker drops a duplicate
-//! of one already published). While the broker is failing, or the queue is full, the
+//! of one already published). An event whose publish failed is made due at once and the
+//! relay woken, so that it does not wait out its grace. While the broker is failing, or the queue is full, the
 //! publisher takes no new events ([`DirectPublisher::accepting`]): stores then write rows
 //! due at once and wake the relay, as without this path.
 
@@ -92,22 +93,27 @@ impl DirectPublisher {
     ) -> Self {
         let (queue, events) = mpsc::channel(QUEUE);
         let (to_mark, marked) = mpsc::unbounded_channel();
+        let (to_release, released) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             queue,
             started: Instant::now(),
             paused_until_ms: AtomicU64::new(0),
-            wake,
+            wake: wake.clone(),
             stats: Arc::default(),
         });
         tokio::spawn(publish_loop(
             events,
             broker,
-            to_mark,
+            Outcomes {
+                to_mark,
+                to_release,
+            },
             Arc::downgrade(&inner),
             inner.stats.clone(),
             relay_stats,
         ));
-        tokio::spawn(mark_loop(marked, marks, inner.stats.clone()));
+        tokio::spawn(mark_loop(marked, marks.clone(), inner.stats.clone()));
+        tokio::spawn(release_loop(released, marks, wake));
         Self { inner }
     }
 
@@ -152,10 +158,18 @@ impl DirectPublisher {
     }
 }
 
+/// Where the publish loop sends the event ids it is done with.
+struct Outcomes {
+    /// Published: to be marked.
+    to_mark: mpsc::UnboundedSender<Vec<String>>,
+    /// Not published: to be made due for the relay at once.
+    to_release: mpsc::UnboundedSender<Vec<String>>,
+}
+
 async fn publish_loop(
     mut events: mpsc::Receiver<Vec<OutgoingMessage>>,
     broker: Arc<dyn Broker>,
-    to_mark: mpsc::UnboundedSender<Vec<String>>,
+    outcomes: Outcomes,
     inner: std::sync::Weak<Inner>,
     stats: Arc<DirectStats>,
     relay_stats: Arc<WorkerStats>,
@@ -184,17 +198,18 @@ async fn publish_loop(
             Some((batch, results)) = in_flight.next() => {
                 let m = &crate::metrics::pipeline().outbox_direct;
                 let mut published = Vec::with_capacity(batch.len());
-                let mut failed = 0u64;
+                let mut unpublished = Vec::new();
                 let mut error = None;
                 for (message, result) in batch.into_iter().zip(results) {
                     match result {
                         Ok(()) => published.push(message.event_id),
                         Err(err) => {
-                            failed += 1;
+                            unpublished.push(message.event_id);
                             error.get_or_insert(err);
                         }
                     }
                 }
+                let failed = unpublished.len() as u64;
                 stats.published.fetch_add(published.len() as u64, Ordering::Relaxed);
                 relay_stats.add(published.len() as u64, 0, 0);
                 m.with_label_values(&["published"]).inc_by(published.len() as u64);
@@ -207,10 +222,11 @@ async fn publish_loop(
                     }
                     stats.failed.fetch_add(failed, Ordering::Relaxed);
                     m.with_label_values(&["failed"]).inc_by(failed);
-                    tracing::debug!(events = failed, error = %err, "direct publish failed; the relay publishes these events when their grace ends");
+                    tracing::debug!(events = failed, error = %err, "direct publish failed; the relay publishes these events");
+                    let _ = outcomes.to_release.send(unpublished);
                 }
                 if !published.is_empty() {
-                    let _ = to_mark.send(published);
+                    let _ = outcomes.to_mark.send(published);
                 }
             }
         }
@@ -235,6 +251,29 @@ async fn mark_loop(
                 .fetch_add(ids.len() as u64, Ordering::Relaxed);
             tracing::warn!(events = ids.len(), error = %err, "could not mark published outbox events; a relay publishes them again when their grace ends (the broker drops the duplicates)");
         }
+    }
+}
+
+/// Makes the events the fast path failed to publish due at once and wakes the relay, so that
+/// they do not wait out their grace (a publish that failed at a broker's election would
+/// otherwise leave its request a second behind the others). When that fails, the grace
+/// still ends and a relay publishes them then.
+async fn release_loop(
+    mut released: mpsc::UnboundedReceiver<Vec<String>>,
+    marks: Arc<dyn OutboxMarks>,
+    wake: RelayWake,
+) {
+    while let Some(mut ids) = released.recv().await {
+        while ids.len() < BATCH {
+            match released.try_recv() {
+                Ok(more) => ids.extend(more),
+                Err(_) => break,
+            }
+        }
+        if let Err(err) = marks.due_now(&ids).await {
+            tracing::warn!(events = ids.len(), error = %err, "could not hand unpublished outbox events to the relay at once; it publishes them when their grace ends");
+        }
+        wake.wake();
     }
 }
 
@@ -278,6 +317,7 @@ mod tests {
     #[derive(Default)]
     struct FakeMarks {
         marked: Mutex<Vec<String>>,
+        due: Mutex<Vec<String>>,
         notify: tokio::sync::Notify,
     }
 
@@ -288,6 +328,18 @@ mod tests {
         ) -> BoxFuture<'a, Result<u64, StoreError>> {
             async move {
                 self.marked.lock().unwrap().extend_from_slice(event_ids);
+                self.notify.notify_one();
+                Ok(event_ids.len() as u64)
+            }
+            .boxed()
+        }
+
+        fn due_now<'a>(
+            &'a self,
+            event_ids: &'a [String],
+        ) -> BoxFuture<'a, Result<u64, StoreError>> {
+            async move {
+                self.due.lock().unwrap().extend_from_slice(event_ids);
                 self.notify.notify_one();
                 Ok(event_ids.len() as u64)
             }
@@ -360,5 +412,16 @@ mod tests {
             3,
             "an unpublished event is never marked"
         );
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let notified = marks.notify.notified();
+                if marks.due.lock().unwrap().as_slice() == ["d"] {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("an unpublished event is handed to the relay at once, not after its grace");
     }
 }

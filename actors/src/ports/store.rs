@@ -336,6 +336,11 @@ pub trait OutboxMarks: Send + Sync + 'static {
         &'a self,
         event_ids: &'a [String],
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Makes the still-pending rows of these events due at once: their publish on the fast
+    /// path failed, so a relay (woken after this) publishes them now rather than when their
+    /// grace ends. Returns how many it changed.
+    fn due_now<'a>(&'a self, event_ids: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>>;
 }
 
 /// What the retention actor prunes: each a table, or the part of one, that only grows.

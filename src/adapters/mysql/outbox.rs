@@ -39,6 +39,23 @@ impl actors::OutboxMarks for Marks {
         }
         .boxed()
     }
+
+    fn due_now<'a>(&'a self, event_ids: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
+                "UPDATE outbox SET next_retry_at = NOW(6) \
+                 WHERE state = 'pending' AND next_retry_at > NOW(6) AND event_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in event_ids {
+                list.push_bind(id);
+            }
+            q.push(")");
+            let done = q.build().execute(&self.0).await.map_err(classify)?;
+            Ok(done.rows_affected())
+        }
+        .boxed()
+    }
 }
 
 /// How often a claim looks at every pending row, even while a backlog is being worked off
