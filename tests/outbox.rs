@@ -999,6 +999,9 @@ async fn what_the_fast_path_cannot_publish_goes_through_the_relay() {
     store.create(new_request(0)).await.unwrap();
     assert_eventually!(
         db.count("SELECT COUNT(*) FROM outbox WHERE state = 'published'") == 0
+            && store
+                .direct_stats()
+                .is_some_and(|s| s.failed.load(std::sync::atomic::Ordering::Relaxed) >= 1)
             && metric_value("outbox_direct_events_total{result=\"failed\"}") >= 1.0,
         "the failed direct publish was not counted"
     );

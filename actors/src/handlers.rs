@@ -463,12 +463,12 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A mail server that takes every email once the test lets it answer.
-    struct Held {
+    struct SlowServer {
         sent: AtomicU32,
         answer: tokio::sync::Semaphore,
     }
 
-    impl Mailer for Held {
+    impl Mailer for SlowServer {
         fn send<'a>(&'a self, _email: &'a Email) -> BoxFuture<'a, Result<(), MailError>> {
             async move {
                 let _ = self.answer.acquire().await;
@@ -506,7 +506,7 @@ mod tests {
     /// was slow to arrive): one email, and both copies end well.
     #[tokio::test(flavor = "current_thread")]
     async fn two_copies_of_an_event_at_once_send_one_email() {
-        let mailer = Arc::new(Held {
+        let mailer = Arc::new(SlowServer {
             sent: AtomicU32::new(0),
             answer: tokio::sync::Semaphore::new(0),
         });

@@ -251,6 +251,11 @@ impl MysqlStore {
         }
     }
 
+    /// What its fast path has done so far (None until [`MysqlStore::publish_directly`]).
+    pub fn direct_stats(&self) -> Option<&actors::direct::DirectStats> {
+        self.direct.get().map(actors::DirectPublisher::stats)
+    }
+
     /// Applies the pending migrations. Daemons starting together take turns: sqlx's own
     /// lock (`GET_LOCK(name, -1)`) does not wait on MariaDB, where a negative timeout is not
     /// "forever", so two first starts raced on the migrations table. This holds a lock of
