@@ -19,41 +19,40 @@ use super::{MysqlStore, begin, classify, push_ids};
 /// Marks rows published by event id, for the fast path.
 pub(super) struct Marks(pub(super) MySqlPool);
 
+impl Marks {
+    /// Runs `update` (an `UPDATE outbox … WHERE … AND event_id IN (`) over `event_ids`;
+    /// returns the rows it changed.
+    async fn by_event_ids(&self, update: &str, event_ids: &[String]) -> Result<u64, StoreError> {
+        let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(update);
+        let mut list = q.separated(", ");
+        for id in event_ids {
+            list.push_bind(id);
+        }
+        q.push(")");
+        let done = q.build().execute(&self.0).await.map_err(classify)?;
+        Ok(done.rows_affected())
+    }
+}
+
 impl actors::OutboxMarks for Marks {
     fn mark_published<'a>(
         &'a self,
         event_ids: &'a [String],
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        async move {
-            let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
-                "UPDATE outbox SET state = 'published', published_at = NOW(6), error_message = NULL \
-                 WHERE state = 'pending' AND event_id IN (",
-            );
-            let mut list = q.separated(", ");
-            for id in event_ids {
-                list.push_bind(id);
-            }
-            q.push(")");
-            let done = q.build().execute(&self.0).await.map_err(classify)?;
-            Ok(done.rows_affected())
-        }
+        self.by_event_ids(
+            "UPDATE outbox SET state = 'published', published_at = NOW(6), error_message = NULL \
+             WHERE state = 'pending' AND event_id IN (",
+            event_ids,
+        )
         .boxed()
     }
 
     fn due_now<'a>(&'a self, event_ids: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>> {
-        async move {
-            let mut q: QueryBuilder<'_, MySql> = QueryBuilder::new(
-                "UPDATE outbox SET next_retry_at = NOW(6) \
-                 WHERE state = 'pending' AND next_retry_at > NOW(6) AND event_id IN (",
-            );
-            let mut list = q.separated(", ");
-            for id in event_ids {
-                list.push_bind(id);
-            }
-            q.push(")");
-            let done = q.build().execute(&self.0).await.map_err(classify)?;
-            Ok(done.rows_affected())
-        }
+        self.by_event_ids(
+            "UPDATE outbox SET next_retry_at = NOW(6) \
+             WHERE state = 'pending' AND next_retry_at > NOW(6) AND event_id IN (",
+            event_ids,
+        )
         .boxed()
     }
 }
